@@ -1,0 +1,31 @@
+"""vaekit: variational autoencoders written as Pyro programs.
+
+    import vaekit
+    vae = vaekit.VAE(z_dim=32, likelihood="bernoulli", beta=1.0)
+    result = vaekit.fit(vae, train_x, test_x, epochs=10, device="auto")
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from vaekit import likelihoods
+from vaekit.data import load_mnist
+from vaekit.errors import CheckpointError, ConfigError, DataError, TrainingError, VaekitError
+from vaekit.evaluate import elbo_terms, evaluate_elbo
+from vaekit.likelihoods import Likelihood, get_likelihood, register_likelihood
+from vaekit.model import VAE, Guide, Model
+from vaekit.nets import Decoder, Encoder
+from vaekit.runs import load
+from vaekit.train import FitResult, fit, resume
+
+try:
+    __version__ = version("vaekit")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "VAE", "Model", "Guide", "Encoder", "Decoder",
+    "Likelihood", "likelihoods", "get_likelihood", "register_likelihood",
+    "fit", "resume", "FitResult", "load", "load_mnist", "elbo_terms", "evaluate_elbo",
+    "VaekitError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
+    "__version__",
+]

@@ -1,0 +1,176 @@
+"""DCGAN-style convolutional networks: an `Encoder` for q(z|x) and a `Decoder` for p(x|z).
+
+    enc = Encoder(image_shape=(1, 28, 28), z_dim=32)
+    z_loc, z_scale = enc(x)                 # each [batch, 32]
+    logits = Decoder((1, 28, 28), 32)(z_loc)  # [batch, 1, 28, 28]
+
+The default layers for 1x28x28 reproduce the seed notebook's nets exactly; 32x32 and 64x64
+images (any channel count) get the usual DCGAN stack of stride-2, kernel-4 layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vaekit.errors import ConfigError
+
+__all__ = ["Block", "Encoder", "Decoder", "default_layers"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One (transposed) convolution: output channels, kernel size, stride and padding."""
+
+    channels: int
+    kernel: int
+    stride: int
+    padding: int = 0
+
+
+def default_layers(image_shape: Sequence[int], z_dim: int) -> tuple[list[Block], list[Block]]:
+    """Encoder and decoder layers for an image shape.
+
+    Args:
+        image_shape: ``(channels, height, width)``; height and width must be 28, 32 or 64 and equal.
+        z_dim: Latent dimension.
+
+    Returns:
+        ``(encoder_blocks, decoder_blocks)``; the encoder's last block has ``2 * z_dim`` channels
+        (location and log-scale heads), the decoder's last block has the image's channel count.
+
+    Raises:
+        ConfigError: for an image size the default nets cannot take.
+    """
+    c, h, w = image_shape
+    if h != w or h not in (28, 32, 64):
+        raise ConfigError(
+            f"image size {h}x{w} is not supported by the default networks; "
+            "use 28x28, 32x32 or 64x64 images (resize them) or pass your own encoder and decoder"
+        )
+    if h == 28:  # the seed notebook's nets, exactly
+        enc = [Block(16, 4, 2), Block(32, 4, 2), Block(2 * z_dim, 4, 2)]  # 28 -> 13 -> 5 -> 1
+        dec = [Block(256, 3, 2), Block(128, 4, 1), Block(64, 3, 2), Block(c, 4, 2)]  # 1->3->6->13->28
+        return enc, dec
+    n = {32: 3, 64: 4}[h]  # stride-2 halvings down to 4x4
+    widths = [16 * 2**i for i in range(n)]  # 16, 32, 64(, 128)
+    enc = [Block(ch, 4, 2, 1) for ch in widths] + [Block(2 * z_dim, 4, 1, 0)]
+    dec_widths = [64 * 2**i for i in reversed(range(n))]  # (512,) 256, 128, 64
+    dec = [Block(dec_widths[0], 4, 1, 0)]  # 1 -> 4
+    dec += [Block(ch, 4, 2, 1) for ch in dec_widths[1:]] + [Block(c, 4, 2, 1)]
+    return enc, dec
+
+
+class Encoder(nn.Module):
+    """Conv classifier with two heads: the location and the positive scale of q(z|x).
+
+    Blocks are Conv2d + BatchNorm + LeakyReLU(0.2); the last conv has ``2 * z_dim`` channels and
+    a 1x1 output, split into ``z_loc`` and ``log z_scale``.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the input images.
+        z_dim: Latent dimension.
+        blocks: Layers to use instead of `default_layers`.
+    """
+
+    def __init__(
+        self, image_shape: Sequence[int], z_dim: int, blocks: Sequence[Block] | None = None
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.z_dim = z_dim
+        blocks = list(blocks) if blocks is not None else default_layers(image_shape, z_dim)[0]
+        if blocks[-1].channels != 2 * z_dim:
+            raise ConfigError(f"the encoder's last block needs 2*z_dim = {2 * z_dim} channels")
+        layers: list[nn.Module] = []
+        in_ch = self.image_shape[0]
+        for b in blocks[:-1]:
+            layers += [
+                nn.Conv2d(in_ch, b.channels, b.kernel, b.stride, b.padding),
+                nn.BatchNorm2d(b.channels),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            in_ch = b.channels
+        last = blocks[-1]
+        layers.append(nn.Conv2d(in_ch, last.channels, last.kernel, last.stride, last.padding))
+        self.net = nn.Sequential(*layers)
+        size = _out_size(self.image_shape[1:], blocks, transposed=False)
+        if size != (1, 1):
+            raise ConfigError(
+                f"the encoder maps {self.image_shape[1]}x{self.image_shape[2]} images to "
+                f"{size[0]}x{size[1]}, not 1x1: change its blocks or the image size"
+            )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map images ``[batch, C, H, W]`` to ``(z_loc, z_scale)``, each ``[batch, z_dim]``."""
+        h = self.net(x).flatten(1)
+        z_loc, z_log_scale = h.chunk(2, dim=-1)
+        return z_loc, z_log_scale.exp()
+
+
+class Decoder(nn.Module):
+    """Transposed-conv generator from ``z`` to the likelihood's parameters for each pixel.
+
+    Blocks are ConvTranspose2d + BatchNorm + ReLU; the last block has no norm and no activation
+    (its output is e.g. Bernoulli logits or a Gaussian location).
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images to generate.
+        z_dim: Latent dimension.
+        blocks: Layers to use instead of `default_layers`.
+        out_channels: Output channels, when a likelihood needs more than one value per image
+            channel (default: the image's channel count).
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        z_dim: int,
+        blocks: Sequence[Block] | None = None,
+        out_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.z_dim = z_dim
+        blocks = list(blocks) if blocks is not None else default_layers(image_shape, z_dim)[1]
+        out_channels = out_channels or self.image_shape[0]
+        layers: list[nn.Module] = []
+        in_ch = z_dim
+        for b in blocks[:-1]:
+            layers += [
+                nn.ConvTranspose2d(in_ch, b.channels, b.kernel, b.stride, b.padding),
+                nn.BatchNorm2d(b.channels),
+                nn.ReLU(inplace=True),
+            ]
+            in_ch = b.channels
+        last = blocks[-1]
+        layers.append(nn.ConvTranspose2d(in_ch, out_channels, last.kernel, last.stride, last.padding))
+        self.net = nn.Sequential(*layers)
+        size = _out_size((1, 1), blocks, transposed=True)
+        if size != self.image_shape[1:]:
+            raise ConfigError(
+                f"the decoder makes {size[0]}x{size[1]} images, not "
+                f"{self.image_shape[1]}x{self.image_shape[2]}: change its blocks or the image size"
+            )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latents ``[..., z_dim]`` to ``[..., out_channels, H, W]``."""
+        batch = z.shape[:-1]
+        out = self.net(z.reshape(-1, self.z_dim, 1, 1))
+        return out.reshape(batch + out.shape[1:])
+
+
+def _out_size(size: Sequence[int], blocks: Sequence[Block], transposed: bool) -> tuple[int, ...]:
+    """Spatial size after a stack of (transposed) convolutions."""
+    out = []
+    for n in size:
+        for b in blocks:
+            if transposed:
+                n = (n - 1) * b.stride - 2 * b.padding + b.kernel
+            else:
+                n = (n + 2 * b.padding - b.kernel) // b.stride + 1
+        out.append(n)
+    return tuple(out)
