@@ -33,6 +33,7 @@ class LikelihoodName(click.ParamType):
 
     def shell_complete(self, ctx: Any, param: Any, incomplete: str) -> list[Any]:
         from click.shell_completion import CompletionItem
+
         from vaekit.likelihoods import LIKELIHOODS
 
         return [CompletionItem(n) for n in sorted(LIKELIHOODS) if n.startswith(incomplete)]
@@ -45,7 +46,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vaekit")
+@click.version_option(package_name="vaekit", prog_name="vaekit")
 def cli() -> None:
     """vaekit: variational autoencoders written as Pyro programs."""
 
@@ -108,6 +109,8 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
     The run folder holds config.json, checkpoint.pt, metrics.csv (one row per epoch),
     samples.png, reconstructions.png and loss.png.
     """
+    import pyro
+
     from vaekit.data import load_mnist, resolve_data_root
     from vaekit.errors import TrainingError, VaekitError
     from vaekit.likelihoods import get_likelihood
@@ -133,6 +136,7 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
         else:
             kwargs = {k: v for k, v in {"binarize": binarize, "scale": scale,
                                          "learn_scale": learn_scale}.items() if v is not None}
+            pyro.set_rng_seed(seed)  # the initial weights too
             vae = VAE(z_dim=z_dim, likelihood=get_likelihood(likelihood, **kwargs), beta=beta)
         root = resolve_data_root(data_root)
         train_x, _ = load_mnist(root, train=True, download=download, limit=limit_train)

@@ -11,7 +11,8 @@ it is then available by name in Python and on the command line (``--likelihood n
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import pyro.distributions as dist
 import torch
@@ -28,7 +29,7 @@ __all__ = [
     "get_likelihood",
 ]
 
-LIKELIHOODS: dict[str, type["Likelihood"]] = {}
+LIKELIHOODS: dict[str, type[Likelihood]] = {}
 """The registry: likelihood name -> class."""
 
 _L = TypeVar("_L", bound=type["Likelihood"])
@@ -45,7 +46,7 @@ def register_likelihood(name: str) -> Callable[[_L], _L]:
     return add
 
 
-def get_likelihood(spec: "str | Likelihood", **kwargs: Any) -> "Likelihood":
+def get_likelihood(spec: str | Likelihood, **kwargs: Any) -> Likelihood:
     """Build a likelihood from its registered name (or return ``spec`` if it already is one).
 
     Args:

@@ -12,7 +12,8 @@ parameter. β scales the ``"z"`` site in both with ``poutine.scale``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -200,7 +201,7 @@ class VAE(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "VAE":
+    def from_config(cls, config: dict[str, Any]) -> VAE:
         """Rebuild a VAE (with fresh weights) from `VAE.config` output."""
         cfg = dict(config)
         lik_cfg = dict(cfg.pop("likelihood"))

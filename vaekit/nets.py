@@ -10,8 +10,8 @@ images (any channel count) get the usual DCGAN stack of stride-2, kernel-4 layer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -14,8 +14,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -133,7 +134,7 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
-def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> "VAE":  # noqa: F821
+def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> VAE:  # noqa: F821
     """Rebuild the trained VAE of a run folder, in eval mode, ready to encode, decode and sample.
 
     Args:

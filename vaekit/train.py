@@ -194,7 +194,12 @@ def fit(
         with pyro.settings.context(module_local_params=True), bar:
             for step in range(steps):
                 x = lik.targets(to_unit(train_x[perm[step * batch_size : (step + 1) * batch_size]]))
-                loss = loss_fn(x)
+                try:
+                    loss = loss_fn(x)
+                except ValueError as e:  # validation of a distribution given NaN parameters
+                    if "invalid values" not in str(e):
+                        raise
+                    _raise_non_finite(epoch, step + 1, lr)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -204,11 +209,7 @@ def fit(
                     bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
         train_loss = total.item() / n
         if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"the training loss became {train_loss} in epoch {epoch}; lower the learning rate "
-                f"(now {lr:g}) or, for a Gaussian likelihood, raise its scale. The last good "
-                "checkpoint is kept"
-            )
+            _raise_non_finite(epoch, None, lr)
 
         # -- evaluate, then checkpoint and write the run folder -------------------------------
         row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
@@ -260,6 +261,14 @@ def resume(
         epochs=epochs or train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
         device=device, seed=train["seed"], run_dir=run_dir, progress=progress,
         data_info=config.get("data"), _checkpoint=state,
+    )
+
+
+def _raise_non_finite(epoch: int, step: int | None, lr: float) -> None:
+    where = f"epoch {epoch}" + (f", step {step}" if step else "")
+    raise TrainingError(
+        f"the loss became NaN or infinite in {where}; lower the learning rate (now {lr:g}) or, "
+        "for a Gaussian likelihood, raise its scale. The last good checkpoint is kept"
     )
 
 

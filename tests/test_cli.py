@@ -1,0 +1,85 @@
+"""The command line: wiring, one real tiny end-to-end fit, resume, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vaekit import runs
+from vaekit.cli import cli
+
+SMOKE = ["--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--epochs", "2",
+         "--z-dim", "4", "--no-progress", "--device", "cpu", "--no-download"]
+
+
+@pytest.fixture
+def runner(monkeypatch, mnist_root, tmp_path):
+    """A CliRunner working in a fresh temporary folder."""
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_version_and_help(runner):
+    assert runner.invoke(cli, ["--version"]).output.startswith("vaekit, version")
+    out = runner.invoke(cli, ["fit", "--help"]).output
+    for opt in ("--likelihood", "--beta", "--z-dim", "--epochs", "--batch-size", "--lr",
+                "--device", "--seed", "--data-root", "--out", "--limit-train", "--resume"):
+        assert opt in out
+    assert "1024" in out and "default" in out
+
+
+def test_fit_end_to_end_and_resume(runner):
+    res = runner.invoke(cli, ["fit", "--likelihood", "bernoulli", "--out", "run", *SMOKE])
+    assert res.exit_code == 0, res.output
+    assert "test -ELBO" in res.output and "run folder: run" in res.output
+    files = {"config.json", "checkpoint.pt", "metrics.csv", "samples.png",
+             "reconstructions.png", "loss.png"}
+    assert files <= {p.name for p in Path("run").iterdir()}
+    config = json.loads(Path("run/config.json").read_text())
+    assert config["model"]["z_dim"] == 4 and config["data"]["n_train"] == 256
+    assert [r["epoch"] for r in runs.read_metrics("run")] == [1, 2]
+
+    res = runner.invoke(cli, ["fit", "--resume", "run", "--epochs", "3", "--no-progress",
+                              "--device", "cpu", "--no-download"])
+    assert res.exit_code == 0, res.output
+    assert [r["epoch"] for r in runs.read_metrics("run")] == [1, 2, 3]
+
+    res = runner.invoke(cli, ["fit", "--resume", "run", "--beta", "2"])
+    assert res.exit_code == 2 and "--beta cannot be combined with --resume" in res.output
+
+
+def test_gaussian_options_reach_the_likelihood(runner):
+    res = runner.invoke(cli, ["fit", "--likelihood", "gaussian", "--scale", "0.3",
+                              "--learn-scale", "--out", "g", *SMOKE[:-6], "--epochs", "1",
+                              "--no-progress", "--device", "cpu", "--no-download"])
+    assert res.exit_code == 0, res.output
+    lik = json.loads(Path("g/config.json").read_text())["model"]["likelihood"]
+    assert lik == {"name": "gaussian", "scale": 0.3, "learn_scale": True}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--likelihood", "poisson"], "unknown likelihood 'poisson'"),
+        (["--beta", "-1"], "--beta"),
+        (["--z-dim", "0"], "--z-dim"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "0"], "--lr"),
+        (["--device", "tpu"], "--device"),
+        (["--likelihood", "bernoulli", "--scale", "0.1"], "does not take these options"),
+        (["--batch-size", "100000"], "larger than"),
+        (["--data-root", "empty"], "MNIST not found under empty"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(runner, args, message):
+    import os
+
+    os.mkdir("empty")
+    res = runner.invoke(cli, ["fit", "--out", "run", "--no-download", "--limit-train", "256",
+                              *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not os.path.exists("run")

@@ -1,0 +1,141 @@
+import math
+
+import pyro
+import pytest
+import torch
+
+import vaekit
+from vaekit import VAE, fit, resume, runs
+from vaekit.errors import CheckpointError, ConfigError, DataError, TrainingError
+from vaekit.train import resolve_device
+
+
+def new_vae(seed=0, **kwargs):
+    """A VAE with seeded initial weights."""
+    pyro.set_rng_seed(seed)
+    return VAE(**kwargs)
+
+
+RUN_FILES = {"config.json", "checkpoint.pt", "metrics.csv", "samples.png",
+             "reconstructions.png", "loss.png"}
+
+
+def test_fit_lowers_the_loss_and_reports_test_elbo(mnist_small):
+    train_x, test_x = mnist_small
+    result = fit(new_vae(z_dim=8), train_x, test_x, epochs=3, batch_size=64, device="cpu",
+                 progress=False)
+    h = result.history
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+    assert h[-1]["train_loss"] < h[0]["train_loss"] - 50
+    assert h[-1]["test_neg_elbo"] < h[0]["test_neg_elbo"]
+    for r in h:  # -ELBO = recon + KL, all finite, KL >= 0
+        assert r["test_neg_elbo"] == pytest.approx(r["test_recon"] + r["test_kl"])
+        assert r["test_kl"] >= 0 and math.isfinite(r["test_neg_elbo"])
+    assert not result.vae.training and result.run_dir is None
+
+
+def test_run_folder_and_load_round_trip(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    out = tmp_path / "run"
+    result = fit(new_vae(z_dim=4, likelihood="gaussian"), train_x, test_x, epochs=2, batch_size=128,
+                 device="cpu", run_dir=out, progress=False)
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    rows = runs.read_metrics(out)
+    assert [r == pytest.approx(h) for r, h in zip(rows, result.history)] == [True, True]
+    config = runs.read_config(out)
+    assert config["model"]["likelihood"] == {"name": "gaussian", "scale": 0.1, "learn_scale": False}
+    assert config["train"] == {"epochs": 2, "batch_size": 128, "lr": 2e-3, "seed": 0}
+
+    loaded = vaekit.load(out)
+    x = test_x[:10].float() / 255
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x)[0], result.vae.encode(x)[0])
+        assert torch.equal(loaded.reconstruct(x), result.vae.reconstruct(x))
+    assert loaded.config() == result.vae.config()
+
+
+def test_same_seed_same_numbers(mnist_small):
+    train_x, test_x = mnist_small
+    a = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", progress=False)
+    b = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", progress=False)
+    c = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", seed=1,
+            progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(a.history) == strip(b.history)
+    assert strip(a.history) != strip(c.history)
+
+
+def test_resume_matches_uninterrupted_run(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    kw = dict(batch_size=128, device="cpu", progress=False)
+    full = fit(new_vae(z_dim=4), train_x, test_x, epochs=3, run_dir=tmp_path / "full", **kw)
+    fit(new_vae(z_dim=4), train_x, test_x, epochs=1, run_dir=tmp_path / "part", **kw)
+    resumed = resume(tmp_path / "part", train_x, test_x, epochs=3, device="cpu", progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(resumed.history) == strip(full.history)  # bit for bit on the CPU
+    assert [r["epoch"] for r in runs.read_metrics(tmp_path / "part")] == [1, 2, 3]
+    for a, b in zip(full.vae.state_dict().values(), resumed.vae.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_bad_settings_write_nothing(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    out = tmp_path / "run"
+    cases = [
+        (dict(epochs=0), ConfigError, "epochs"),
+        (dict(batch_size=0), ConfigError, "batch size"),
+        (dict(batch_size=10_000), ConfigError, "larger than"),
+        (dict(lr=0.0), ConfigError, "learning rate"),
+        (dict(device="tpu"), ConfigError, "unknown device"),
+    ]
+    for kwargs, err, match in cases:
+        with pytest.raises(err, match=match):
+            fit(new_vae(z_dim=2), train_x, test_x, run_dir=out, progress=False,
+                **{"batch_size": 128, **kwargs})
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        fit(new_vae(z_dim=2), train_x.float(), batch_size=128, run_dir=out, progress=False)  # 0..255 floats
+    with pytest.raises(DataError, match="shape"):
+        fit(new_vae(z_dim=2), torch.rand(16, 3, 32, 32), batch_size=8, run_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_existing_folder_is_not_overwritten(mnist_small, tmp_path):
+    train_x, _ = mnist_small
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        fit(new_vae(z_dim=2), train_x, batch_size=128, run_dir=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_nan_loss_stops_with_a_clear_error(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    with pytest.raises(TrainingError, match="NaN or infinite.*lower the learning rate"):
+        fit(new_vae(z_dim=2, likelihood="gaussian"), train_x, test_x, epochs=1, lr=1e30,
+            batch_size=128, device="cpu", run_dir=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_cuda_without_gpu_is_refused():
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="no GPU"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_corrupt_or_foreign_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not a vaekit run folder"):
+        vaekit.load(tmp_path)
+    runs.write_config(tmp_path, {"model": VAE(z_dim=2).config()})
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        vaekit.load(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        vaekit.load(tmp_path)
+    torch.save({"weights": 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a vaekit checkpoint"):
+        vaekit.load(tmp_path)
+    runs.save_checkpoint(tmp_path, {"model": VAE(z_dim=3).state_dict()})
+    with pytest.raises(CheckpointError, match="does not match"):
+        vaekit.load(tmp_path)
