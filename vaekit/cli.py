@@ -53,7 +53,8 @@ def cli() -> None:
 
 # Options that --resume takes from the run's config.json instead.
 _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_dim",
-                  "batch_size", "lr", "seed", "limit_train", "limit_test", "out", "overwrite")
+                  "batch_size", "lr", "seed", "limit_train", "limit_test", "out", "overwrite",
+                  "checkpoint_every", "skip_nonfinite", "deterministic")
 
 
 @cli.command()
@@ -96,6 +97,13 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="Write into an --out folder that already has files.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Continue this run folder from its last checkpoint.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also checkpoint every N steps (0: at the end of each epoch only).")
+@click.option("--skip-nonfinite", is_flag=True, default=False,
+              help="Skip batches whose loss is NaN/inf (counted in metrics.csv) instead of "
+                   "stopping.")
+@click.option("--deterministic", is_flag=True, default=False,
+              help="Use deterministic torch algorithms (for GPUs; CPU runs already repeat).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar.")
 @click.pass_context
@@ -103,7 +111,8 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
         learn_scale: bool | None, beta: float, z_dim: int, epochs: int, batch_size: int,
         lr: float, device: str, seed: int, data_root: Path | None, download: bool,
         limit_train: int | None, limit_test: int | None, out: Path | None, overwrite: bool,
-        resume_dir: Path | None, progress: bool) -> None:
+        resume_dir: Path | None, checkpoint_every: int, skip_nonfinite: bool, deterministic: bool,
+        progress: bool) -> None:
     """Fit a VAE to MNIST with SVI and write a run folder.
 
     The run folder holds config.json, checkpoint.pt, metrics.csv (one row per epoch),
@@ -112,7 +121,7 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
     import pyro
 
     from vaekit.data import load_mnist, resolve_data_root
-    from vaekit.errors import TrainingError, VaekitError
+    from vaekit.errors import Interrupted, TrainingError, VaekitError
     from vaekit.likelihoods import get_likelihood
     from vaekit.model import VAE
     from vaekit.runs import read_config
@@ -152,15 +161,17 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
                     "limit_test": limit_test, "n_train": len(train_x), "n_test": len(test_x)}
             result = fit_vae(vae, train_x, test_x, epochs=epochs, batch_size=batch_size, lr=lr,
                              device=device, seed=seed, run_dir=out, overwrite=overwrite,
-                             progress=progress, data_info=info)
+                             checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
+                             deterministic=deterministic, progress=progress, data_info=info)
+    except Interrupted as e:
+        _fail(str(e), code=128 + e.signum)
     except TrainingError as e:
         _fail(str(e), code=1)
     except VaekitError as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        where = resume_dir or out
-        _fail(f"interrupted; continue from the last epoch's checkpoint with: "
-              f"vaekit fit --resume {where}", code=130)
+    except KeyboardInterrupt:  # a second Ctrl-C while the checkpoint was being written
+        _fail(f"interrupted; continue from the last complete checkpoint with: "
+              f"vaekit fit --resume {resume_dir or out}", code=130)
     final = result.final
     click.echo(
         f"done: {len(result.history)} epochs, test -ELBO {final['test_neg_elbo']:.2f} nats/image, "

@@ -1,6 +1,6 @@
 """Errors vaekit raises for bad input; the CLI prints them as one line and exits with code 2."""
 
-__all__ = ["VaekitError", "ConfigError", "DataError", "CheckpointError", "TrainingError"]
+__all__ = ["VaekitError", "ConfigError", "DataError", "CheckpointError", "TrainingError", "Interrupted"]
 
 
 class VaekitError(ValueError):
@@ -21,3 +21,21 @@ class CheckpointError(VaekitError):
 
 class TrainingError(VaekitError):
     """Training that cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class Interrupted(VaekitError):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint (if it had a run folder).
+
+    Attributes:
+        signum: The signal received.
+        epoch: The epoch that was running (or had just finished).
+        step: Steps finished in it (0: the epoch was complete).
+        run_dir: The run folder to resume, if any.
+    """
+
+    def __init__(self, signum: int, epoch: int, step: int, run_dir: object = None) -> None:
+        self.signum, self.epoch, self.step, self.run_dir = signum, epoch, step, run_dir
+        where = f"epoch {epoch}" + (f" step {step}" if step else " (complete)")
+        how = (f"; continue with: vaekit fit --resume {run_dir}" if run_dir is not None else "")
+        super().__init__(f"interrupted by signal {signum} during {where}, checkpoint written{how}"
+                         if run_dir is not None else f"interrupted by signal {signum} during {where}")

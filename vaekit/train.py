@@ -7,34 +7,81 @@
 Each epoch shuffles the training tensor by index, turns each batch into observations with the
 likelihood (e.g. a fresh binarization) and takes one Adam step on the β-weighted -ELBO. After each
 epoch the test -ELBO is computed and, with a ``run_dir``, the checkpoint, ``metrics.csv`` and the
-pictures are written (atomically). `resume` continues a run folder from its last checkpoint.
+pictures are written (atomically). SIGINT/SIGTERM finish the current step, write a checkpoint and
+raise `Interrupted`; `resume` continues a run folder from its last checkpoint, bit for bit on the CPU.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from vaekit import runs
 from vaekit.data import to_unit
-from vaekit.errors import ConfigError, DataError, TrainingError
+from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from vaekit.evaluate import evaluate_elbo
 from vaekit.model import VAE
 
-__all__ = ["FitResult", "fit", "resume", "resolve_device", "TEST_BINARIZATION_SEED"]
+__all__ = [
+    "TrainSettings",
+    "FitResult",
+    "fit",
+    "resume",
+    "resolve_device",
+    "TEST_BINARIZATION_SEED",
+]
 
 TEST_BINARIZATION_SEED = 0
 """The test set's observations (e.g. its binarization) are drawn once with this seed, so test
 numbers are comparable across runs and training seeds."""
+
+RUN_FILES = (runs.CONFIG, runs.CHECKPOINT, runs.METRICS, "samples.png", "reconstructions.png",
+             "loss.png")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training settings, recorded in ``config.json`` and checked when built.
+
+    Attributes:
+        epochs: Passes over the training data.
+        batch_size: Images per step.
+        lr: Adam learning rate.
+        seed: Seeds Pyro, torch and the shuffling.
+        checkpoint_every: Also checkpoint every N steps (0: only at the end of each epoch).
+        skip_nonfinite: Skip a batch whose loss is NaN/inf instead of stopping.
+        deterministic: Ask torch for deterministic algorithms (for GPUs; the CPU already is).
+    """
+
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 2e-3
+    seed: int = 0
+    checkpoint_every: int = 0
+    skip_nonfinite: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be > 0, got {self.lr!r}")
+        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0):
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
 
 
 @dataclass
@@ -45,7 +92,7 @@ class FitResult:
         vae: The trained model (on the training device, in eval mode).
         history: One dict per epoch: ``epoch``, ``train_loss`` (mean β-weighted objective per
             image), ``test_neg_elbo``, ``test_recon``, ``test_kl`` (nats per image; NaN without
-            test data) and ``seconds``.
+            test data), ``skipped`` (non-finite batches skipped) and ``seconds``.
         run_dir: The run folder, if one was written.
     """
 
@@ -65,33 +112,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no GPU is available; use 'cpu' or 'auto'")
+        raise ConfigError("--device cuda was asked for but no GPU is available; use cpu or auto")
     try:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'") from None
-
-
-def _check_settings(epochs: int, batch_size: int, lr: float, n_train: int) -> None:
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    if batch_size > n_train:
-        raise ConfigError(
-            f"batch size {batch_size} is larger than the {n_train} training images; lower it"
-        )
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"learning rate must be > 0, got {lr!r}")
-
-
-def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
-    if x.dim() != 4 or tuple(x.shape[1:]) != vae.image_shape:
-        raise DataError(
-            f"{what} images have shape {tuple(x.shape[1:])} but the model takes {vae.image_shape}; "
-            "resize the images or build the VAE with image_shape matching them"
-        )
-    vae.likelihood.check(to_unit(x))
 
 
 def fit(
@@ -106,9 +131,11 @@ def fit(
     seed: int = 0,
     run_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    checkpoint_every: int = 0,
+    skip_nonfinite: bool = False,
+    deterministic: bool = False,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
-    _checkpoint: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``vae`` by maximising the (β-weighted) ELBO with ``Trace_ELBO`` and Adam.
 
@@ -120,9 +147,13 @@ def fit(
         batch_size: Images per step.
         lr: Adam learning rate.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        seed: Seeds Pyro, torch and the shuffling.
+        seed: Seeds Pyro, torch and the shuffling (seed the model's construction yourself, with
+            ``pyro.set_rng_seed``, for identical initial weights).
         run_dir: Folder for ``config.json``, ``checkpoint.pt``, ``metrics.csv`` and pictures.
-        overwrite: Allow writing into a ``run_dir`` that already has files.
+        overwrite: Write into a ``run_dir`` that already has files (old run files are removed).
+        checkpoint_every: Also checkpoint every N steps (0: only at the end of each epoch).
+        skip_nonfinite: Skip batches whose loss is NaN/inf (counted) instead of stopping.
+        deterministic: Use deterministic torch algorithms (matters on GPUs).
         progress: Show a progress bar and print one line per epoch.
         data_info: Extra facts about the data recorded in ``config.json``.
 
@@ -132,102 +163,14 @@ def fit(
     Raises:
         ConfigError: for invalid settings or a run folder that is in the way.
         DataError: for images of the wrong shape or range.
-        TrainingError: when the loss stops being finite.
+        TrainingError: when the loss stops being finite (the last good checkpoint is kept).
+        Interrupted: on SIGINT/SIGTERM, after writing a checkpoint.
     """
-    # -- check everything before touching the disk ------------------------------------------
-    _check_settings(epochs, batch_size, lr, train_data.shape[0])
-    dev = resolve_device(device)
-    _check_images(vae, train_data, "training")
-    if test_data is not None:
-        _check_images(vae, test_data, "test")
-    run_path = Path(run_dir) if run_dir is not None else None
-    if run_path is not None and _checkpoint is None:
-        if run_path.exists() and any(run_path.iterdir()) and not overwrite:
-            raise ConfigError(f"{run_path} already exists and is not empty; pick another --out")
-
-    # -- set up: seeds, data on the device, the loss as a torch module, the optimizer --------
-    pyro.set_rng_seed(seed)
-    shuffle = torch.Generator().manual_seed(seed)
-    vae.to(dev).train()
-    lik = vae.likelihood
-    train_x = train_data.to(dev)
-    test_y = None
-    if test_data is not None:
-        fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
-        test_y = lik.targets(to_unit(test_data), generator=fixed).to(dev)
-    with pyro.settings.context(module_local_params=True):
-        loss_fn = Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
-        optimizer = torch.optim.Adam(loss_fn.parameters(), lr=lr)
-    history: list[dict[str, float]] = []
-    start = 0
-    if _checkpoint is not None:
-        optimizer.load_state_dict(_checkpoint["optimizer"])
-        history = list(_checkpoint["history"])
-        start = int(_checkpoint["epoch"])
-        _set_rng_state(_checkpoint["rng"], shuffle, dev)
-
-    config = {
-        "vaekit_version": _version(),
-        "model": vae.config(),
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
-        "device": dev.type,
-        "data": data_info or {},
-    }
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-        runs.write_config(run_path, config)
-        if _checkpoint is not None:  # metrics.csv follows the checkpoint, whatever happened after
-            (run_path / runs.METRICS).unlink(missing_ok=True)
-            for row in history:
-                runs.append_metrics(run_path, row)
-
-    n = train_x.shape[0]
-    steps = math.ceil(n / batch_size)
-    for epoch in range(start + 1, epochs + 1):
-        # -- one pass over the shuffled training data -----------------------------------------
-        t0 = time.perf_counter()
-        vae.train()
-        perm = torch.randperm(n, generator=shuffle).to(dev)
-        total = torch.zeros((), device=dev)
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True,
-                   leave=False, disable=not progress, dynamic_ncols=True)
-        with pyro.settings.context(module_local_params=True), bar:
-            for step in range(steps):
-                x = lik.targets(to_unit(train_x[perm[step * batch_size : (step + 1) * batch_size]]))
-                try:
-                    loss = loss_fn(x)
-                except ValueError as e:  # validation of a distribution given NaN parameters
-                    if "invalid values" not in str(e):
-                        raise
-                    _raise_non_finite(epoch, step + 1, lr)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-                bar.update(x.shape[0])
-                if progress and step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
-        train_loss = total.item() / n
-        if not math.isfinite(train_loss):
-            _raise_non_finite(epoch, None, lr)
-
-        # -- evaluate, then checkpoint and write the run folder -------------------------------
-        row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
-        test = evaluate_elbo(vae, test_y, batch_size) if test_y is not None else {}
-        for key in ("neg_elbo", "recon", "kl"):
-            row[f"test_{key}"] = test.get(key, float("nan"))
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        if run_path is not None:
-            _write_epoch(run_path, vae, optimizer, history, shuffle, dev,
-                         test_y if test_y is not None else lik.targets(to_unit(train_x[:32])))
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}/{epochs}  train loss {train_loss:.2f}  "
-                f"test -ELBO {row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
-            )
-    vae.eval()
-    return FitResult(vae=vae, history=history, run_dir=run_path)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
+                             deterministic=deterministic)
+    return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
+                    data_info).run(overwrite=overwrite)
 
 
 def resume(
@@ -239,7 +182,9 @@ def resume(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> FitResult:
-    """Continue a run folder from its last checkpoint (model, optimizer, epoch and RNG state).
+    """Continue a run folder from its last checkpoint (model, optimizer, position, RNG state).
+
+    A run killed before its first checkpoint starts again from its seeded initial weights.
 
     Args:
         run_dir: A folder written by `fit`.
@@ -253,48 +198,257 @@ def resume(
         CheckpointError: if the folder or its checkpoint cannot be used.
     """
     config = runs.read_config(run_dir)
-    state = runs.load_checkpoint(run_dir)
-    vae = runs.load(run_dir, device="cpu").train()
-    train = config["train"]
-    return fit(
-        vae, train_data, test_data,
-        epochs=epochs or train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-        device=device, seed=train["seed"], run_dir=run_dir, progress=progress,
-        data_info=config.get("data"), _checkpoint=state,
-    )
+    try:
+        train = dict(config["train"])
+        if epochs is not None:
+            train["epochs"] = epochs
+        settings = TrainSettings(**train)
+        pyro.set_rng_seed(settings.seed)  # the initial weights, as `vaekit fit` builds them
+        vae = VAE.from_config(config["model"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{run_dir}/config.json cannot be used to resume ({e})") from None
+    state = None
+    if (Path(run_dir) / runs.CHECKPOINT).exists():
+        state = runs.load_checkpoint(run_dir)
+        try:
+            vae.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(
+                f"the checkpoint in {run_dir} does not match its config.json "
+                f"({type(e).__name__})"
+            ) from None
+    trainer = _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
+                       config.get("data"))
+    return trainer.run(resuming=True, state=state)
 
 
-def _raise_non_finite(epoch: int, step: int | None, lr: float) -> None:
+class _Trainer:
+    """The training loop and everything it must save to resume exactly."""
+
+    def __init__(self, vae: VAE, train_data: torch.Tensor, test_data: torch.Tensor | None,
+                 settings: TrainSettings, device: str | torch.device,
+                 run_dir: str | os.PathLike[str] | None, progress: bool,
+                 data_info: dict[str, Any] | None) -> None:
+        # -- check everything before touching the disk --------------------------------------
+        if settings.batch_size > train_data.shape[0]:
+            raise ConfigError(f"batch size {settings.batch_size} is larger than the "
+                              f"{train_data.shape[0]} training images; lower it")
+        self.dev = resolve_device(device)
+        _check_images(vae, train_data, "training")
+        if test_data is not None:
+            _check_images(vae, test_data, "test")
+        self.vae, self.s, self.progress = vae, settings, progress
+        self.run_path = Path(run_dir) if run_dir is not None else None
+        self.train_data, self.test_data = train_data, test_data
+        self.data_info = data_info or {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _prepare_run_dir(self, overwrite: bool, resuming: bool) -> None:
+        path = self.run_path
+        assert path is not None
+        if not resuming and path.exists() and any(path.iterdir()):
+            if not overwrite:
+                what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
+                raise ConfigError(f"{path} already exists and is {what}; pick another --out, "
+                                  "use --resume to continue it, or --overwrite")
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+        config = {"vaekit_version": _version(), "model": self.vae.config(),
+                  "train": asdict(self.s), "device": self.dev.type, "data": self.data_info}
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            runs.write_config(path, config)
+        except OSError as e:
+            raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); "
+                              "choose a writable --out") from None
+
+    def run(self, overwrite: bool = False, resuming: bool = False,
+            state: dict[str, Any] | None = None) -> FitResult:
+        """Train from ``state`` (a checkpoint) or from the start; see `fit`."""
+        s, vae, dev = self.s, self.vae, self.dev
+        if self.run_path is not None:
+            self._prepare_run_dir(overwrite, resuming)
+        if s.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+        # -- seeds, data on the device, the loss as a torch module, the optimizer ---------------
+        pyro.set_rng_seed(s.seed)
+        self.shuffle = torch.Generator().manual_seed(s.seed)
+        vae.to(dev).train()
+        lik = vae.likelihood
+        train_x = self.train_data.to(dev)
+        test_y = None
+        if self.test_data is not None:
+            fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+            test_y = lik.targets(to_unit(self.test_data), generator=fixed).to(dev)
+        self.show = test_y if test_y is not None else lik.targets(to_unit(train_x[:32]))
+        with pyro.settings.context(module_local_params=True):
+            loss_fn = Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
+        self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr)
+        self.history: list[dict[str, float]] = []
+        start_epoch, start_step, total, skipped = 0, 0, 0.0, 0
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.history = list(state["history"])
+            start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
+            total, skipped = float(state.get("total", 0.0)), int(state.get("skipped", 0))
+            _set_rng_state(state["rng"], self.shuffle, dev)
+            if self.run_path is not None:  # metrics.csv follows the checkpoint
+                (self.run_path / runs.METRICS).unlink(missing_ok=True)
+                for row in self.history:
+                    runs.append_metrics(self.run_path, row)
+
+        n, bs = train_x.shape[0], s.batch_size
+        steps = math.ceil(n / bs)
+        # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
+        check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
+        with _stop_on_signals() as stop:
+            for epoch in range(start_epoch + 1, s.epochs + 1):
+                # -- one pass over the shuffled training data ---------------------------------
+                t0 = time.perf_counter()
+                vae.train()
+                shuffle_state = self.shuffle.get_state()
+                perm = torch.randperm(n, generator=self.shuffle).to(dev)
+                acc = torch.tensor(total, device=dev)
+                bar = tqdm(total=n, initial=min(start_step * bs, n), desc=f"epoch {epoch}/{s.epochs}",
+                           unit="img", unit_scale=True, leave=False, disable=not self.progress,
+                           dynamic_ncols=True)
+                with pyro.settings.context(module_local_params=True), bar:
+                    for step in range(start_step, steps):
+                        x = lik.targets(to_unit(train_x[perm[step * bs : (step + 1) * bs]]))
+                        try:
+                            loss = loss_fn(x)
+                        except ValueError as e:  # validation of a distribution fed NaN
+                            if "invalid values" not in str(e):
+                                raise
+                            loss = torch.tensor(float("nan"), device=dev)
+                        if step % check_every == 0 and not torch.isfinite(loss):
+                            if not s.skip_nonfinite:
+                                raise TrainingError(_nonfinite_message(vae, x, epoch, step + 1, s))
+                            skipped += 1
+                            bar.update(x.shape[0])
+                            continue
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        self.optimizer.step()
+                        acc += loss.detach()
+                        bar.update(x.shape[0])
+                        if self.progress and step % 10 == 0:
+                            bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
+                        done = step + 1
+                        every = s.checkpoint_every and (epoch - 1) * steps + done
+                        if stop.signum or (every and every % s.checkpoint_every == 0
+                                           and done < steps):
+                            self._checkpoint(epoch - 1, done, acc.item(), skipped, shuffle_state)
+                        if stop.signum:
+                            raise Interrupted(stop.signum, epoch, done, self.run_path)
+                train_loss = acc.item() / n
+                if not math.isfinite(train_loss):
+                    raise TrainingError(_nonfinite_message(vae, x, epoch, None, s))
+
+                # -- evaluate, then checkpoint and write the run folder -----------------------
+                row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
+                test = evaluate_elbo(vae, test_y, bs) if test_y is not None else {}
+                for key in ("neg_elbo", "recon", "kl"):
+                    row[f"test_{key}"] = test.get(key, float("nan"))
+                row["skipped"] = skipped
+                row["seconds"] = time.perf_counter() - t0
+                self.history.append(row)
+                if self.run_path is not None:
+                    self._checkpoint(epoch, 0, 0.0, 0, self.shuffle.get_state())
+                    self._write_pictures()
+                if self.progress:
+                    tqdm.write(
+                        f"epoch {epoch}/{s.epochs}  train loss {train_loss:.2f}  test -ELBO "
+                        f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
+                        + (f"  skipped {skipped} batches" if skipped else "")
+                    )
+                start_step, total, skipped = 0, 0.0, 0
+                if stop.signum:
+                    raise Interrupted(stop.signum, epoch, 0, self.run_path)
+        vae.eval()
+        return FitResult(vae=vae, history=self.history, run_dir=self.run_path)
+
+    # -- saving ---------------------------------------------------------------------------------
+    def _checkpoint(self, epoch: int, step: int, total: float, skipped: int,
+                    shuffle_state: torch.Tensor) -> None:
+        """Save where training is: ``epoch`` epochs done plus ``step`` steps of the next one."""
+        if self.run_path is None:
+            return
+        rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
+        if self.dev.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.dev)
+        try:
+            runs.save_checkpoint(self.run_path, {
+                "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch, "step": step, "total": total, "skipped": skipped,
+                "history": self.history, "rng": rng,
+            })
+            if step == 0:
+                runs.append_metrics(self.run_path, self.history[-1])
+        except OSError as e:
+            raise CheckpointError(f"could not write the checkpoint in {self.run_path} "
+                                  f"({e.strerror or e}); free space, then --resume") from None
+
+    def _write_pictures(self) -> None:
+        from vaekit import plots
+
+        assert self.run_path is not None
+        plots.save_samples(self.vae, self.run_path / "samples.png")
+        plots.save_reconstructions(self.vae, self.show[:32], self.run_path / "reconstructions.png")
+        plots.save_loss_curve(self.history, self.run_path / "loss.png")
+
+
+def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
+    if x.dim() != 4 or tuple(x.shape[1:]) != vae.image_shape:
+        raise DataError(
+            f"{what} images have shape {tuple(x.shape[1:])} but the model takes {vae.image_shape}; "
+            "resize the images or build the VAE with image_shape matching them"
+        )
+    vae.likelihood.check(to_unit(x))
+
+
+def _nonfinite_message(vae: VAE, x: torch.Tensor, epoch: int, step: int | None,
+                       s: TrainSettings) -> str:
+    """Name where the loss stopped being finite, which term did it, and what to try."""
     where = f"epoch {epoch}" + (f", step {step}" if step else "")
-    raise TrainingError(
-        f"the loss became NaN or infinite in {where}; lower the learning rate (now {lr:g}) or, "
-        "for a Gaussian likelihood, raise its scale. The last good checkpoint is kept"
-    )
+    site = "the parameters (a previous update)"
+    if all(torch.isfinite(p).all() for p in vae.parameters()):
+        with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
+            guide_tr = poutine.trace(vae.guide).get_trace(x)
+            model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+            recon = model_tr.nodes["x"]["fn"].log_prob(x).sum()
+        site = "the KL term (q(z|x) vs p(z))" if torch.isfinite(recon) else \
+            "the reconstruction term log p(x|z)"
+    return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
+            f"(now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or pass "
+            "--skip-nonfinite. The last good checkpoint is kept")
 
 
-def _write_epoch(run_path: Path, vae: VAE, optimizer: torch.optim.Optimizer,
-                 history: list[dict[str, float]], shuffle: torch.Generator, dev: torch.device,
-                 show: torch.Tensor) -> None:
-    from vaekit import plots
-
-    runs.save_checkpoint(run_path, {
-        "model": vae.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": int(history[-1]["epoch"]),
-        "history": history,
-        "rng": _get_rng_state(shuffle, dev),
-    })
-    runs.append_metrics(run_path, history[-1])
-    plots.save_samples(vae, run_path / "samples.png")
-    plots.save_reconstructions(vae, show[:32], run_path / "reconstructions.png")
-    plots.save_loss_curve(history, run_path / "loss.png")
+class _StopFlag:
+    signum: int = 0
 
 
-def _get_rng_state(shuffle: torch.Generator, dev: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if dev.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(dev)
-    return state
+class _stop_on_signals:
+    """Context manager: SIGINT/SIGTERM set a flag that the loop checks after each step."""
+
+    def __enter__(self) -> _StopFlag:
+        self.flag = _StopFlag()
+        self.old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self.flag
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.flag.signum:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.flag.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 def _set_rng_state(state: dict[str, torch.Tensor], shuffle: torch.Generator,
