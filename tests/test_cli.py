@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from vaekit import runs
@@ -71,15 +72,26 @@ def test_gaussian_options_reach_the_likelihood(runner):
         (["--likelihood", "bernoulli", "--scale", "0.1"], "does not take these options"),
         (["--batch-size", "100000"], "larger than"),
         (["--data-root", "empty"], "MNIST not found under empty"),
-    ],
+        (["--out", "afile/run"], "cannot write the run folder afile/run"),
+        (["--out", "notarun"], "notarun already exists and is not empty"),
+        (["--out", "oldrun"], "oldrun already exists and is a vaekit run"),
+        (["--resume", "empty"], "empty is not a vaekit run folder"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no GPU is available")]),
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(runner, args, message):
-    import os
-
-    os.mkdir("empty")
-    res = runner.invoke(cli, ["fit", "--out", "run", "--no-download", "--limit-train", "256",
-                              *args])
+    Path("empty").mkdir()
+    Path("afile").write_text("a file, not a folder")
+    Path("notarun").mkdir()
+    Path("notarun/keep.txt").write_text("mine")
+    Path("oldrun").mkdir()
+    Path("oldrun/config.json").write_text("{}")
+    before = sorted(str(p) for p in Path().rglob("*"))
+    base = [] if "--resume" in args else ["--limit-train", "256", "--batch-size", "64"]
+    if "--out" not in args and "--resume" not in args:
+        base += ["--out", "run"]
+    res = runner.invoke(cli, ["fit", "--no-download", *base, *args])
     assert res.exit_code == 2, res.output
     assert message in res.output
-    assert "Traceback" not in res.output
-    assert not os.path.exists("run")
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 4
+    assert sorted(str(p) for p in Path().rglob("*")) == before  # nothing written

@@ -152,8 +152,9 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
         test_x, _ = load_mnist(root, train=False, download=download, limit=limit_test)
         if resume_dir is not None:
             click.echo(f"resuming {resume_dir}")
-            result = resume_fit(resume_dir, train_x, test_x, epochs=epochs, device=device,
-                                progress=progress)
+            given_epochs = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
+            result = resume_fit(resume_dir, train_x, test_x, epochs=epochs if given_epochs else None,
+                                device=device, progress=progress)
         else:
             out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
             click.echo(f"run folder: {out}")

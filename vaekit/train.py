@@ -418,9 +418,15 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, epoch: int, step: int | None,
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
             guide_tr = poutine.trace(vae.guide).get_trace(x)
             model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+            z = guide_tr.nodes["z"]["value"]
             recon = model_tr.nodes["x"]["fn"].log_prob(x).sum()
-        site = "the KL term (q(z|x) vs p(z))" if torch.isfinite(recon) else \
-            "the reconstruction term log p(x|z)"
+            kl = (guide_tr.nodes["z"]["fn"].log_prob(z) - model_tr.nodes["z"]["fn"].log_prob(z)).sum()
+        if not torch.isfinite(recon):
+            site = "the reconstruction term log p(x|z)"
+        elif not torch.isfinite(kl):
+            site = "the KL term log q(z|x) - log p(z)"
+        else:
+            site = "a term that was finite when recomputed (a transient fault)"
     return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
             f"(now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or pass "
             "--skip-nonfinite. The last good checkpoint is kept")
