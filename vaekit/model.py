@@ -70,7 +70,8 @@ class Model(nn.Module):
             z_scale = x.new_ones(x.shape[0], self.z_dim)
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
-            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            out = self.decoder(z).float()  # float32 likelihood under mixed precision
+            return pyro.sample("x", self.likelihood(out), obs=x)
 
 
 class Guide(nn.Module):
@@ -91,6 +92,7 @@ class Guide(nn.Module):
         _register("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = self.encoder(x)
+            z_loc, z_scale = z_loc.float(), z_scale.float()  # float32 under mixed precision
             with poutine.scale(scale=self.beta):
                 return pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
 

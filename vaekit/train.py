@@ -63,6 +63,11 @@ class TrainSettings:
         checkpoint_every: Also checkpoint every N steps (0: only at the end of each epoch).
         skip_nonfinite: Skip a batch whose loss is NaN/inf instead of stopping.
         deterministic: Ask torch for deterministic algorithms (for GPUs; the CPU already is).
+        channels_last: Keep the networks in channels-last memory format (faster convolutions on
+            CPUs and GPUs; the numbers are the same up to float rounding).
+        compile: ``torch.compile`` the encoder and decoder (worth it on GPUs; small on CPUs).
+        amp: Mixed precision: bfloat16 autocast for the networks, float32 for the likelihood and
+            the loss.
     """
 
     epochs: int = 10
@@ -72,6 +77,9 @@ class TrainSettings:
     checkpoint_every: int = 0
     skip_nonfinite: bool = False
     deterministic: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -134,6 +142,9 @@ def fit(
     checkpoint_every: int = 0,
     skip_nonfinite: bool = False,
     deterministic: bool = False,
+    channels_last: bool = True,
+    compile: bool = False,
+    amp: bool = False,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
 ) -> FitResult:
@@ -154,6 +165,9 @@ def fit(
         checkpoint_every: Also checkpoint every N steps (0: only at the end of each epoch).
         skip_nonfinite: Skip batches whose loss is NaN/inf (counted) instead of stopping.
         deterministic: Use deterministic torch algorithms (matters on GPUs).
+        channels_last: Channels-last memory format for the networks (default; faster).
+        compile: ``torch.compile`` the encoder and decoder.
+        amp: bfloat16 autocast for the networks (mixed precision).
         progress: Show a progress bar and print one line per epoch.
         data_info: Extra facts about the data recorded in ``config.json``.
 
@@ -168,7 +182,8 @@ def fit(
     """
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
-                             deterministic=deterministic)
+                             deterministic=deterministic, channels_last=channels_last,
+                             compile=compile, amp=amp)
     return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
                     data_info).run(overwrite=overwrite)
 
@@ -276,6 +291,11 @@ class _Trainer:
         pyro.set_rng_seed(s.seed)
         self.shuffle = torch.Generator().manual_seed(s.seed)
         vae.to(dev).train()
+        memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+        vae.to(memory_format=memory_format)
+        if s.compile:
+            vae.encoder.compile()
+            vae.decoder.compile()
         lik = vae.likelihood
         train_x = self.train_data.to(dev)
         test_y = None
@@ -317,8 +337,10 @@ class _Trainer:
                 with pyro.settings.context(module_local_params=True), bar:
                     for step in range(start_step, steps):
                         x = lik.targets(to_unit(train_x[perm[step * bs : (step + 1) * bs]]))
+                        x = x.contiguous(memory_format=memory_format)
                         try:
-                            loss = loss_fn(x)
+                            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=s.amp):
+                                loss = loss_fn(x)
                         except ValueError as e:  # validation of a distribution fed NaN
                             if "invalid values" not in str(e):
                                 raise
@@ -367,7 +389,8 @@ class _Trainer:
                 start_step, total, skipped = 0, 0.0, 0
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, 0, self.run_path)
-        vae.eval()
+        # Hand back the model as `vaekit.load` builds it, so both compute the same numbers.
+        vae.to(memory_format=torch.contiguous_format).eval()
         return FitResult(vae=vae, history=self.history, run_dir=self.run_path)
 
     # -- saving ---------------------------------------------------------------------------------

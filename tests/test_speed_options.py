@@ -1,0 +1,43 @@
+"""The performance options (channels-last, bf16 autocast, torch.compile) on the CPU."""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from vaekit import VAE, fit
+
+
+def _fit(train_x, **kw):
+    pyro.set_rng_seed(0)
+    return fit(VAE(z_dim=4), train_x, epochs=1, batch_size=64, device="cpu", progress=False, **kw)
+
+
+def test_channels_last_changes_speed_not_results(mnist_small):
+    train_x, _ = mnist_small
+    a = _fit(train_x[:256], channels_last=True).final["train_loss"]
+    b = _fit(train_x[:256], channels_last=False).final["train_loss"]
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_bf16_autocast_keeps_the_likelihood_in_float32(mnist_small):
+    train_x, _ = mnist_small
+    vae = VAE(z_dim=4)
+    x = torch.bernoulli(train_x[:8].float() / 255)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        guide_tr = poutine.trace(vae.guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+        assert vae.decoder(torch.zeros(1, 4)).dtype == torch.bfloat16  # the nets run in bf16
+    assert model_tr.nodes["x"]["fn"].base_dist.logits.dtype == torch.float32
+    assert guide_tr.nodes["z"]["fn"].base_dist.loc.dtype == torch.float32
+    amp = _fit(train_x[:256], amp=True).final["train_loss"]
+    fp32 = _fit(train_x[:256]).final["train_loss"]
+    assert amp == pytest.approx(fp32, rel=0.02)  # bf16 rounding, same training
+
+
+def test_compiled_networks_train_like_eager_ones(mnist_small):
+    train_x, _ = mnist_small
+    compiled = _fit(train_x[:128], compile=True)
+    eager = _fit(train_x[:128])
+    assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-3)
+    assert set(compiled.vae.state_dict()) == set(eager.vae.state_dict())  # checkpoints unchanged
