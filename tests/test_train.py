@@ -47,7 +47,7 @@ def test_run_folder_and_load_round_trip(mnist_small, tmp_path):
     assert config["train"] == {"epochs": 2, "batch_size": 128, "lr": 2e-3, "seed": 0,
                                "checkpoint_every": 0, "skip_nonfinite": False,
                                "deterministic": False, "channels_last": True,
-                               "compile": False, "amp": False}
+                               "compile": False, "amp": False, "sync_batchnorm": False}
 
     loaded = vaekit.load(out)
     x = test_x[:10].float() / 255

@@ -123,10 +123,11 @@ def append_metrics(run_dir: str | os.PathLike[str], row: dict[str, float]) -> No
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` as int)."""
+    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` and ``skipped`` as ints)."""
     with open(Path(run_dir) / METRICS, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+    return [{k: (int(float(v)) if k in ("epoch", "skipped") else float(v)) for k, v in r.items()}
+            for r in rows]
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:

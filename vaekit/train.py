@@ -28,7 +28,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from vaekit import runs
+from vaekit import distributed, runs
 from vaekit.data import to_unit
 from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from vaekit.evaluate import evaluate_elbo
@@ -68,6 +68,7 @@ class TrainSettings:
         compile: ``torch.compile`` the encoder and decoder (worth it on GPUs; small on CPUs).
         amp: Mixed precision: bfloat16 autocast for the networks, float32 for the likelihood and
             the loss.
+        sync_batchnorm: With several processes, normalise with the global batch's statistics.
     """
 
     epochs: int = 10
@@ -80,6 +81,7 @@ class TrainSettings:
     channels_last: bool = True
     compile: bool = False
     amp: bool = False
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -145,6 +147,7 @@ def fit(
     channels_last: bool = True,
     compile: bool = False,
     amp: bool = False,
+    sync_batchnorm: bool = False,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
 ) -> FitResult:
@@ -168,6 +171,7 @@ def fit(
         channels_last: Channels-last memory format for the networks (default; faster).
         compile: ``torch.compile`` the encoder and decoder.
         amp: bfloat16 autocast for the networks (mixed precision).
+        sync_batchnorm: Under ``torchrun``, BatchNorm statistics of the global batch.
         progress: Show a progress bar and print one line per epoch.
         data_info: Extra facts about the data recorded in ``config.json``.
 
@@ -183,7 +187,7 @@ def fit(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
                              deterministic=deterministic, channels_last=channels_last,
-                             compile=compile, amp=amp)
+                             compile=compile, amp=amp, sync_batchnorm=sync_batchnorm)
     return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
                     data_info).run(overwrite=overwrite)
 
@@ -248,11 +252,15 @@ class _Trainer:
         if settings.batch_size > train_data.shape[0]:
             raise ConfigError(f"batch size {settings.batch_size} is larger than the "
                               f"{train_data.shape[0]} training images; lower it")
-        self.dev = resolve_device(device)
+        self.dist, self.dev = distributed.setup(resolve_device(device))
+        if settings.batch_size % self.dist.world:
+            raise ConfigError(f"batch size {settings.batch_size} does not split over "
+                              f"{self.dist.world} processes; use a multiple of {self.dist.world}")
         _check_images(vae, train_data, "training")
         if test_data is not None:
             _check_images(vae, test_data, "test")
-        self.vae, self.s, self.progress = vae, settings, progress
+        self.vae, self.s = vae, settings
+        self.progress = progress and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.train_data, self.test_data = train_data, test_data
         self.data_info = data_info or {}
@@ -281,16 +289,27 @@ class _Trainer:
             state: dict[str, Any] | None = None) -> FitResult:
         """Train from ``state`` (a checkpoint) or from the start; see `fit`."""
         s, vae, dev = self.s, self.vae, self.dev
-        if self.run_path is not None:
-            self._prepare_run_dir(overwrite, resuming)
+        if self.run_path is not None:  # rank 0 writes; its error, if any, stops every rank
+            error = None
+            if self.dist.main:
+                try:
+                    self._prepare_run_dir(overwrite, resuming)
+                except ConfigError as e:
+                    error = str(e)
+            error = self.dist.from_main(error)
+            if error:
+                raise ConfigError(error)
         if s.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
 
         # -- seeds, data on the device, the loss as a torch module, the optimizer ---------------
-        pyro.set_rng_seed(s.seed)
+        rank, world = self.dist.rank, self.dist.world
+        pyro.set_rng_seed(s.seed + rank)  # each rank its own noise; the same shuffling on all
         self.shuffle = torch.Generator().manual_seed(s.seed)
         vae.to(dev).train()
+        if world > 1 and s.sync_batchnorm:
+            distributed.convert_sync_batchnorm(vae, dev)
         memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
         vae.to(memory_format=memory_format)
         if s.compile:
@@ -306,6 +325,14 @@ class _Trainer:
         with pyro.settings.context(module_local_params=True):
             loss_fn = Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
         self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr)
+        # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
+        # world size to give the gradient of the global batch's sum, as one process computes it.
+        train_fn = loss_fn
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_fn = DistributedDataParallel(loss_fn, device_ids=[dev.index] if dev.type ==
+                                               "cuda" else None)
         self.history: list[dict[str, float]] = []
         start_epoch, start_step, total, skipped = 0, 0, 0.0, 0
         if state is not None:
@@ -313,14 +340,14 @@ class _Trainer:
             self.history = list(state["history"])
             start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
             total, skipped = float(state.get("total", 0.0)), int(state.get("skipped", 0))
-            _set_rng_state(state["rng"], self.shuffle, dev)
-            if self.run_path is not None:  # metrics.csv follows the checkpoint
+            _set_rng_state(state["rng"], self.shuffle, dev, rank, world)
+            if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint
                 (self.run_path / runs.METRICS).unlink(missing_ok=True)
                 for row in self.history:
                     runs.append_metrics(self.run_path, row)
 
         n, bs = train_x.shape[0], s.batch_size
-        steps = math.ceil(n / bs)
+        steps = n // bs + (1 if n % bs >= world else 0)  # a last batch too small to split: dropped
         # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
         check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
         with _stop_on_signals() as stop:
@@ -336,15 +363,21 @@ class _Trainer:
                            dynamic_ncols=True)
                 with pyro.settings.context(module_local_params=True), bar:
                     for step in range(start_step, steps):
-                        x = lik.targets(to_unit(train_x[perm[step * bs : (step + 1) * bs]]))
+                        idx = perm[step * bs : (step + 1) * bs][rank::world]  # this rank's shard
+                        x = lik.targets(to_unit(train_x[idx]))
                         x = x.contiguous(memory_format=memory_format)
                         try:
                             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=s.amp):
-                                loss = loss_fn(x)
+                                loss = train_fn(x)
                         except ValueError as e:  # validation of a distribution fed NaN
                             if "invalid values" not in str(e):
                                 raise
                             loss = torch.tensor(float("nan"), device=dev)
+                        if world > 1:  # every rank learns of a signal or a bad loss on any rank
+                            flags = torch.tensor([stop.signum, float(not torch.isfinite(loss))])
+                            stop.signum, bad = (int(v) for v in self.dist.all_max(flags).tolist())
+                            if bad:
+                                loss = loss * float("nan")
                         if step % check_every == 0 and not torch.isfinite(loss):
                             if not s.skip_nonfinite:
                                 raise TrainingError(_nonfinite_message(vae, x, epoch, step + 1, s))
@@ -352,26 +385,27 @@ class _Trainer:
                             bar.update(x.shape[0])
                             continue
                         self.optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
+                        (loss * world if world > 1 else loss).backward()
                         self.optimizer.step()
                         acc += loss.detach()
-                        bar.update(x.shape[0])
+                        bar.update(x.shape[0] * world)
                         if self.progress and step % 10 == 0:
                             bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
                         done = step + 1
                         every = s.checkpoint_every and (epoch - 1) * steps + done
                         if stop.signum or (every and every % s.checkpoint_every == 0
                                            and done < steps):
-                            self._checkpoint(epoch - 1, done, acc.item(), skipped, shuffle_state)
+                            self._checkpoint(epoch - 1, done, self.dist.all_sum(acc.clone()).item(),
+                                             skipped, shuffle_state)
                         if stop.signum:
                             raise Interrupted(stop.signum, epoch, done, self.run_path)
-                train_loss = acc.item() / n
+                train_loss = self.dist.all_sum(acc).item() / n
                 if not math.isfinite(train_loss):
                     raise TrainingError(_nonfinite_message(vae, x, epoch, None, s))
 
                 # -- evaluate, then checkpoint and write the run folder -----------------------
                 row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
-                test = evaluate_elbo(vae, test_y, bs) if test_y is not None else {}
+                test = self._evaluate(test_y) if test_y is not None else {}
                 for key in ("neg_elbo", "recon", "kl"):
                     row[f"test_{key}"] = test.get(key, float("nan"))
                 row["skipped"] = skipped
@@ -379,7 +413,8 @@ class _Trainer:
                 self.history.append(row)
                 if self.run_path is not None:
                     self._checkpoint(epoch, 0, 0.0, 0, self.shuffle.get_state())
-                    self._write_pictures()
+                    if self.dist.main:
+                        self._write_pictures()
                 if self.progress:
                     tqdm.write(
                         f"epoch {epoch}/{s.epochs}  train loss {train_loss:.2f}  test -ELBO "
@@ -393,15 +428,27 @@ class _Trainer:
         vae.to(memory_format=torch.contiguous_format).eval()
         return FitResult(vae=vae, history=self.history, run_dir=self.run_path)
 
+    def _evaluate(self, test_y: torch.Tensor) -> dict[str, float]:
+        """Test -ELBO and its parts, each rank on its shard of the test set, summed over ranks."""
+        shard = test_y[self.dist.rank :: self.dist.world]
+        m = evaluate_elbo(self.vae, shard, self.s.batch_size)
+        sums = torch.tensor([m["recon"] * len(shard), m["kl"] * len(shard)], dtype=torch.float64)
+        recon, kl = (self.dist.all_sum(sums) / len(test_y)).tolist()
+        return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
+
     # -- saving ---------------------------------------------------------------------------------
     def _checkpoint(self, epoch: int, step: int, total: float, skipped: int,
                     shuffle_state: torch.Tensor) -> None:
         """Save where training is: ``epoch`` epochs done plus ``step`` steps of the next one."""
         if self.run_path is None:
             return
-        rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
+        own = {"torch": torch.get_rng_state()}
         if self.dev.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.dev)
+            own["cuda"] = torch.cuda.get_rng_state(self.dev)
+        ranks = self.dist.gather(own)  # every rank's random state, for an exact resume
+        if not self.dist.main:
+            return
+        rng = {**ranks[0], "shuffle": shuffle_state, "ranks": ranks}
         try:
             runs.save_checkpoint(self.run_path, {
                 "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -480,12 +527,17 @@ class _stop_on_signals:
             signal.signal(sig, handler)
 
 
-def _set_rng_state(state: dict[str, torch.Tensor], shuffle: torch.Generator,
-                   dev: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator, dev: torch.device,
+                   rank: int, world: int) -> None:
+    """Restore the random state; each rank its own when the world size is unchanged."""
     shuffle.set_state(state["shuffle"])
-    if dev.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], dev)
+    own = state["ranks"][rank] if len(state.get("ranks", [])) == world else state
+    if world > 1 and len(state.get("ranks", [])) != world:  # another world size: fresh noise
+        own = {"torch": torch.Generator().manual_seed(int(state["torch"][:8].sum()) + rank)
+               .get_state()}
+    torch.set_rng_state(own["torch"])
+    if dev.type == "cuda" and "cuda" in own:
+        torch.cuda.set_rng_state(own["cuda"], dev)
 
 
 def _version() -> str:
