@@ -1,17 +1,35 @@
-"""Numbers for a trained VAE: the ELBO and its parts, in nats per image.
+"""Numbers for a trained VAE: the ELBO and its parts, the IWAE bound and latent usage, in nats.
 
-    terms = elbo_terms(vae, x)          # per-image reconstruction NLL and KL(q(z|x) || p(z))
-    m = evaluate_elbo(vae, test_x)      # {"neg_elbo": ..., "recon": ..., "kl": ...}
+    terms = elbo_terms(vae, x)              # per-image reconstruction NLL and KL(q(z|x) || p(z))
+    m = evaluate_elbo(vae, test_x)          # {"neg_elbo": ..., "recon": ..., "kl": ...}
+    r = evaluate(vae, test_x, num_samples=1000)   # an `Evaluation`: -ELBO, IWAE -log p(x), ...
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+
 import torch
 from torch.distributions import Normal, kl_divergence
+from tqdm.auto import tqdm
 
+from vaekit.errors import ConfigError, DataError
 from vaekit.model import VAE
 
-__all__ = ["elbo_terms", "evaluate_elbo"]
+__all__ = [
+    "elbo_terms",
+    "evaluate_elbo",
+    "iwae_bound",
+    "evaluate",
+    "Evaluation",
+    "active_units",
+    "bits_per_dim",
+    "ACTIVE_UNIT_THRESHOLD",
+]
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+"""A latent dimension is active when ``Cov_x(E_q[z_d]) > 0.01`` (Burda et al., 2015)."""
 
 
 @torch.no_grad()
@@ -58,3 +76,241 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024) -> dict[str
     n = x.shape[0]
     recon_f, kl_f = recon.item() / n, kl.item() / n
     return {"neg_elbo": recon_f + kl_f, "recon": recon_f, "kl": kl_f}
+
+
+# -- importance sampling ------------------------------------------------------------------------
+@dataclass
+class _PerImage:
+    """Per-image results of one importance-sampling pass (all ``[N]`` except noted)."""
+
+    neg_log_px: torch.Tensor  # IWAE estimate of -log p(x)
+    recon: torch.Tensor  # mean over the K samples of -log p(x|z_k)
+    kl: torch.Tensor  # analytic KL(q(z|x) || p(z))
+    kl_per_dim: torch.Tensor  # [N, z_dim]
+    z_loc: torch.Tensor  # [N, z_dim], E_q[z]
+    discrete: bool  # the likelihood's support is discrete (no bits/dim)
+
+
+def _check_args(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: int,
+                chunk_size: int) -> None:
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size),
+                        ("chunk_size", chunk_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != vae.image_shape or x.shape[0] == 0:
+        raise DataError(f"observations have shape {tuple(x.shape)} but the model takes "
+                        f"[N >= 1, *{vae.image_shape}]; pass a batch of images shaped like that")
+
+
+@torch.no_grad()
+def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: int,
+                     chunk_size: int, seed: int, progress: bool = False) -> _PerImage:
+    """Encode each batch once, draw K z's per image, decode in bounded chunks, reduce per image."""
+    _check_args(vae, x, num_samples, batch_size, chunk_size)
+    dev = next(iter(vae.parameters()), x).device  # `vae.device` needs a parameter
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    k = num_samples
+    out: dict[str, list[torch.Tensor]] = {f: [] for f in ("iwae", "recon", "kl", "kld", "loc")}
+    discrete = False
+    was_training = vae.training
+    vae.eval()
+    bar = tqdm(total=x.shape[0], desc=f"IWAE K={k}", unit="img", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size].to(dev)
+            b = xb.shape[0]
+            z_loc, z_scale = vae.encoder(xb)
+            q = Normal(z_loc, z_scale)
+            kld = kl_divergence(q, Normal(torch.zeros_like(z_loc), torch.ones_like(z_scale)))
+            # z_k ~ q(z|x): [K, B, Z]; log q and log p(z) are cheap, do them at once.
+            eps = torch.randn((k, b, vae.z_dim), generator=gen, device=dev, dtype=z_loc.dtype)
+            z = z_loc + z_scale * eps
+            log_q = q.log_prob(z).sum(-1)
+            log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+            # log p(x|z_k): decode the K*B latents at most `chunk_size` at a time.
+            z_flat = z.reshape(k * b, vae.z_dim)
+            log_lik = torch.empty(k * b, device=dev, dtype=z_loc.dtype)
+            for j in range(0, k * b, chunk_size):
+                idx = torch.arange(j, min(j + chunk_size, k * b), device=dev)
+                px = vae.likelihood(vae.decoder(z_flat[idx]))
+                log_lik[idx] = px.log_prob(xb[idx % b])
+                discrete = bool(px.support.is_discrete)
+            log_lik = log_lik.reshape(k, b)
+            log_w = log_lik + log_pz - log_q
+            out["iwae"].append(math.log(k) - torch.logsumexp(log_w, dim=0))
+            out["recon"].append(-log_lik.mean(0))
+            out["kl"].append(kld.sum(-1))
+            out["kld"].append(kld)
+            out["loc"].append(z_loc)
+            bar.update(b)
+    finally:
+        bar.close()
+        vae.train(was_training)
+    cat = {f: torch.cat(v) for f, v in out.items()}
+    return _PerImage(cat["iwae"], cat["recon"], cat["kl"], cat["kld"], cat["loc"], discrete)
+
+
+def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 100,
+               chunk_size: int = 2048, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """Per-image IWAE estimate of ``-log p(x)`` in nats: ``-log (1/K) Σ_k p(x, z_k) / q(z_k|x)``.
+
+    With z_k ~ q(z|x), the bound log (1/K) Σ_k w_k is below log p(x) in expectation, rises with K
+    and reaches it as K → ∞ (Burda et al., 2015); the value returned is its negative, so it is an
+    over-estimate of -log p(x) on average. β plays no part: the weights use the true prior.
+
+    The weights are computed here, vectorised over samples and images, rather than with Pyro's
+    ``vectorized_importance_weights``: that one sums the log weights over the ``"data"`` plate
+    (one weight per joint draw for the whole batch, no per-image reduction), scales the ``"z"``
+    site by β, and decodes all K×B latents in one pass. Here each image batch is encoded once,
+    K latents per image are drawn, ``log p(x|z)`` comes from
+    ``vae.likelihood(vae.decoder(z)).log_prob(x)`` in chunks of at most ``chunk_size`` latents
+    (bounded memory; the result does not depend on it), and ``log p(z)``, ``log q(z|x)`` from
+    torch ``Normal`` log-densities; ``logsumexp`` over K gives each image's value.
+
+    Args:
+        vae: The model; evaluated in eval mode, its previous mode restored.
+        x: Observations ``[N, C, H, W]`` (e.g. binarized images for Bernoulli).
+        num_samples: K, importance samples per image.
+        batch_size: Images encoded at once.
+        chunk_size: Most latents decoded at once.
+        seed: Seeds the draws of z (a generator of its own; global RNGs are untouched).
+        progress: Show a progress bar over the images.
+
+    Returns:
+        A tensor ``[N]`` of per-image estimates; report its mean and standard error.
+
+    Raises:
+        ConfigError: for a count below 1.
+        DataError: for observations of the wrong shape.
+    """
+    return _importance_pass(vae, x, num_samples, batch_size, chunk_size, seed,
+                            progress).neg_log_px
+
+
+def active_units(z_loc: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """How many latent dimensions have ``Cov_x(E_q[z_d]) > threshold`` (Burda et al., 2015).
+
+    Args:
+        z_loc: Posterior means ``[N, z_dim]`` over a data set (N >= 2).
+        threshold: The activity threshold.
+    """
+    if z_loc.shape[0] < 2:
+        return 0
+    return int((z_loc.var(dim=0) > threshold).sum())
+
+
+def bits_per_dim(neg_log_px: float, dims: int, levels: int = 255) -> float:
+    """Bits per dimension of 8-bit data ``v`` from a continuous density of ``x = v / levels``.
+
+    Computes ``(neg_log_px / dims + log(levels)) / log(2)``: ``log(levels)`` per dimension is the
+    Jacobian of ``x = v / levels``, turning the density of x into a density of the pixel values
+    v in 0..255. vaekit scales uint8 images by 1/255 (`vaekit.data.to_unit`), hence 255. No
+    dequantization noise is added: the density is read at the data points, as in training, so
+    this is not a bound on the discrete log-likelihood and is not comparable with figures from
+    uniformly dequantized data (``(v + u) / 256``, which use ``log 256``).
+
+    Args:
+        neg_log_px: -log p(x) of one image in nats (e.g. the IWAE estimate).
+        dims: Values per image (C·H·W).
+        levels: The factor the data were divided by.
+    """
+    return (neg_log_px / dims + math.log(levels)) / math.log(2)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` returns; nats per image unless said otherwise, means over the images.
+
+    Attributes:
+        n_images: Images evaluated.
+        num_samples: K, importance samples per image.
+        neg_elbo: -ELBO = ``recon + kl`` (β = 1, the true bound).
+        neg_elbo_se: Its standard error over images.
+        recon: ``-E_q[log p(x|z)]``, averaged over the K samples of each image.
+        kl: ``KL(q(z|x) || p(z))``, analytic.
+        beta: The model's β.
+        objective: The β-weighted training objective ``recon + beta * kl`` (equal to
+            ``neg_elbo`` when β = 1).
+        neg_log_px: IWAE estimate of -log p(x) with K samples (an over-estimate on average).
+        neg_log_px_se: Its standard error over images.
+        kl_per_dim: Mean over images of each latent dimension's KL.
+        active_units: Dimensions with ``Cov_x(E_q[z_d]) > active_threshold``.
+        active_threshold: The threshold used.
+        bits_per_dim: `bits_per_dim` of ``neg_log_px`` for continuous likelihoods (e.g. Gaussian)
+            on 8-bit data scaled by 1/255; None for discrete ones (Bernoulli).
+    """
+
+    n_images: int
+    num_samples: int
+    neg_elbo: float
+    neg_elbo_se: float
+    recon: float
+    kl: float
+    beta: float
+    objective: float
+    neg_log_px: float
+    neg_log_px_se: float
+    kl_per_dim: list[float]
+    active_units: int
+    active_threshold: float
+    bits_per_dim: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size: int = 100,
+             chunk_size: int = 2048, seed: int = 0,
+             active_threshold: float = ACTIVE_UNIT_THRESHOLD, progress: bool = False) -> Evaluation:
+    """Test numbers for a VAE: -ELBO and its parts, the IWAE -log p(x), latent usage, bits/dim.
+
+    One importance-sampling pass (see `iwae_bound`) gives everything: the reconstruction term
+    is the mean of ``-log p(x|z_k)`` over the same K draws (lower variance than the single draw
+    of `evaluate_elbo`), the KL is analytic, and the IWAE value is ``>=`` the one-sample-average
+    bound for the same draws.
+
+    Args:
+        vae: The model; evaluated in eval mode, its previous mode restored.
+        x_obs: Observations ``[N, C, H, W]``, made as in training (e.g. test images binarized
+            with `vaekit.train.TEST_BINARIZATION_SEED`).
+        num_samples: K, importance samples per image.
+        batch_size: Images encoded at once.
+        chunk_size: Most latents decoded at once (memory bound).
+        seed: Seeds the draws of z.
+        active_threshold: Variance threshold for `active_units`.
+        progress: Show a progress bar over the images.
+
+    Returns:
+        An `Evaluation`.
+
+    Raises:
+        ConfigError: for a count below 1.
+        DataError: for observations of the wrong shape.
+    """
+    r = _importance_pass(vae, x_obs, num_samples, batch_size, chunk_size, seed, progress)
+    n = r.neg_log_px.shape[0]
+    neg_elbo = r.recon + r.kl
+
+    def se(v: torch.Tensor) -> float:
+        return float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
+
+    nlp = float(r.neg_log_px.mean())
+    dims = math.prod(vae.image_shape)
+    return Evaluation(
+        n_images=n,
+        num_samples=num_samples,
+        neg_elbo=float(neg_elbo.mean()),
+        neg_elbo_se=se(neg_elbo),
+        recon=float(r.recon.mean()),
+        kl=float(r.kl.mean()),
+        beta=vae.beta,
+        objective=float((r.recon + vae.beta * r.kl).mean()),
+        neg_log_px=nlp,
+        neg_log_px_se=se(r.neg_log_px),
+        kl_per_dim=[float(v) for v in r.kl_per_dim.mean(0)],
+        active_units=active_units(r.z_loc, active_threshold),
+        active_threshold=active_threshold,
+        bits_per_dim=None if r.discrete else bits_per_dim(nlp, dims),
+    )

@@ -1,30 +1,43 @@
-"""Pictures of a VAE: samples, reconstructions and the training curve, as PNG files.
+"""Pictures of a VAE as PNG files: samples, reconstructions, the training curve, interpolations,
+latent traversals, a map of the latent space and the decoded manifold of a 2-D latent space.
 
     save_samples(vae, "samples.png")
     save_reconstructions(vae, test_x[:32], "reconstructions.png")
+    save_traversals(vae, z_loc[0], dims=[3, 0, 7], path="traverse.png")
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 from torchvision.utils import make_grid, save_image
 
 from vaekit.model import VAE
 
-__all__ = ["save_samples", "save_reconstructions", "save_loss_curve"]
+__all__ = [
+    "save_samples",
+    "save_reconstructions",
+    "save_loss_curve",
+    "save_interpolations",
+    "save_traversals",
+    "project_2d",
+    "save_latent_map",
+    "save_manifold",
+]
 
 
-def save_samples(vae: VAE, path: str | os.PathLike[str], n: int = 64, seed: int = 0) -> Path:
-    """Save a grid of mean images decoded from ``n`` draws of the prior (seeded)."""
+def save_samples(vae: VAE, path: str | os.PathLike[str], n: int = 64, seed: int = 0,
+                 nrow: int = 8) -> Path:
+    """Save a grid of mean images decoded from ``n`` draws of the prior (seeded), ``nrow`` a row."""
     was_training = vae.training
     vae.eval()
     images = vae.sample(n, generator=torch.Generator().manual_seed(seed))
     vae.train(was_training)
-    save_image(make_grid(images.cpu(), nrow=8, padding=2, pad_value=0.5), path)
+    save_image(make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=0.5), path)
     return Path(path)
 
 
@@ -63,3 +76,195 @@ def save_loss_curve(history: Sequence[dict[str, float]], path: str | os.PathLike
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# -- looking inside: interpolations, traversals, the latent map, the manifold ------------------
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """Write a PNG atomically, so an interrupted command leaves no half-written picture."""
+    from vaekit.runs import atomic_write
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+def _save_grid(images: torch.Tensor, path: str | os.PathLike[str], nrow: int,
+               padding: int = 2) -> Path:
+    grid = make_grid(images.detach().cpu().float(), nrow=nrow, padding=padding, pad_value=0.5)
+    return _save_png(path, lambda f: save_image(grid, f, format="png"))
+
+
+def _eval(vae: VAE) -> bool:
+    was_training = vae.training
+    vae.eval()
+    return was_training
+
+
+@torch.no_grad()
+def save_interpolations(vae: VAE, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                        path: str | os.PathLike[str], steps: int = 10) -> Path:
+    """One row per pair of images: the first image, ``steps`` decodings along the straight line
+    between their posterior means (both ends included), the second image.
+
+    Args:
+        vae: The model.
+        pairs: Pairs of images ``[C, H, W]`` in [0, 1] (e.g. test observations).
+        path: The PNG to write.
+        steps: Decoded points per row (>= 2).
+    """
+    was_training = _eval(vae)
+    try:
+        t = torch.linspace(0, 1, steps, device=vae.device)[:, None]
+        rows = []
+        for a, b in pairs:
+            z = vae.encode(torch.stack([a, b]).float())[0]
+            path_images = vae.decode((1 - t) * z[0] + t * z[1]).cpu()
+            rows += [a[None].cpu().float(), path_images, b[None].cpu().float()]
+    finally:
+        vae.train(was_training)
+    return _save_grid(torch.cat(rows), path, nrow=steps + 2)
+
+
+@torch.no_grad()
+def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | os.PathLike[str],
+                    steps: int = 11, span: float = 3.0, labels: Sequence[str] | None = None) -> Path:
+    """One row per latent dimension: ``z`` with that dimension swept over ``[-span, span]``.
+
+    Args:
+        vae: The model.
+        z: The base latent ``[z_dim]`` (e.g. an image's posterior mean, or zeros).
+        dims: The dimensions to sweep, one row each, in this order.
+        path: The PNG to write.
+        steps: Images per row.
+        span: The sweep's half-width, in prior standard deviations.
+        labels: A label per row, written left of it (default ``z<d>``).
+    """
+    was_training = _eval(vae)
+    try:
+        values = torch.linspace(-span, span, steps, device=vae.device)
+        rows = []
+        for d in dims:
+            zs = z.to(vae.device).float().repeat(steps, 1)
+            zs[:, d] = values
+            rows.append(vae.decode(zs).cpu())
+    finally:
+        vae.train(was_training)
+    grid = make_grid(torch.cat(rows), nrow=steps, padding=2, pad_value=0.5)
+    labels = list(labels) if labels is not None else [f"z{d}" for d in dims]
+    plt = _pyplot()
+    h, w = grid.shape[1:]
+    scale, margin, dpi = 2, 150, 100  # pixels: image at 2x, a left margin for the labels
+    fig = plt.figure(figsize=((w * scale + margin) / dpi, (h * scale + 40) / dpi), dpi=dpi)
+    ax = fig.add_axes((margin / (w * scale + margin), 0, w * scale / (w * scale + margin),
+                       h * scale / (h * scale + 40)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", vmin=0, vmax=1)
+    cell = (h - 2) / len(labels)
+    ax.set_yticks([2 + cell * (i + 0.5) for i in range(len(labels))], labels, fontsize=8)
+    ax.set_xticks([2 + (w - 2) / steps * (i + 0.5) for i in (0, steps // 2, steps - 1)],
+                  [f"{-span:g}", "0", f"{span:g}"], fontsize=8)
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: str | os.PathLike[str]) -> Path:
+    try:
+        return _save_png(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        _pyplot().close(fig)
+
+
+def project_2d(z: torch.Tensor) -> tuple[torch.Tensor, list[float] | None]:
+    """Two coordinates per row of ``z`` ``[N, z_dim]`` for a scatter plot.
+
+    Returns:
+        ``(points [N, 2], explained)``: ``z`` itself when ``z_dim == 2`` (``explained`` None);
+        for ``z_dim == 1``, ``z`` against zeros; otherwise the projection on the first two
+        principal components (SVD of the centred ``z``) and the share of variance of each.
+    """
+    z = z.detach().cpu().float()
+    if z.shape[1] == 2:
+        return z, None
+    if z.shape[1] == 1:
+        return torch.cat([z, torch.zeros_like(z)], dim=1), None
+    centred = z - z.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    var = s**2
+    explained = (var[:2] / var.sum().clamp_min(1e-12)).tolist()
+    return centred @ vh[:2].T, explained
+
+
+def save_latent_map(points: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike[str],
+                    axis_labels: tuple[str, str] = ("z0", "z1"), title: str = "") -> Path:
+    """Scatter plot of 2-D points (e.g. from `project_2d`) coloured by class label.
+
+    Args:
+        points: ``[N, 2]`` coordinates.
+        labels: ``[N]`` integer labels (digits 0-9 for MNIST).
+        path: The PNG to write (600x540 pixels).
+        axis_labels: Names of the two axes.
+        title: A title for the plot.
+    """
+    plt = _pyplot()
+    pts, lab = points.detach().cpu().numpy(), labels.detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 5.4), dpi=100)
+    classes = sorted({int(v) for v in lab})
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colour = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
+    # One scatter in a fixed random order, so that no class is painted over all the others.
+    order = torch.randperm(len(lab), generator=torch.Generator().manual_seed(0)).numpy()
+    size = min(20.0, max(3.0, 3e4 / max(len(lab), 1)))  # bigger points when there are few
+    ax.scatter(pts[order, 0], pts[order, 1], s=size, alpha=0.6, linewidths=0,
+               c=[colour[int(v)] for v in lab[order]])
+    for c in classes:  # legend entries
+        ax.scatter([], [], s=3, color=colour[c], label=str(c))
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+@torch.no_grad()
+def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20) -> Path:
+    """The decoded manifold of a 2-D latent space: mean images on an ``n x n`` grid of z.
+
+    The grid is ``Φ⁻¹`` of ``n`` evenly spaced probabilities in ``(0, 1)`` on each axis, so equal
+    prior mass lies between neighbours (Kingma & Welling, 2014). ``z0`` grows to the right and
+    ``z1`` upwards.
+
+    Args:
+        vae: A model with ``z_dim == 2``.
+        path: The PNG to write.
+        n: Images per side.
+
+    Raises:
+        ConfigError: if ``z_dim != 2``.
+    """
+    from vaekit.errors import ConfigError
+
+    if vae.z_dim != 2:
+        raise ConfigError(f"the manifold picture needs a 2-D latent space, this model has "
+                          f"z_dim={vae.z_dim}; use the latent map or traversals instead")
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
+    z1, z0 = torch.meshgrid(q.flip(0), q, indexing="ij")  # rows top to bottom: z1 decreasing
+    was_training = _eval(vae)
+    try:
+        images = vae.decode(torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1))
+    finally:
+        vae.train(was_training)
+    return _save_grid(images, path, nrow=n, padding=0)
