@@ -62,7 +62,8 @@ def cli() -> None:
 _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_dim",
                   "batch_size", "lr", "seed", "limit_train", "limit_test", "out", "overwrite",
                   "checkpoint_every", "skip_nonfinite", "deterministic", "channels_last",
-                  "compile_nets", "amp", "sync_batchnorm")
+                  "compile_nets", "amp", "sync_batchnorm", "objective", "beta_schedule",
+                  "iwae_samples", "gamma", "capacity", "capacity_steps", "free_bits")
 
 
 @cli.command()
@@ -76,8 +77,23 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
                    "[default: 0.1]")
 @click.option("--learn-scale", is_flag=True, default=None,
               help="Gaussian only: learn one global observation scale.")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--beta", type=click.FloatRange(min=0), default=1.0,
               show_default=True, help="Weight of the KL term (β-VAE); 1 is the ELBO.")
+@click.option("--objective", type=click.Choice(["elbo", "iwae", "capacity", "free-bits"]),
+              default="elbo", show_default=True,
+              help="Training objective; the test -ELBO is reported whatever it is.")
+@click.option("--beta-schedule", default="constant", show_default=True,
+              help="β over steps: constant, linear:STEPS (warm-up) or cyclical:STEPS[:RATIO].")
+@click.option("--iwae-samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="K for --objective iwae.")
+@click.option("--gamma", type=click.FloatRange(min=0), default=1000.0, show_default=True,
+              help="γ for --objective capacity: γ|KL - C|.")
+@click.option("--capacity", type=click.FloatRange(min=0), default=25.0, show_default=True,
+              help="Final C in nats per image for --objective capacity.")
+@click.option("--capacity-steps", type=click.IntRange(min=0), default=10000, show_default=True,
+              help="Steps over which C rises linearly from 0.")
+@click.option("--free-bits", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="λ in nats per latent dimension for --objective free-bits.")
 @click.option("--z-dim", type=click.IntRange(min=1), default=32, show_default=True,
               help="Latent dimension.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
@@ -127,7 +143,9 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="Show a progress bar.")
 @click.pass_context
 def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float | None,
-        learn_scale: bool | None, beta: float, z_dim: int, epochs: int, batch_size: int,
+        learn_scale: bool | None, beta: float, objective: str, beta_schedule: str,
+        iwae_samples: int, gamma: float, capacity: float, capacity_steps: int, free_bits: float,
+        z_dim: int, epochs: int, batch_size: int,
         lr: float, device: str, seed: int, data_root: Path | None, download: bool,
         limit_train: int | None, limit_test: int | None, out: Path | None, overwrite: bool,
         resume_dir: Path | None, checkpoint_every: int, skip_nonfinite: bool, deterministic: bool,
@@ -194,6 +212,9 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
                              checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
                              deterministic=deterministic, channels_last=channels_last,
                              compile=compile_nets, amp=amp, sync_batchnorm=sync_batchnorm,
+                             objective=objective, beta_schedule=beta_schedule,
+                             iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
+                             capacity_steps=capacity_steps, free_bits=free_bits,
                              progress=progress, data_info=info)
     except Interrupted as e:
         _fail(str(e), code=128 + e.signum)

@@ -36,12 +36,17 @@ def _register(name: str, module: nn.Module) -> None:
 
 
 def _check_beta(beta: float) -> float:
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
         raise ConfigError(
-            f"beta must be a positive number, got {beta!r}: it weights the KL term through "
-            "poutine.scale, which needs a factor > 0 (beta=1 is the plain VAE)"
+            f"beta must be a number >= 0, got {beta!r}: it weights the KL term "
+            "(beta=1 is the plain VAE)"
         )
     return float(beta)
+
+
+def _kl_weight(beta: float) -> poutine.messenger.Messenger:
+    """β on the ``"z"`` site: ``poutine.scale`` (β > 0), or ``poutine.mask`` off for β = 0."""
+    return poutine.scale(scale=beta) if beta > 0 else poutine.mask(mask=False)
 
 
 class Model(nn.Module):
@@ -68,7 +73,7 @@ class Model(nn.Module):
         with pyro.plate("data", x.shape[0]):
             z_loc = x.new_zeros(x.shape[0], self.z_dim)
             z_scale = x.new_ones(x.shape[0], self.z_dim)
-            with poutine.scale(scale=self.beta):
+            with _kl_weight(self.beta):
                 z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
             out = self.decoder(z).float()  # float32 likelihood under mixed precision
             return pyro.sample("x", self.likelihood(out), obs=x)
@@ -93,7 +98,7 @@ class Guide(nn.Module):
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = self.encoder(x)
             z_loc, z_scale = z_loc.float(), z_scale.float()  # float32 under mixed precision
-            with poutine.scale(scale=self.beta):
+            with _kl_weight(self.beta):
                 return pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
 
 

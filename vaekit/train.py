@@ -25,7 +25,6 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from vaekit import distributed, runs
@@ -33,6 +32,7 @@ from vaekit.data import to_unit
 from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from vaekit.evaluate import evaluate_elbo
 from vaekit.model import VAE
+from vaekit.objectives import BetaSchedule, Capacity, make_objective
 
 __all__ = [
     "TrainSettings",
@@ -69,6 +69,15 @@ class TrainSettings:
         amp: Mixed precision: bfloat16 autocast for the networks, float32 for the likelihood and
             the loss.
         sync_batchnorm: With several processes, normalise with the global batch's statistics.
+        objective: ``"elbo"`` (β-weighted ``Trace_ELBO``), ``"iwae"``, ``"capacity"`` or
+            ``"free-bits"``; see `vaekit.objectives`.
+        beta_schedule: ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``, towards
+            the model's β.
+        iwae_samples: K for the IWAE objective.
+        gamma: γ of the capacity objective.
+        capacity: Final capacity C, nats per image.
+        capacity_steps: Steps over which C rises linearly from 0.
+        free_bits: λ, nats per latent dimension, of the free-bits objective.
     """
 
     epochs: int = 10
@@ -82,8 +91,25 @@ class TrainSettings:
     compile: bool = False
     amp: bool = False
     sync_batchnorm: bool = False
+    objective: str = "elbo"
+    beta_schedule: str = "constant"
+    iwae_samples: int = 5
+    gamma: float = 1000.0
+    capacity: float = 25.0
+    capacity_steps: int = 10000
+    free_bits: float = 0.5
 
     def __post_init__(self) -> None:
+        from vaekit.objectives import OBJECTIVES, BetaSchedule
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of: "
+                              + ", ".join(OBJECTIVES))
+        BetaSchedule.parse(self.beta_schedule)
+        if self.beta_schedule != "constant" and self.objective != "elbo":
+            raise ConfigError("a beta schedule only applies to the elbo objective")
+        if self.iwae_samples < 1 or self.capacity_steps < 0 or self.free_bits < 0 or self.gamma < 0:
+            raise ConfigError("iwae_samples must be >= 1 and gamma, capacity_steps, free_bits >= 0")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
@@ -148,6 +174,13 @@ def fit(
     compile: bool = False,
     amp: bool = False,
     sync_batchnorm: bool = False,
+    objective: str = "elbo",
+    beta_schedule: str = "constant",
+    iwae_samples: int = 5,
+    gamma: float = 1000.0,
+    capacity: float = 25.0,
+    capacity_steps: int = 10000,
+    free_bits: float = 0.5,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
 ) -> FitResult:
@@ -172,6 +205,13 @@ def fit(
         compile: ``torch.compile`` the encoder and decoder.
         amp: bfloat16 autocast for the networks (mixed precision).
         sync_batchnorm: Under ``torchrun``, BatchNorm statistics of the global batch.
+        objective: ``"elbo"``, ``"iwae"``, ``"capacity"`` or ``"free-bits"`` (`vaekit.objectives`).
+        beta_schedule: ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``.
+        iwae_samples: K for ``objective="iwae"``.
+        gamma: γ for ``objective="capacity"``.
+        capacity: Final C (nats per image) for ``objective="capacity"``.
+        capacity_steps: Steps over which C rises from 0.
+        free_bits: λ (nats per latent dimension) for ``objective="free-bits"``.
         progress: Show a progress bar and print one line per epoch.
         data_info: Extra facts about the data recorded in ``config.json``.
 
@@ -187,7 +227,10 @@ def fit(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
                              deterministic=deterministic, channels_last=channels_last,
-                             compile=compile, amp=amp, sync_batchnorm=sync_batchnorm)
+                             compile=compile, amp=amp, sync_batchnorm=sync_batchnorm,
+                             objective=objective, beta_schedule=beta_schedule,
+                             iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
+                             capacity_steps=capacity_steps, free_bits=free_bits)
     return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
                     data_info).run(overwrite=overwrite)
 
@@ -322,8 +365,12 @@ class _Trainer:
             fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
             test_y = lik.targets(to_unit(self.test_data), generator=fixed).to(dev)
         self.show = test_y if test_y is not None else lik.targets(to_unit(train_x[:32]))
+        base_beta = vae.beta
+        schedule = BetaSchedule.parse(s.beta_schedule, beta=base_beta)
         with pyro.settings.context(module_local_params=True):
-            loss_fn = Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
+            loss_fn = make_objective(vae, s.objective, iwae_samples=s.iwae_samples, gamma=s.gamma,
+                                     capacity=s.capacity, capacity_steps=s.capacity_steps,
+                                     free_bits=s.free_bits)
         self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr)
         # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
         # world size to give the gradient of the global batch's sum, as one process computes it.
@@ -366,6 +413,11 @@ class _Trainer:
                         idx = perm[step * bs : (step + 1) * bs][rank::world]  # this rank's shard
                         x = lik.targets(to_unit(train_x[idx]))
                         x = x.contiguous(memory_format=memory_format)
+                        global_step = (epoch - 1) * steps + step
+                        if schedule.kind != "constant":
+                            vae.beta = schedule(global_step)
+                        if isinstance(loss_fn, Capacity):
+                            loss_fn.set_step(global_step)
                         try:
                             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=s.amp):
                                 loss = train_fn(x)
@@ -408,6 +460,7 @@ class _Trainer:
                 test = self._evaluate(test_y) if test_y is not None else {}
                 for key in ("neg_elbo", "recon", "kl"):
                     row[f"test_{key}"] = test.get(key, float("nan"))
+                row["beta"] = vae.beta
                 row["skipped"] = skipped
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
@@ -425,6 +478,7 @@ class _Trainer:
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, 0, self.run_path)
         # Hand back the model as `vaekit.load` builds it, so both compute the same numbers.
+        vae.beta = base_beta
         vae.to(memory_format=torch.contiguous_format).eval()
         return FitResult(vae=vae, history=self.history, run_dir=self.run_path)
 

@@ -1,0 +1,187 @@
+"""Training objectives: the β-ELBO (with β schedules), IWAE, the capacity objective, free bits.
+
+    obj = make_objective(vae, "iwae", iwae_samples=5)
+    loss = obj(x)                          # differentiable, summed over the batch
+    schedule = BetaSchedule.parse("cyclical:2000")
+    vae.beta = schedule(step)
+
+Each objective is a `torch.nn.Module` over the VAE's own Pyro ``model`` and ``guide``: the β-ELBO
+is ``Trace_ELBO()(model, guide)``; the others trace the same two programs and combine their
+sites' log-densities. Whatever the objective, `vaekit.fit` reports the true test ELBO beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from torch import nn
+from torch.distributions import kl_divergence
+
+from vaekit.errors import ConfigError
+from vaekit.model import VAE
+
+__all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "IWAE", "Capacity", "FreeBits"]
+
+OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits")
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """β as a function of the training step.
+
+    Attributes:
+        kind: ``"constant"``, ``"linear"`` (warm-up from 0 to β over ``steps``) or ``"cyclical"``
+            (Fu et al. 2019: each cycle of ``steps`` rises linearly from 0 to β over its first
+            ``ratio`` and stays at β for the rest).
+        beta: The final (or constant) β.
+        steps: Warm-up length or cycle length, in steps.
+        ratio: Rising part of each cycle.
+    """
+
+    kind: str = "constant"
+    beta: float = 1.0
+    steps: int = 0
+    ratio: float = 0.5
+
+    def __call__(self, step: int) -> float:
+        """β at ``step`` (0-based)."""
+        if self.kind == "constant" or self.steps <= 0:
+            return self.beta
+        if self.kind == "linear":
+            return self.beta * min(1.0, step / self.steps)
+        phase = (step % self.steps) / self.steps
+        return self.beta * min(1.0, phase / self.ratio)
+
+    @classmethod
+    def parse(cls, spec: str, beta: float = 1.0) -> BetaSchedule:
+        """From ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``."""
+        kind, *args = spec.split(":")
+        try:
+            if kind == "constant" and not args:
+                return cls("constant", beta)
+            if kind == "linear" and len(args) == 1:
+                return cls("linear", beta, int(args[0]))
+            if kind == "cyclical" and len(args) in (1, 2):
+                ratio = float(args[1]) if len(args) == 2 else 0.5
+                if int(args[0]) >= 1 and 0 < ratio <= 1:
+                    return cls("cyclical", beta, int(args[0]), ratio)
+        except ValueError:
+            pass
+        raise ConfigError(f"bad beta schedule {spec!r}; use constant, linear:STEPS or "
+                          "cyclical:STEPS[:RATIO] (e.g. cyclical:2000:0.5)")
+
+
+def _traces(vae: VAE, x: torch.Tensor) -> tuple[pyro.poutine.Trace, pyro.poutine.Trace]:
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    return guide_tr, model_tr
+
+
+class IWAE(nn.Module):
+    """The importance-weighted bound (Burda et al. 2015) with K samples, as a loss.
+
+    Both programs run once under an outer ``pyro.plate("particles", K)``; per image,
+    ``log w_k = log p(x, z_k) - log q(z_k|x)`` and the loss is ``-Σ_images logsumexp_k log w_k
+    + N log K``. Pyro's ``RenyiELBO(alpha=0)`` computes the same bound but only through its own
+    ``loss_and_grads`` (no differentiable loss for torch optimizers or DDP), so it is done here.
+    K = 1 is the ELBO. β must be 1 (the bound has no KL weight).
+    """
+
+    def __init__(self, vae: VAE, num_samples: int = 5) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ConfigError(f"IWAE needs at least 1 sample, got {num_samples}")
+        self.vae, self.k = vae, num_samples
+
+    def log_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x, z_k) - log q(z_k|x)`` for each sample and image: ``[K, N]``."""
+        with pyro.plate("particles", self.k, dim=-2):
+            guide_tr, model_tr = _traces(self.vae, x)
+        z = guide_tr.nodes["z"]["value"]
+        return (model_tr.nodes["x"]["fn"].log_prob(x) + model_tr.nodes["z"]["fn"].log_prob(z)
+                - guide_tr.nodes["z"]["fn"].log_prob(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The negative IWAE bound, summed over the batch."""
+        log_w = self.log_weights(x)
+        return -(torch.logsumexp(log_w, dim=0) - math.log(self.k)).sum()
+
+
+class Capacity(nn.Module):
+    """Burgess et al. (2018): ``recon + γ |KL - C|`` with C rising linearly to ``c_max`` nats.
+
+    KL is ``KL(q(z|x) || p(z))`` per image in closed form from the two ``"z"`` sites.
+    Call `set_step` before each step to move C.
+    """
+
+    def __init__(self, vae: VAE, gamma: float = 1000.0, c_max: float = 25.0,
+                 steps: int = 10000) -> None:
+        super().__init__()
+        self.vae, self.gamma, self.c_max, self.steps = vae, gamma, c_max, steps
+        self.c = 0.0
+
+    def set_step(self, step: int) -> None:
+        """Move C to its value at ``step``."""
+        self.c = self.c_max * min(1.0, step / self.steps) if self.steps > 0 else self.c_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The capacity objective, summed over the batch."""
+        guide_tr, model_tr = _traces(self.vae, x)
+        recon = -model_tr.nodes["x"]["fn"].log_prob(x)
+        kl = kl_divergence(guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"])
+        return (recon + self.gamma * (kl - self.c).abs()).sum()
+
+
+class FreeBits(nn.Module):
+    """Kingma et al. (2016): ``recon + Σ_d max(λ, KL_d)``, KL_d averaged over the batch.
+
+    Dimensions whose KL is below λ nats get no gradient pushing it lower, which keeps latent
+    units from collapsing early.
+    """
+
+    def __init__(self, vae: VAE, lam: float = 0.5) -> None:
+        super().__init__()
+        self.vae, self.lam = vae, lam
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The free-bits objective, summed over the batch."""
+        guide_tr, model_tr = _traces(self.vae, x)
+        recon = -model_tr.nodes["x"]["fn"].log_prob(x).sum()
+        q, p = guide_tr.nodes["z"]["fn"].base_dist, model_tr.nodes["z"]["fn"].base_dist
+        kl_d = kl_divergence(q, p).mean(0)  # [z_dim]
+        return recon + x.shape[0] * kl_d.clamp_min(self.lam).sum()
+
+
+def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,
+                   capacity: float = 25.0, capacity_steps: int = 10000,
+                   free_bits: float = 0.5) -> nn.Module:
+    """The loss module for an objective name (see `OBJECTIVES`).
+
+    Args:
+        vae: The model.
+        name: ``"elbo"`` (β-weighted ``Trace_ELBO``), ``"iwae"``, ``"capacity"`` or ``"free-bits"``.
+        iwae_samples: K for ``"iwae"``.
+        gamma: γ for ``"capacity"``.
+        capacity: The final C (nats per image) for ``"capacity"``.
+        capacity_steps: Steps over which C rises from 0.
+        free_bits: λ (nats per latent dimension) for ``"free-bits"``.
+
+    Raises:
+        ConfigError: for an unknown name or settings that do not fit it.
+    """
+    if name == "elbo":
+        return Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if vae.beta != 1.0:
+        raise ConfigError(f"the {name} objective has no β; leave beta at 1 (got {vae.beta:g})")
+    if name == "iwae":
+        return IWAE(vae, iwae_samples)
+    if name == "capacity":
+        return Capacity(vae, gamma, capacity, capacity_steps)
+    return FreeBits(vae, free_bits)
