@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from vaekit import likelihoods
 from vaekit.data import load_mnist
 from vaekit.errors import CheckpointError, ConfigError, DataError, TrainingError, VaekitError
-from vaekit.evaluate import elbo_terms, evaluate_elbo
+from vaekit.evaluate import Evaluation, elbo_terms, evaluate, evaluate_elbo, iwae_bound
 from vaekit.likelihoods import Likelihood, get_likelihood, register_likelihood
 from vaekit.model import VAE, Guide, Model
 from vaekit.nets import Decoder, Encoder
@@ -26,6 +26,7 @@ __all__ = [
     "VAE", "Model", "Guide", "Encoder", "Decoder",
     "Likelihood", "likelihoods", "get_likelihood", "register_likelihood",
     "fit", "resume", "FitResult", "load", "load_mnist", "elbo_terms", "evaluate_elbo",
+    "evaluate", "iwae_bound", "Evaluation",
     "VaekitError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
     "__version__",
 ]

@@ -63,7 +63,8 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
                   "batch_size", "lr", "seed", "limit_train", "limit_test", "out", "overwrite",
                   "checkpoint_every", "skip_nonfinite", "deterministic", "channels_last",
                   "compile_nets", "amp", "sync_batchnorm", "objective", "beta_schedule",
-                  "iwae_samples", "gamma", "capacity", "capacity_steps", "free_bits")
+                  "iwae_samples", "gamma", "capacity", "capacity_steps", "free_bits",
+                  "conditional", "encoder_spec", "decoder_spec")
 
 
 @cli.command()
@@ -96,6 +97,13 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="λ in nats per latent dimension for --objective free-bits.")
 @click.option("--z-dim", type=click.IntRange(min=1), default=32, show_default=True,
               help="Latent dimension.")
+@click.option("--conditional", is_flag=True, default=False,
+              help="A conditional VAE on the digit labels: p(x|z,y), q(z|x,y).")
+@click.option("--encoder", "encoder_spec", default=None,
+              help="Your own encoder, package.module:Class, built as Class(image_shape, z_dim).")
+@click.option("--decoder", "decoder_spec", default=None,
+              help="Your own decoder, package.module:Class, built as "
+                   "Class(image_shape, z_dim, out_channels).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="Passes over the training data (with --resume: the new total).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -145,8 +153,9 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
 def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float | None,
         learn_scale: bool | None, beta: float, objective: str, beta_schedule: str,
         iwae_samples: int, gamma: float, capacity: float, capacity_steps: int, free_bits: float,
-        z_dim: int, epochs: int, batch_size: int,
-        lr: float, device: str, seed: int, data_root: Path | None, download: bool,
+        z_dim: int, conditional: bool, encoder_spec: str | None, decoder_spec: str | None,
+        epochs: int, batch_size: int, lr: float, device: str, seed: int,
+        data_root: Path | None, download: bool,
         limit_train: int | None, limit_test: int | None, out: Path | None, overwrite: bool,
         resume_dir: Path | None, checkpoint_every: int, skip_nonfinite: bool, deterministic: bool,
         channels_last: bool, compile_nets: bool, amp: bool, nproc: int, sync_batchnorm: bool,
@@ -191,16 +200,19 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
             kwargs = {k: v for k, v in {"binarize": binarize, "scale": scale,
                                          "learn_scale": learn_scale}.items() if v is not None}
             pyro.set_rng_seed(seed)  # the initial weights too
-            vae = VAE(z_dim=z_dim, likelihood=get_likelihood(likelihood, **kwargs), beta=beta)
+            vae = VAE(z_dim=z_dim, likelihood=get_likelihood(likelihood, **kwargs), beta=beta,
+                      encoder=encoder_spec, decoder=decoder_spec,
+                      num_classes=10 if conditional else 0)
         root = resolve_data_root(data_root)
-        train_x, _ = load_mnist(root, train=True, download=download, limit=limit_train)
-        test_x, _ = load_mnist(root, train=False, download=download, limit=limit_test)
+        train_x, train_y = load_mnist(root, train=True, download=download, limit=limit_train)
+        test_x, test_y = load_mnist(root, train=False, download=download, limit=limit_test)
         if resume_dir is not None:
             if _is_main_rank():
                 click.echo(f"resuming {resume_dir}")
             given_epochs = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
             result = resume_fit(resume_dir, train_x, test_x, epochs=epochs if given_epochs else None,
-                                device=device, progress=progress)
+                                device=device, progress=progress, train_labels=train_y,
+                                test_labels=test_y)
         else:
             out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
             if _is_main_rank():
@@ -215,7 +227,8 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
                              objective=objective, beta_schedule=beta_schedule,
                              iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
                              capacity_steps=capacity_steps, free_bits=free_bits,
-                             progress=progress, data_info=info)
+                             train_labels=train_y, test_labels=test_y, progress=progress,
+                             data_info=info)
     except Interrupted as e:
         _fail(str(e), code=128 + e.signum)
     except TrainingError as e:
@@ -276,11 +289,16 @@ class _UserErrors:
         return False
 
 
-def _open_run(run_dir: Path, device: str) -> Any:
+def _open_run(run_dir: Path, device: str, conditional_ok: bool = True) -> Any:
     """The run's VAE in eval mode (`vaekit.load`)."""
+    from vaekit.errors import ConfigError
     from vaekit.runs import load
 
-    return load(run_dir, device=device)
+    vae = load(run_dir, device=device)
+    if vae.num_classes and not conditional_ok:
+        raise ConfigError("this command does not support conditional runs yet; use sample, "
+                          "reconstruct or evaluate, or vaekit.VAE.decode(z, y) in Python")
+    return vae
 
 
 def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
@@ -354,9 +372,10 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
     t0 = time.perf_counter()
     with _UserErrors():
         vae = _open_run(run_dir, device).to(memory_format=torch.channels_last)  # faster convs
-        x_obs, _ = _test_set(vae, run_dir, data_root, download, limit)
+        x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
         r = evaluate_vae(vae, x_obs, num_samples=num_samples, batch_size=batch_size,
-                         chunk_size=chunk_size, seed=seed, progress=progress)
+                         chunk_size=chunk_size, seed=seed, progress=progress,
+                         y=labels if vae.num_classes else None)
         seconds = time.perf_counter() - t0
         record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
                   "limit": limit, "seed": seed, "device": str(vae.device), **r.to_dict(),
@@ -392,15 +411,27 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
 @click.option("--nrow", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per row.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draws of z.")
+@click.option("--label", type=click.IntRange(min=0), default=None,
+              help="Conditional runs: draw this class. [default: the classes in turn]")
 @_out_option
-def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, out: Path | None) -> None:
+def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int | None,
+           out: Path | None) -> None:
     """Mean images of draws z ~ p(z): writes sample.png."""
+    import torch
+
     from vaekit import plots
+    from vaekit.errors import ConfigError
 
     with _UserErrors():
         vae = _open_run(run_dir, device)
+        k = vae.num_classes
+        if label is not None and not k:
+            raise ConfigError("--label needs a conditional run (vaekit fit --conditional)")
+        if label is not None and label >= k:
+            raise ConfigError(f"--label must be below {k}, the number of classes")
+        labels = (label if label is not None else torch.arange(n) % k) if k else None
         path = plots.save_samples(vae, _out_dir(run_dir, out) / "sample.png", n=n, seed=seed,
-                                  nrow=nrow)
+                                  nrow=nrow, labels=labels)
     click.echo(f"wrote {path}")
 
 
@@ -421,11 +452,12 @@ def reconstruct(run_dir: Path, device: str, n: int, start: int, per_row: int,
 
     with _UserErrors():
         vae = _open_run(run_dir, device)
-        x_obs, _ = _test_set(vae, run_dir, data_root, download, start + n)
+        x_obs, labels = _test_set(vae, run_dir, data_root, download, start + n)
         _check_index("--start", start, x_obs.shape[0])
-        path = plots.save_reconstructions(vae, x_obs[start : start + n],
-                                          _out_dir(run_dir, out) / "reconstruct.png",
-                                          per_row=per_row)
+        path = plots.save_reconstructions(
+            vae, x_obs[start : start + n], _out_dir(run_dir, out) / "reconstruct.png",
+            per_row=per_row, labels=labels[start : start + n].to(vae.device) if vae.num_classes
+            else None)
     click.echo(f"wrote {path}")
 
 
@@ -447,7 +479,7 @@ def interpolate(run_dir: Path, device: str, pairs: tuple[tuple[int, int], ...], 
     from vaekit import plots
 
     with _UserErrors():
-        vae = _open_run(run_dir, device)
+        vae = _open_run(run_dir, device, conditional_ok=False)
         x_obs, _ = _test_set(vae, run_dir, data_root, download, None)
         for i, j in pairs:
             _check_index("--pair", i, x_obs.shape[0])
@@ -485,7 +517,7 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
     from vaekit import plots
 
     with _UserErrors():
-        vae = _open_run(run_dir, device)
+        vae = _open_run(run_dir, device, conditional_ok=False)
         x_obs, _ = _test_set(vae, run_dir, data_root, download, limit)
         _check_index("--index", index, x_obs.shape[0])
         kl = _kl_per_dim(vae, x_obs)
@@ -530,7 +562,7 @@ def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, data_ro
     from vaekit import plots
 
     with _UserErrors():
-        vae = _open_run(run_dir, device)
+        vae = _open_run(run_dir, device, conditional_ok=False)
         x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
         folder = _out_dir(run_dir, out)
         z = torch.cat([vae.encode(x_obs[i : i + 1000])[0].cpu()

@@ -33,31 +33,35 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 @torch.no_grad()
-def elbo_terms(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction NLL ``-log p(x|z)`` (one z ~ q(z|x)) and analytic ``KL(q(z|x) || p(z))``.
 
     Args:
         vae: The model; used as it is (call ``vae.eval()`` first for test numbers).
         x: Observations ``[batch, C, H, W]`` (e.g. binarized images for Bernoulli).
+        y: Labels ``[batch]``, for a conditional VAE.
 
     Returns:
         Two tensors of shape ``[batch]``; their sum is the per-image -ELBO (β = 1).
     """
-    z_loc, z_scale = vae.encoder(x)
+    z_loc, z_scale = vae.qz(x, y)
     q = Normal(z_loc, z_scale)
-    recon = -vae.likelihood(vae.decoder(q.sample())).log_prob(x)
+    recon = -vae.px(q.sample(), y).log_prob(x)
     kl = kl_divergence(q, Normal(torch.zeros_like(z_loc), torch.ones_like(z_scale))).sum(-1)
     return recon, kl
 
 
 @torch.no_grad()
-def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024,
+                  y: torch.Tensor | None = None) -> dict[str, float]:
     """Mean test -ELBO and its parts over ``x``, in eval mode (BatchNorm running statistics).
 
     Args:
         vae: The model.
         x: Observations on the model's device.
         batch_size: Images per forward pass.
+        y: Labels, for a conditional VAE.
 
     Returns:
         ``{"neg_elbo", "recon", "kl"}`` in nats per image.
@@ -68,7 +72,8 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024) -> dict[str
         recon = x.new_zeros(())
         kl = x.new_zeros(())
         for i in range(0, x.shape[0], batch_size):
-            r, k = elbo_terms(vae, x[i : i + batch_size])
+            r, k = elbo_terms(vae, x[i : i + batch_size],
+                              None if y is None else y[i : i + batch_size])
             recon += r.sum()
             kl += k.sum()
     finally:
@@ -104,7 +109,8 @@ def _check_args(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: int,
 
 @torch.no_grad()
 def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: int,
-                     chunk_size: int, seed: int, progress: bool = False) -> _PerImage:
+                     chunk_size: int, seed: int, progress: bool = False,
+                     y: torch.Tensor | None = None) -> _PerImage:
     """Encode each batch once, draw K z's per image, decode in bounded chunks, reduce per image."""
     _check_args(vae, x, num_samples, batch_size, chunk_size)
     dev = next(iter(vae.parameters()), x).device  # `vae.device` needs a parameter
@@ -119,8 +125,9 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
     try:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size].to(dev)
+            yb = None if y is None else y[i : i + batch_size].to(dev)
             b = xb.shape[0]
-            z_loc, z_scale = vae.encoder(xb)
+            z_loc, z_scale = vae.qz(xb, yb)
             q = Normal(z_loc, z_scale)
             kld = kl_divergence(q, Normal(torch.zeros_like(z_loc), torch.ones_like(z_scale)))
             # z_k ~ q(z|x): [K, B, Z]; log q and log p(z) are cheap, do them at once.
@@ -133,7 +140,7 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
             log_lik = torch.empty(k * b, device=dev, dtype=z_loc.dtype)
             for j in range(0, k * b, chunk_size):
                 idx = torch.arange(j, min(j + chunk_size, k * b), device=dev)
-                px = vae.likelihood(vae.decoder(z_flat[idx]))
+                px = vae.px(z_flat[idx], None if yb is None else yb[idx % b])
                 log_lik[idx] = px.log_prob(xb[idx % b])
                 discrete = bool(px.support.is_discrete)
             log_lik = log_lik.reshape(k, b)
@@ -152,7 +159,8 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
 
 
 def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 100,
-               chunk_size: int = 2048, seed: int = 0, progress: bool = False) -> torch.Tensor:
+               chunk_size: int = 2048, seed: int = 0, progress: bool = False,
+               y: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image IWAE estimate of ``-log p(x)`` in nats: ``-log (1/K) Σ_k p(x, z_k) / q(z_k|x)``.
 
     With z_k ~ q(z|x), the bound log (1/K) Σ_k w_k is below log p(x) in expectation, rises with K
@@ -176,6 +184,7 @@ def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: i
         chunk_size: Most latents decoded at once.
         seed: Seeds the draws of z (a generator of its own; global RNGs are untouched).
         progress: Show a progress bar over the images.
+        y: Labels ``[N]``, for a conditional VAE.
 
     Returns:
         A tensor ``[N]`` of per-image estimates; report its mean and standard error.
@@ -185,7 +194,7 @@ def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: i
         DataError: for observations of the wrong shape.
     """
     return _importance_pass(vae, x, num_samples, batch_size, chunk_size, seed,
-                            progress).neg_log_px
+                            progress, y).neg_log_px
 
 
 def active_units(z_loc: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -263,7 +272,8 @@ class Evaluation:
 
 def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size: int = 100,
              chunk_size: int = 2048, seed: int = 0,
-             active_threshold: float = ACTIVE_UNIT_THRESHOLD, progress: bool = False) -> Evaluation:
+             active_threshold: float = ACTIVE_UNIT_THRESHOLD, progress: bool = False,
+             y: torch.Tensor | None = None) -> Evaluation:
     """Test numbers for a VAE: -ELBO and its parts, the IWAE -log p(x), latent usage, bits/dim.
 
     One importance-sampling pass (see `iwae_bound`) gives everything: the reconstruction term
@@ -281,6 +291,7 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         seed: Seeds the draws of z.
         active_threshold: Variance threshold for `active_units`.
         progress: Show a progress bar over the images.
+        y: Labels ``[N]``, for a conditional VAE.
 
     Returns:
         An `Evaluation`.
@@ -289,7 +300,7 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         ConfigError: for a count below 1.
         DataError: for observations of the wrong shape.
     """
-    r = _importance_pass(vae, x_obs, num_samples, batch_size, chunk_size, seed, progress)
+    r = _importance_pass(vae, x_obs, num_samples, batch_size, chunk_size, seed, progress, y)
     n = r.neg_log_px.shape[0]
     neg_elbo = r.recon + r.kl
 

@@ -11,6 +11,7 @@ parameter. β scales the ``"z"`` site in both with ``poutine.scale``.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import Likelihood, get_likelihood
-from vaekit.nets import Decoder, Encoder
+from vaekit.nets import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
 
 __all__ = ["Model", "Guide", "VAE"]
 
@@ -66,8 +67,11 @@ class Model(nn.Module):
         self.z_dim = z_dim
         self.beta = beta
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the generative program, observing images ``x`` (``[batch, C, H, W]``)."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the generative program, observing images ``x`` (``[batch, C, H, W]``).
+
+        ``y`` (integer labels ``[batch]``) is given to the decoder of a conditional VAE.
+        """
         _register("decoder", self.decoder)
         _register("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
@@ -75,7 +79,7 @@ class Model(nn.Module):
             z_scale = x.new_ones(x.shape[0], self.z_dim)
             with _kl_weight(self.beta):
                 z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
-            out = self.decoder(z).float()  # float32 likelihood under mixed precision
+            out = _call(self.decoder, z, y).float()  # float32 likelihood under mixed precision
             return pyro.sample("x", self.likelihood(out), obs=x)
 
 
@@ -92,11 +96,11 @@ class Guide(nn.Module):
         self.encoder = encoder
         self.beta = beta
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Sample ``z`` for each image in ``x``."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample ``z`` for each image in ``x`` (and label in ``y``, for a conditional VAE)."""
         _register("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self.encoder(x)
+            z_loc, z_scale = _call(self.encoder, x, y)
             z_loc, z_scale = z_loc.float(), z_scale.float()  # float32 under mixed precision
             with _kl_weight(self.beta):
                 return pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
@@ -110,12 +114,16 @@ class VAE(nn.Module):
         likelihood: A registered likelihood name or a `Likelihood` instance.
         beta: Weight of the KL term (β-VAE); 1 is the ELBO.
         image_shape: ``(channels, height, width)`` of the images.
-        encoder: A network mapping images to ``(z_loc, z_scale)``; default `Encoder`.
-        decoder: A network mapping ``z`` to the likelihood's parameters; default `Decoder`.
+        encoder: A network mapping images to ``(z_loc, z_scale)``; default `Encoder`. A class
+            (or ``"module:Class"``) is built as ``Class(image_shape, z_dim)``.
+        decoder: A network mapping ``z`` to the likelihood's parameters; default `Decoder`. A
+            class (or ``"module:Class"``) is built as ``Class(image_shape, z_dim, out_channels)``.
+        num_classes: Make a conditional VAE, p(x|z, y) q(z|x, y), over this many labels
+            (0: unconditional). Its nets take the label as a second argument.
 
     Raises:
-        ConfigError: for an unknown likelihood, ``beta <= 0``, ``z_dim < 1`` or an image size the
-            default networks cannot take.
+        ConfigError: for an unknown likelihood, ``beta < 0``, ``z_dim < 1``, an image size the
+            default networks cannot take, or networks whose outputs do not fit the image shape.
     """
 
     def __init__(
@@ -124,8 +132,9 @@ class VAE(nn.Module):
         likelihood: str | Likelihood = "bernoulli",
         beta: float = 1.0,
         image_shape: Sequence[int] = (1, 28, 28),
-        encoder: nn.Module | None = None,
-        decoder: nn.Module | None = None,
+        encoder: nn.Module | type | str | None = None,
+        decoder: nn.Module | type | str | None = None,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         if not (isinstance(z_dim, int) and z_dim >= 1):
@@ -133,15 +142,26 @@ class VAE(nn.Module):
         beta = _check_beta(beta)
         self.z_dim = z_dim
         self.image_shape = tuple(int(s) for s in image_shape)
+        if not (isinstance(num_classes, int) and num_classes >= 0):
+            raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        self.num_classes = num_classes
         lik = get_likelihood(likelihood)
         out_channels = self.image_shape[0] * lik.params_per_channel
-        encoder = encoder if encoder is not None else Encoder(self.image_shape, z_dim)
-        decoder = decoder if decoder is not None else Decoder(
-            self.image_shape, z_dim, out_channels=out_channels
-        )
+        if isinstance(encoder, (str, type)):
+            encoder = _import_net(encoder, "encoder")(self.image_shape, z_dim)
+        if isinstance(decoder, (str, type)):
+            decoder = _import_net(decoder, "decoder")(self.image_shape, z_dim, out_channels)
+        if encoder is None:
+            encoder = (ConditionalEncoder(self.image_shape, z_dim, num_classes) if num_classes
+                       else Encoder(self.image_shape, z_dim))
+        if decoder is None:
+            decoder = (ConditionalDecoder(self.image_shape, z_dim, num_classes,
+                                          out_channels=out_channels) if num_classes
+                       else Decoder(self.image_shape, z_dim, out_channels=out_channels))
+        self._custom_nets = {"encoder": _net_name(encoder), "decoder": _net_name(decoder)}
+        _check_nets(encoder, decoder, self.image_shape, z_dim, out_channels, num_classes)
         self.model = Model(decoder, lik, z_dim, beta)
         self.guide = Guide(encoder, beta)
-        self._custom_nets = {"encoder": _net_name(encoder), "decoder": _net_name(decoder)}
 
     # -- parts ------------------------------------------------------------------------------
     @property
@@ -174,26 +194,52 @@ class VAE(nn.Module):
         return next(self.parameters()).device
 
     # -- use --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z_loc, z_scale)`` of q(z|x) for images in [0, 1]."""
-        return self.encoder(x.to(self.device))
+    def _labels(self, y: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
+        if not self.num_classes:
+            if y is not None:
+                raise ConfigError("labels were given but this VAE is not conditional")
+            return None
+        if y is None:
+            raise ConfigError("this VAE is conditional: pass the labels y")
+        y = torch.as_tensor(y, device=self.device).long()
+        if y.dim() == 0:
+            y = y.expand(n)
+        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise ConfigError(f"labels must lie in 0..{self.num_classes - 1}")
+        return y
+
+    def qz(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_loc, z_scale)`` of q(z|x) (q(z|x, y) when conditional), differentiable."""
+        return _call(self.encoder, x, self._labels(y, x.shape[0]))
+
+    def px(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """The distribution p(x|z) (p(x|z, y) when conditional) over images, differentiable."""
+        return self.likelihood(_call(self.decoder, z, self._labels(y, z.shape[-2] if z.dim() > 1
+                                                                   else 1)).float())
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean image of p(x|z), in [0, 1]."""
-        return self.likelihood.mean(self.decoder(z.to(self.device)))
+    def encode(self, x: torch.Tensor, y: torch.Tensor | int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_loc, z_scale)`` of q(z|x) (q(z|x, y) when conditional) for images in [0, 1]."""
+        return _call(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images of ``n`` draws z ~ p(z)."""
+    def decode(self, z: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Mean image of p(x|z) (p(x|z, y) when conditional), in [0, 1]."""
+        z = z.to(self.device)
+        return self.likelihood.mean(_call(self.decoder, z, self._labels(y, z.shape[0])))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Mean images of ``n`` draws z ~ p(z) (of label ``y``, when conditional)."""
         z = torch.randn(n, self.z_dim, generator=generator).to(self.device)
-        return self.decode(z)
+        return self.decode(z, y)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Decode the posterior mean of each image: ``decode(encode(x)[0])``."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x, y)[0], y)
 
     # -- persistence ------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -205,6 +251,7 @@ class VAE(nn.Module):
             "likelihood": {"name": self.likelihood.name, **self.likelihood.config()},
             "encoder": self._custom_nets["encoder"],
             "decoder": self._custom_nets["decoder"],
+            "num_classes": self.num_classes,
         }
 
     @classmethod
@@ -212,17 +259,68 @@ class VAE(nn.Module):
         """Rebuild a VAE (with fresh weights) from `VAE.config` output."""
         cfg = dict(config)
         lik_cfg = dict(cfg.pop("likelihood"))
-        for part in ("encoder", "decoder"):
-            if cfg.pop(part, None) not in (None, "default"):
-                raise ConfigError(
-                    f"this run used a custom {part}; rebuild it in Python and pass it to VAE()"
-                )
+        for part in ("encoder", "decoder"):  # "module:Class" of a custom net is imported again
+            if cfg.get(part) in (None, "default"):
+                cfg.pop(part, None)
         likelihood = get_likelihood(lik_cfg.pop("name"), **lik_cfg)
         return cls(likelihood=likelihood, **cfg)
 
 
+def _call(net: nn.Module, inp: torch.Tensor, y: torch.Tensor | None) -> Any:
+    """``net(inp)``, or ``net(inp, y)`` for the nets of a conditional VAE."""
+    return net(inp) if y is None else net(inp, y)
+
+
 def _net_name(net: nn.Module) -> str:
     """``"default"`` for vaekit's own nets, else ``module:Class`` of a custom one."""
-    if type(net) in (Encoder, Decoder):
+    if type(net) in (Encoder, Decoder, ConditionalEncoder, ConditionalDecoder):
         return "default"
     return f"{type(net).__module__}:{type(net).__qualname__}"
+
+
+def _import_net(spec: str | type, part: str) -> type:
+    """The class named by ``"package.module:Class"`` (or the class itself)."""
+    if isinstance(spec, type):
+        return spec
+    module, _, name = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for attr in name.split("."):
+            obj = getattr(obj, attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"cannot import the {part} {spec!r} ({e}); give it as "
+                          "package.module:Class, importable from here") from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise ConfigError(f"the {part} {spec!r} is not a torch.nn.Module class")
+    return obj
+
+
+@torch.no_grad()
+def _check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, ...], z_dim: int,
+                out_channels: int, num_classes: int) -> None:
+    """Run both nets once on two blank inputs and check the shapes they give back."""
+    y = torch.zeros(2, dtype=torch.long) if num_classes else None
+    modes = [(m, m.training) for m in (encoder, decoder)]
+    try:
+        encoder.eval()
+        decoder.eval()
+        dev = next(encoder.parameters(), torch.empty(0)).device
+        x = torch.zeros(2, *image_shape, device=dev)
+        try:
+            out = _call(encoder, x, y)
+        except Exception as e:
+            raise ConfigError(f"the encoder cannot take {image_shape} images: {e}") from None
+        if not (isinstance(out, tuple) and len(out) == 2
+                and all(t.shape == (2, z_dim) for t in out)):
+            raise ConfigError(f"the encoder must return (z_loc, z_scale), each [batch, {z_dim}]")
+        try:
+            img = _call(decoder, torch.zeros(2, z_dim, device=dev), y)
+        except Exception as e:
+            raise ConfigError(f"the decoder cannot take z of size {z_dim}: {e}") from None
+        want = (2, out_channels, *image_shape[1:])
+        if tuple(img.shape) != want:
+            raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "
+                              f"{want[1:]} for {tuple(image_shape)} images and this likelihood")
+    finally:
+        for m, training in modes:
+            m.train(training)

@@ -18,7 +18,7 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 
-__all__ = ["Block", "Encoder", "Decoder", "default_layers"]
+__all__ = ["Block", "Encoder", "Decoder", "ConditionalEncoder", "ConditionalDecoder", "default_layers"]
 
 
 @dataclass(frozen=True)
@@ -174,3 +174,51 @@ def _out_size(size: Sequence[int], blocks: Sequence[Block], transposed: bool) ->
                 n = (n + 2 * b.padding - b.kernel) // b.stride + 1
         out.append(n)
     return tuple(out)
+
+
+class ConditionalEncoder(nn.Module):
+    """Encoder of q(z|x, y): the label's one-hot code enters as constant extra input channels.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images.
+        z_dim: Latent dimension.
+        num_classes: Number of labels.
+        blocks: Layers to use instead of `default_layers`.
+    """
+
+    def __init__(self, image_shape: Sequence[int], z_dim: int, num_classes: int,
+                 blocks: Sequence[Block] | None = None) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.num_classes = num_classes
+        self.inner = Encoder((c + num_classes, h, w), z_dim, blocks)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_loc, z_scale)`` for images ``x`` with integer labels ``y`` (``[batch]``)."""
+        code = nn.functional.one_hot(y, self.num_classes).to(x.dtype)
+        maps = code[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        return self.inner(torch.cat([x, maps], dim=1))
+
+
+class ConditionalDecoder(nn.Module):
+    """Decoder of p(x|z, y): ``z`` concatenated with the label's one-hot code.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images.
+        z_dim: Latent dimension.
+        num_classes: Number of labels.
+        blocks: Layers to use instead of `default_layers`.
+        out_channels: Output channels (see `Decoder`).
+    """
+
+    def __init__(self, image_shape: Sequence[int], z_dim: int, num_classes: int,
+                 blocks: Sequence[Block] | None = None, out_channels: int | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        blocks = blocks if blocks is not None else default_layers(image_shape, z_dim)[1]
+        self.inner = Decoder(image_shape, z_dim + num_classes, blocks, out_channels)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Likelihood parameters for latents ``z`` (``[..., batch, z_dim]``) and labels ``y``."""
+        code = nn.functional.one_hot(y, self.num_classes).to(z.dtype)
+        return self.inner(torch.cat([z, code.expand(*z.shape[:-1], -1)], dim=-1))

@@ -76,9 +76,12 @@ class BetaSchedule:
                           "cyclical:STEPS[:RATIO] (e.g. cyclical:2000:0.5)")
 
 
-def _traces(vae: VAE, x: torch.Tensor) -> tuple[pyro.poutine.Trace, pyro.poutine.Trace]:
-    guide_tr = poutine.trace(vae.guide).get_trace(x)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+def _traces(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
+            ) -> tuple[pyro.poutine.Trace, pyro.poutine.Trace]:
+    """The guide's trace and the model's trace replayed on it (``y``: labels, if conditional)."""
+    args = (x,) if y is None else (x, y)
+    guide_tr = poutine.trace(vae.guide).get_trace(*args)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(*args)
     return guide_tr, model_tr
 
 
@@ -98,17 +101,17 @@ class IWAE(nn.Module):
             raise ConfigError(f"IWAE needs at least 1 sample, got {num_samples}")
         self.vae, self.k = vae, num_samples
 
-    def log_weights(self, x: torch.Tensor) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(x, z_k) - log q(z_k|x)`` for each sample and image: ``[K, N]``."""
         with pyro.plate("particles", self.k, dim=-2):
-            guide_tr, model_tr = _traces(self.vae, x)
+            guide_tr, model_tr = _traces(self.vae, x, y)
         z = guide_tr.nodes["z"]["value"]
         return (model_tr.nodes["x"]["fn"].log_prob(x) + model_tr.nodes["z"]["fn"].log_prob(z)
                 - guide_tr.nodes["z"]["fn"].log_prob(z))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The negative IWAE bound, summed over the batch."""
-        log_w = self.log_weights(x)
+        log_w = self.log_weights(x, y)
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.k)).sum()
 
 
@@ -129,9 +132,9 @@ class Capacity(nn.Module):
         """Move C to its value at ``step``."""
         self.c = self.c_max * min(1.0, step / self.steps) if self.steps > 0 else self.c_max
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The capacity objective, summed over the batch."""
-        guide_tr, model_tr = _traces(self.vae, x)
+        guide_tr, model_tr = _traces(self.vae, x, y)
         recon = -model_tr.nodes["x"]["fn"].log_prob(x)
         kl = kl_divergence(guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"])
         return (recon + self.gamma * (kl - self.c).abs()).sum()
@@ -148,9 +151,9 @@ class FreeBits(nn.Module):
         super().__init__()
         self.vae, self.lam = vae, lam
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The free-bits objective, summed over the batch."""
-        guide_tr, model_tr = _traces(self.vae, x)
+        guide_tr, model_tr = _traces(self.vae, x, y)
         recon = -model_tr.nodes["x"]["fn"].log_prob(x).sum()
         q, p = guide_tr.nodes["z"]["fn"].base_dist, model_tr.nodes["z"]["fn"].base_dist
         kl_d = kl_divergence(q, p).mean(0)  # [z_dim]

@@ -31,23 +31,27 @@ __all__ = [
 
 
 def save_samples(vae: VAE, path: str | os.PathLike[str], n: int = 64, seed: int = 0,
-                 nrow: int = 8) -> Path:
-    """Save a grid of mean images decoded from ``n`` draws of the prior (seeded), ``nrow`` a row."""
+                 nrow: int = 8, labels: torch.Tensor | int | None = None) -> Path:
+    """Save a grid of mean images decoded from ``n`` draws of the prior (seeded), ``nrow`` a row.
+
+    ``labels`` (one per image, or one for all) is needed for a conditional VAE.
+    """
     was_training = vae.training
     vae.eval()
-    images = vae.sample(n, generator=torch.Generator().manual_seed(seed))
+    images = vae.sample(n, generator=torch.Generator().manual_seed(seed), y=labels)
     vae.train(was_training)
     save_image(make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=0.5), path)
     return Path(path)
 
 
 def save_reconstructions(
-    vae: VAE, x: torch.Tensor, path: str | os.PathLike[str], per_row: int = 16
+    vae: VAE, x: torch.Tensor, path: str | os.PathLike[str], per_row: int = 16,
+    labels: torch.Tensor | None = None,
 ) -> Path:
-    """Save originals and their reconstructions in alternating rows."""
+    """Save originals and their reconstructions in alternating rows (``labels``: if conditional)."""
     was_training = vae.training
     vae.eval()
-    recon = vae.reconstruct(x).cpu()
+    recon = vae.reconstruct(x, labels).cpu()
     vae.train(was_training)
     x = x.cpu().float()
     rows = []

@@ -181,6 +181,8 @@ def fit(
     capacity: float = 25.0,
     capacity_steps: int = 10000,
     free_bits: float = 0.5,
+    train_labels: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
     progress: bool = True,
     data_info: dict[str, Any] | None = None,
 ) -> FitResult:
@@ -212,6 +214,8 @@ def fit(
         capacity: Final C (nats per image) for ``objective="capacity"``.
         capacity_steps: Steps over which C rises from 0.
         free_bits: λ (nats per latent dimension) for ``objective="free-bits"``.
+        train_labels: Integer labels of the training images, for a conditional VAE.
+        test_labels: Integer labels of the test images, for a conditional VAE.
         progress: Show a progress bar and print one line per epoch.
         data_info: Extra facts about the data recorded in ``config.json``.
 
@@ -232,7 +236,7 @@ def fit(
                              iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
                              capacity_steps=capacity_steps, free_bits=free_bits)
     return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
-                    data_info).run(overwrite=overwrite)
+                    data_info, train_labels, test_labels).run(overwrite=overwrite)
 
 
 def resume(
@@ -243,6 +247,8 @@ def resume(
     epochs: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    train_labels: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
 ) -> FitResult:
     """Continue a run folder from its last checkpoint (model, optimizer, position, RNG state).
 
@@ -255,6 +261,8 @@ def resume(
         epochs: A new total number of epochs (default: the run's own).
         device: Where to continue.
         progress: Show progress.
+        train_labels: The training labels, for a conditional VAE.
+        test_labels: The test labels, for a conditional VAE.
 
     Raises:
         CheckpointError: if the folder or its checkpoint cannot be used.
@@ -280,7 +288,7 @@ def resume(
                 f"({type(e).__name__})"
             ) from None
     trainer = _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
-                       config.get("data"))
+                       config.get("data"), train_labels, test_labels)
     return trainer.run(resuming=True, state=state)
 
 
@@ -290,7 +298,8 @@ class _Trainer:
     def __init__(self, vae: VAE, train_data: torch.Tensor, test_data: torch.Tensor | None,
                  settings: TrainSettings, device: str | torch.device,
                  run_dir: str | os.PathLike[str] | None, progress: bool,
-                 data_info: dict[str, Any] | None) -> None:
+                 data_info: dict[str, Any] | None, train_labels: torch.Tensor | None = None,
+                 test_labels: torch.Tensor | None = None) -> None:
         # -- check everything before touching the disk --------------------------------------
         if settings.batch_size > train_data.shape[0]:
             raise ConfigError(f"batch size {settings.batch_size} is larger than the "
@@ -302,6 +311,13 @@ class _Trainer:
         _check_images(vae, train_data, "training")
         if test_data is not None:
             _check_images(vae, test_data, "test")
+        if vae.num_classes:
+            _check_labels(vae, train_data, train_labels, "training")
+            if test_data is not None:
+                _check_labels(vae, test_data, test_labels, "test")
+        else:
+            train_labels = test_labels = None
+        self.train_labels, self.test_labels = train_labels, test_labels
         self.vae, self.s = vae, settings
         self.progress = progress and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
@@ -365,6 +381,10 @@ class _Trainer:
             fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
             test_y = lik.targets(to_unit(self.test_data), generator=fixed).to(dev)
         self.show = test_y if test_y is not None else lik.targets(to_unit(train_x[:32]))
+        labels = self.train_labels.to(dev) if self.train_labels is not None else None
+        self.test_lab = self.test_labels.to(dev) if self.test_labels is not None else None
+        self.show_lab = self.test_lab if test_y is not None else (
+            labels[:32] if labels is not None else None)
         base_beta = vae.beta
         schedule = BetaSchedule.parse(s.beta_schedule, beta=base_beta)
         with pyro.settings.context(module_local_params=True):
@@ -420,7 +440,8 @@ class _Trainer:
                             loss_fn.set_step(global_step)
                         try:
                             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=s.amp):
-                                loss = train_fn(x)
+                                loss = (train_fn(x) if labels is None else
+                                        train_fn(x, labels[idx]))
                         except ValueError as e:  # validation of a distribution fed NaN
                             if "invalid values" not in str(e):
                                 raise
@@ -432,7 +453,9 @@ class _Trainer:
                                 loss = loss * float("nan")
                         if step % check_every == 0 and not torch.isfinite(loss):
                             if not s.skip_nonfinite:
-                                raise TrainingError(_nonfinite_message(vae, x, epoch, step + 1, s))
+                                raise TrainingError(_nonfinite_message(
+                                    vae, x, None if labels is None else labels[idx], epoch,
+                                    step + 1, s))
                             skipped += 1
                             bar.update(x.shape[0])
                             continue
@@ -453,7 +476,8 @@ class _Trainer:
                             raise Interrupted(stop.signum, epoch, done, self.run_path)
                 train_loss = self.dist.all_sum(acc).item() / n
                 if not math.isfinite(train_loss):
-                    raise TrainingError(_nonfinite_message(vae, x, epoch, None, s))
+                    raise TrainingError(_nonfinite_message(
+                        vae, x, None if labels is None else labels[idx], epoch, None, s))
 
                 # -- evaluate, then checkpoint and write the run folder -----------------------
                 row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
@@ -485,7 +509,8 @@ class _Trainer:
     def _evaluate(self, test_y: torch.Tensor) -> dict[str, float]:
         """Test -ELBO and its parts, each rank on its shard of the test set, summed over ranks."""
         shard = test_y[self.dist.rank :: self.dist.world]
-        m = evaluate_elbo(self.vae, shard, self.s.batch_size)
+        lab = None if self.test_lab is None else self.test_lab[self.dist.rank :: self.dist.world]
+        m = evaluate_elbo(self.vae, shard, self.s.batch_size, lab)
         sums = torch.tensor([m["recon"] * len(shard), m["kl"] * len(shard)], dtype=torch.float64)
         recon, kl = (self.dist.all_sum(sums) / len(test_y)).tolist()
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
@@ -519,8 +544,11 @@ class _Trainer:
         from vaekit import plots
 
         assert self.run_path is not None
-        plots.save_samples(self.vae, self.run_path / "samples.png")
-        plots.save_reconstructions(self.vae, self.show[:32], self.run_path / "reconstructions.png")
+        k = self.vae.num_classes
+        plots.save_samples(self.vae, self.run_path / "samples.png",
+                           labels=torch.arange(64) % k if k else None)
+        plots.save_reconstructions(self.vae, self.show[:32], self.run_path / "reconstructions.png",
+                                   labels=None if self.show_lab is None else self.show_lab[:32])
         plots.save_loss_curve(self.history, self.run_path / "loss.png")
 
 
@@ -533,15 +561,24 @@ def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
     vae.likelihood.check(to_unit(x))
 
 
-def _nonfinite_message(vae: VAE, x: torch.Tensor, epoch: int, step: int | None,
-                       s: TrainSettings) -> str:
+def _check_labels(vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, what: str) -> None:
+    if labels is None or labels.shape != (x.shape[0],):
+        raise DataError(f"a conditional VAE needs one integer label per {what} image; pass "
+                        f"{what}_labels with shape [{x.shape[0]}]")
+    if labels.is_floating_point() or int(labels.min()) < 0 or int(labels.max()) >= vae.num_classes:
+        raise DataError(f"{what} labels must be integers in 0..{vae.num_classes - 1}")
+
+
+def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch: int,
+                       step: int | None, s: TrainSettings) -> str:
     """Name where the loss stopped being finite, which term did it, and what to try."""
     where = f"epoch {epoch}" + (f", step {step}" if step else "")
     site = "the parameters (a previous update)"
     if all(torch.isfinite(p).all() for p in vae.parameters()):
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
-            guide_tr = poutine.trace(vae.guide).get_trace(x)
-            model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+            args = (x,) if y is None else (x, y)
+            guide_tr = poutine.trace(vae.guide).get_trace(*args)
+            model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(*args)
             z = guide_tr.nodes["z"]["value"]
             recon = model_tr.nodes["x"]["fn"].log_prob(x).sum()
             kl = (guide_tr.nodes["z"]["fn"].log_prob(z) - model_tr.nodes["z"]["fn"].log_prob(z)).sum()

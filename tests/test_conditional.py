@@ -1,0 +1,114 @@
+"""Conditional VAEs and user networks plugged in by name."""
+
+import pyro
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import vaekit
+from vaekit import VAE, fit, runs
+from vaekit.cli import cli
+from vaekit.errors import ConfigError, DataError
+
+
+class TinyEncoder(nn.Module):
+    """A user's encoder: built as TinyEncoder(image_shape, z_dim)."""
+
+    def __init__(self, image_shape, z_dim):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(image_shape).prod()),
+                                                         2 * z_dim))
+
+    def forward(self, x):
+        loc, log_scale = self.net(x).chunk(2, -1)
+        return loc, log_scale.exp()
+
+
+class TinyDecoder(nn.Module):
+    """A user's decoder: built as TinyDecoder(image_shape, z_dim, out_channels)."""
+
+    def __init__(self, image_shape, z_dim, out_channels):
+        super().__init__()
+        self.shape = (out_channels, *image_shape[1:])
+        self.net = nn.Linear(z_dim, int(torch.tensor(self.shape).prod()))
+
+    def forward(self, z):
+        return self.net(z).reshape(*z.shape[:-1], *self.shape)
+
+
+class WrongDecoder(TinyDecoder):
+    def __init__(self, image_shape, z_dim, out_channels):
+        super().__init__((image_shape[0], 14, 14), z_dim, out_channels)
+
+
+def test_conditional_model_passes_the_label_to_both_nets():
+    vae = VAE(z_dim=3, num_classes=10).eval()
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    y = torch.tensor([0, 1, 2, 3])
+    from pyro import poutine
+
+    guide_tr = poutine.trace(vae.guide).get_trace(x, y)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, y)
+    assert model_tr.nodes["x"]["fn"].event_shape == (1, 28, 28)
+    z = torch.zeros(2, 3)
+    a, b = vae.decode(z, 3), vae.decode(z, 7)
+    assert not torch.allclose(a, b)  # the label changes the image
+    with pytest.raises(ConfigError, match="pass the labels"):
+        vae.decode(z)
+    with pytest.raises(ConfigError, match="0..9"):
+        vae.sample(2, y=10)
+    with pytest.raises(ConfigError, match="not conditional"):
+        VAE(z_dim=3).decode(z, 1)
+
+
+def test_fit_conditional_and_load(mnist_root, tmp_path):
+    x, y = vaekit.load_mnist(mnist_root, train=True, download=False, limit=256)
+    tx, ty = vaekit.load_mnist(mnist_root, train=False, download=False, limit=64)
+    pyro.set_rng_seed(0)
+    with pytest.raises(DataError, match="one integer label per training image"):
+        fit(VAE(z_dim=2, num_classes=10), x, tx, epochs=1, batch_size=64, progress=False)
+    r = fit(VAE(z_dim=2, num_classes=10), x, tx, epochs=2, batch_size=64, device="cpu",
+            train_labels=y, test_labels=ty, run_dir=tmp_path / "c", progress=False)
+    assert r.history[-1]["test_neg_elbo"] < r.history[0]["test_neg_elbo"]
+    loaded = vaekit.load(tmp_path / "c")
+    assert loaded.num_classes == 10
+    z = torch.randn(4, 2)
+    torch.testing.assert_close(loaded.decode(z, 5), r.vae.decode(z, 5))
+    ev = vaekit.evaluate(loaded, torch.bernoulli(tx.float() / 255), num_samples=5, y=ty)
+    assert ev.neg_log_px <= ev.neg_elbo + 1.0
+
+
+def test_user_networks_by_name_round_trip(tmp_path, mnist_small):
+    train_x, _ = mnist_small
+    spec_e, spec_d = f"{__name__}:TinyEncoder", f"{__name__}:TinyDecoder"
+    pyro.set_rng_seed(0)
+    vae = VAE(z_dim=3, encoder=spec_e, decoder=spec_d)
+    assert vae.config()["encoder"] == spec_e
+    fit(vae, train_x[:128], epochs=1, batch_size=64, device="cpu", run_dir=tmp_path / "u",
+        progress=False)
+    again = vaekit.load(tmp_path / "u")
+    assert isinstance(again.encoder, TinyEncoder)
+    with pytest.raises(ConfigError, match=r"decoder returns \(1, 14, 14\) per image"):
+        VAE(z_dim=3, decoder=WrongDecoder)
+    with pytest.raises(ConfigError, match="cannot import the encoder"):
+        VAE(z_dim=3, encoder="nowhere.module:Enc")
+
+
+def test_cli_conditional_sample_label_and_user_nets(monkeypatch, mnist_root, tmp_path):
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--limit-train", "128", "--limit-test", "64", "--batch-size", "64",
+            "--epochs", "1", "--z-dim", "2", "--no-progress", "--device", "cpu", "--no-download"]
+    r = CliRunner().invoke(cli, [*base, "--conditional", "--out", "c"])
+    assert r.exit_code == 0, r.output
+    assert runs.read_config("c")["model"]["num_classes"] == 10
+    r = CliRunner().invoke(cli, ["sample", "c", "--label", "3", "--n", "8", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    from torchvision.io import read_image
+
+    assert read_image("c/sample.png").float().std() > 0
+    r = CliRunner().invoke(cli, ["sample", "c", "--label", "12", "--device", "cpu"])
+    assert r.exit_code == 2 and "--label must be below 10" in r.output
+    r = CliRunner().invoke(cli, [*base, "--encoder", "nowhere:Enc", "--out", "u"])
+    assert r.exit_code == 2 and "cannot import the encoder" in r.output
