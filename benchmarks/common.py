@@ -44,13 +44,16 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def seed_loss(enc: Encoder, dec: Decoder, x: torch.Tensor) -> torch.Tensor:
-    """The seed notebook's loss: BCELoss(sum) on sigmoid outputs + analytic KL."""
+def seed_step(enc: Encoder, dec: Decoder, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """One step of the seed notebook: BCELoss(sum) on sigmoid outputs + analytic KL, Adam."""
     z_loc, z_scale = enc(x)
     z = z_loc + z_scale * torch.randn_like(z_scale)
     recon = torch.sigmoid(dec(z))
     kl = 0.5 * (z_scale**2 + z_loc**2 - 1 - 2 * z_scale.log()).sum()
-    return F.binary_cross_entropy(recon, x, reduction="sum") + kl
+    loss = F.binary_cross_entropy(recon, x, reduction="sum") + kl
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 
 class SeedLoop:
@@ -82,10 +85,7 @@ class SeedLoop:
         t0, done = time.perf_counter(), 0
         while done < n:
             x = self._next()
-            loss = seed_loss(self.enc, self.dec, x)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
+            seed_step(self.enc, self.dec, self.opt, x)
             done += x.shape[0]
         _sync(self.device)
         return (time.perf_counter() - t0) * n / done
@@ -111,10 +111,7 @@ class TensorLoop:
         while done < n:
             idx = perm[done % self.x.shape[0] :][: self.bs]
             x = to_unit(self.x[idx]).contiguous(memory_format=self.fmt)
-            loss = seed_loss(self.enc, self.dec, x)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
+            seed_step(self.enc, self.dec, self.opt, x)
             done += x.shape[0]
         _sync(self.device)
         return (time.perf_counter() - t0) * n / done
