@@ -37,24 +37,26 @@ def _metrics(run):
 
 @pytest.fixture
 def reference(env, tmp_path):
-    """Metrics and weights of an uninterrupted run."""
+    """Metrics, weights and wall time of an uninterrupted run."""
+    t0 = time.perf_counter()
     p = _vaekit(["--out", str(tmp_path / "ref"), *FIT], env)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    return _metrics(tmp_path / "ref"), runs.load_checkpoint(tmp_path / "ref")["model"]
+    return (_metrics(tmp_path / "ref"), runs.load_checkpoint(tmp_path / "ref")["model"],
+            time.perf_counter() - t0)
 
 
 def test_sigkill_at_random_moments_then_resume_matches(env, tmp_path, reference):
-    ref_metrics, ref_weights = reference
+    ref_metrics, ref_weights, ref_seconds = reference
     run = tmp_path / "killed"
     rng = random.Random(1234)
     kills = 0
-    for _ in range(12):  # kill, resume, kill ... until one attempt finishes
+    for attempt in range(4):  # three kills at random moments, then a run to the end
         args = ["--resume", str(run), "--device", "cpu", "--no-download", "--no-progress"] \
             if runs.is_run_dir(run) else ["--out", str(run), *FIT]
         p = _vaekit(args, env)
         try:
-            p.wait(timeout=rng.uniform(2.0, 9.0))
+            p.wait(timeout=rng.uniform(0.2, 1.0) * ref_seconds if attempt < 3 else 300)
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()
@@ -65,9 +67,7 @@ def test_sigkill_at_random_moments_then_resume_matches(env, tmp_path, reference)
             p.stderr.close()
         assert p.returncode == 0
         break
-    else:
-        pytest.fail("the run never finished")
-    assert kills >= 2  # the test did interrupt the run
+    assert p.returncode == 0 and kills >= 1  # it was interrupted, and it finished
     assert _metrics(run) == ref_metrics
     for a, b in zip(runs.load_checkpoint(run)["model"].values(), ref_weights.values()):
         assert torch.equal(a, b)
@@ -90,7 +90,7 @@ def test_signals_write_a_checkpoint_and_say_how_to_resume(env, tmp_path, referen
     p = _vaekit(["--resume", str(run), "--device", "cpu", "--no-download", "--no-progress"], env)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    assert _metrics(run) == reference[0]
+    assert _metrics(run) == reference[0]  # the resumed run ends like the uninterrupted one
 
 
 def test_interrupt_mid_epoch_then_resume_bit_for_bit(mnist_small, tmp_path):
