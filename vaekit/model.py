@@ -67,6 +67,7 @@ class Model(nn.Module):
         self.z_dim = z_dim
         self.beta = beta
 
+    # --8<-- [start:model]
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Run the generative program, observing images ``x`` (``[batch, C, H, W]``).
 
@@ -81,6 +82,7 @@ class Model(nn.Module):
                 z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
             out = _call(self.decoder, z, y).float()  # float32 likelihood under mixed precision
             return pyro.sample("x", self.likelihood(out), obs=x)
+    # --8<-- [end:model]
 
 
 class Guide(nn.Module):
@@ -96,6 +98,7 @@ class Guide(nn.Module):
         self.encoder = encoder
         self.beta = beta
 
+    # --8<-- [start:guide]
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Sample ``z`` for each image in ``x`` (and label in ``y``, for a conditional VAE)."""
         _register("encoder", self.encoder)
@@ -104,6 +107,7 @@ class Guide(nn.Module):
             z_loc, z_scale = z_loc.float(), z_scale.float()  # float32 under mixed precision
             with _kl_weight(self.beta):
                 return pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+    # --8<-- [end:guide]
 
 
 class VAE(nn.Module):
