@@ -77,7 +77,8 @@ def test_registry_and_user_likelihood():
 
 
 def test_unknown_likelihood_and_bad_options():
-    with pytest.raises(ConfigError, match="unknown likelihood 'poisson'.*bernoulli, gaussian"):
+    known = "bernoulli, continuous-bernoulli, discretized-logistic, gaussian, laplace"
+    with pytest.raises(ConfigError, match=f"unknown likelihood 'poisson'.*{known}"):
         get_likelihood("poisson")
     with pytest.raises(ConfigError, match="does not take"):
         get_likelihood("bernoulli", scale=0.1)

@@ -64,7 +64,8 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
                   "checkpoint_every", "skip_nonfinite", "deterministic", "channels_last",
                   "compile_nets", "amp", "sync_batchnorm", "objective", "beta_schedule",
                   "iwae_samples", "gamma", "capacity", "capacity_steps", "free_bits",
-                  "conditional", "encoder_spec", "decoder_spec")
+                  "conditional", "encoder_spec", "decoder_spec", "scale_mode", "dataset",
+                  "image_size", "channels")
 
 
 @cli.command()
@@ -77,7 +78,17 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="Gaussian only: observation standard deviation (initial value if learned). "
                    "[default: 0.1]")
 @click.option("--learn-scale", is_flag=True, default=None,
-              help="Gaussian only: learn one global observation scale.")
+              help="Gaussian/Laplace: learn one global observation scale.")
+@click.option("--scale-mode", type=click.Choice(["fixed", "global", "channel", "pixel"]),
+              default=None, help="Gaussian/Laplace: a fixed scale, one learned, one per channel, "
+                                 "or one per pixel predicted by the decoder. [default: fixed]")
+@click.option("--data", "dataset", default="mnist", show_default=True,
+              help="mnist, fashion-mnist, cifar10 (torchvision) or folder:PATH (any images; "
+                   "one sub-folder per class, or none).")
+@click.option("--image-size", type=click.Choice(["28", "32", "64"]), default=None,
+              help="Resize the images. [default: the data set's own; folders: 32]")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="Convert to grayscale (1) or RGB (3). [default: the data set's own]")
 @click.option("--beta", type=click.FloatRange(min=0), default=1.0,
               show_default=True, help="Weight of the KL term (β-VAE); 1 is the ELBO.")
 @click.option("--objective", type=click.Choice(["elbo", "iwae", "capacity", "free-bits"]),
@@ -151,7 +162,8 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="Show a progress bar.")
 @click.pass_context
 def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float | None,
-        learn_scale: bool | None, beta: float, objective: str, beta_schedule: str,
+        learn_scale: bool | None, scale_mode: str | None, dataset: str, image_size: str | None,
+        channels: str | None, beta: float, objective: str, beta_schedule: str,
         iwae_samples: int, gamma: float, capacity: float, capacity_steps: int, free_bits: float,
         z_dim: int, conditional: bool, encoder_spec: str | None, decoder_spec: str | None,
         epochs: int, batch_size: int, lr: float, device: str, seed: int,
@@ -167,7 +179,7 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
     """
     import pyro
 
-    from vaekit.data import load_mnist, resolve_data_root
+    from vaekit.data import load_dataset, resolve_data_root
     from vaekit.errors import Interrupted, TrainingError, VaekitError
     from vaekit.likelihoods import get_likelihood
     from vaekit.model import VAE
@@ -196,16 +208,25 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
                 )
             data = read_config(resume_dir).get("data", {})
             limit_train, limit_test = data.get("limit_train"), data.get("limit_test")
-        else:
+            dataset = data.get("dataset", "mnist")
+            image_size, channels = data.get("image_size"), data.get("channels")
+        root = resolve_data_root(data_root)
+        size, chans = (int(image_size) if image_size else None), (int(channels) if channels else None)
+        train_x, train_y = load_dataset(dataset, root, train=True, download=download,
+                                        limit=limit_train, size=size, channels=chans)
+        test_x, test_y = load_dataset(dataset, root, train=False, download=download,
+                                      limit=limit_test, size=size, channels=chans)
+        if resume_dir is None:
             kwargs = {k: v for k, v in {"binarize": binarize, "scale": scale,
-                                         "learn_scale": learn_scale}.items() if v is not None}
+                                         "learn_scale": learn_scale, "scale_mode": scale_mode
+                                         }.items() if v is not None}
+            if scale_mode == "channel":
+                kwargs["channels"] = int(train_x.shape[1])
             pyro.set_rng_seed(seed)  # the initial weights too
             vae = VAE(z_dim=z_dim, likelihood=get_likelihood(likelihood, **kwargs), beta=beta,
-                      encoder=encoder_spec, decoder=decoder_spec,
-                      num_classes=10 if conditional else 0)
-        root = resolve_data_root(data_root)
-        train_x, train_y = load_mnist(root, train=True, download=download, limit=limit_train)
-        test_x, test_y = load_mnist(root, train=False, download=download, limit=limit_test)
+                      image_shape=tuple(train_x.shape[1:]), encoder=encoder_spec,
+                      decoder=decoder_spec,
+                      num_classes=int(train_y.max()) + 1 if conditional else 0)
         if resume_dir is not None:
             if _is_main_rank():
                 click.echo(f"resuming {resume_dir}")
@@ -217,8 +238,9 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
             out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
             if _is_main_rank():
                 click.echo(f"run folder: {out}")
-            info = {"dataset": "mnist", "root": str(root), "limit_train": limit_train,
-                    "limit_test": limit_test, "n_train": len(train_x), "n_test": len(test_x)}
+            info = {"dataset": dataset, "root": str(root), "limit_train": limit_train,
+                    "limit_test": limit_test, "n_train": len(train_x), "n_test": len(test_x),
+                    "image_size": size, "channels": chans}
             result = fit_vae(vae, train_x, test_x, epochs=epochs, batch_size=batch_size, lr=lr,
                              device=device, seed=seed, run_dir=out, overwrite=overwrite,
                              checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
@@ -308,19 +330,21 @@ def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
 
     import torch
 
-    from vaekit.data import load_mnist, resolve_data_root, to_unit
+    from vaekit.data import load_dataset, resolve_data_root, to_unit
     from vaekit.errors import DataError
     from vaekit.runs import read_config
     from vaekit.train import TEST_BINARIZATION_SEED
 
-    if tuple(vae.image_shape) != (1, 28, 28):
-        raise DataError(f"this run's model takes {tuple(vae.image_shape)} images but these "
-                        "commands read MNIST (1, 28, 28); use vaekit.evaluate from Python")
+    data = read_config(run_dir).get("data", {})
     if data_root is None and not os.environ.get("VAEKIT_DATA"):
-        recorded = read_config(run_dir).get("data", {}).get("root")
+        recorded = data.get("root")
         data_root = Path(recorded) if recorded and Path(recorded).is_dir() else None
-    x, labels = load_mnist(resolve_data_root(data_root), train=False, download=download,
-                           limit=limit)
+    x, labels = load_dataset(data.get("dataset", "mnist"), resolve_data_root(data_root),
+                             train=False, download=download, limit=limit,
+                             size=data.get("image_size"), channels=data.get("channels"))
+    if tuple(x.shape[1:]) != tuple(vae.image_shape):
+        raise DataError(f"this run's model takes {tuple(vae.image_shape)} images but its data "
+                        f"set gives {tuple(x.shape[1:])}; use vaekit.evaluate from Python")
     fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
     x_obs = vae.likelihood.targets(to_unit(x), generator=fixed)
     return x_obs.to(vae.device), labels

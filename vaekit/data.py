@@ -16,7 +16,10 @@ import torch
 
 from vaekit.errors import DataError
 
-__all__ = ["resolve_data_root", "load_mnist", "to_unit", "MNIST_FILES"]
+__all__ = ["resolve_data_root", "load_mnist", "load_dataset", "DATASETS", "to_unit", "MNIST_FILES"]
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+"""Data sets by name (torchvision); ``folder:PATH`` reads any folder of images."""
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -83,3 +86,118 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     if not x.is_floating_point():
         raise DataError(f"images must be uint8 or floating point, got {x.dtype}")
     return x
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    train: bool = True,
+    download: bool = True,
+    limit: int | None = None,
+    size: int | None = None,
+    channels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of a data set, as uint8 ``[N, C, H, W]`` and int64 ``[N]`` tensors.
+
+    Args:
+        name: ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` (torchvision, from ``root``) or
+            ``"folder:PATH"``: image files in PATH, either in one sub-folder per class (labels
+            in sorted folder order, like torchvision's ImageFolder) or directly (label 0); the
+            same files serve as training and test set.
+        root: Data root for the torchvision sets (see `resolve_data_root`).
+        train: Training or test split (torchvision sets).
+        download: Download a torchvision set when it is missing.
+        limit: Keep the first ``limit`` images.
+        size: Resize to ``size`` × ``size`` (28, 32 or 64 fit the default nets). Default: the
+            set's own size (folders: 32).
+        channels: 1 (grayscale) or 3 (RGB). Default: the set's own (folders: 3).
+
+    Raises:
+        DataError: for an unknown name, missing files or a folder without images.
+    """
+    if name == "mnist":
+        x, y = load_mnist(root, train=train, download=download, limit=limit)
+    elif name in ("fashion-mnist", "cifar10"):
+        x, y = _torchvision_set(name, root, train, download, limit)
+    elif name.startswith("folder:"):
+        x, y = _image_folder(Path(name[len("folder:"):]).expanduser(), size or 32, channels or 3,
+                             limit)
+        return x, y
+    else:
+        raise DataError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}, "
+                        "or folder:PATH")
+    return _resize(x, size, channels), y
+
+
+def _torchvision_set(name: str, root: str | os.PathLike[str] | None, train: bool, download: bool,
+                     limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision import datasets
+
+    path = resolve_data_root(root)
+    cls = {"fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    where = path / ("FashionMNIST/raw" if name == "fashion-mnist" else "cifar-10-batches-py")
+    try:
+        ds = cls(str(path), train=train, download=download)
+    except Exception as e:
+        why = "could not be downloaded" if download else "downloading is off"
+        raise DataError(f"{name} not found under {path} and {why} ({type(e).__name__}); put "
+                        f"torchvision's files in {where}, or pass --data-root / set VAEKIT_DATA"
+                        ) from None
+    data = torch.as_tensor(ds.data)
+    x = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # CIFAR: HWC -> CHW
+    y = torch.as_tensor(ds.targets, dtype=torch.long)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x.contiguous(), y
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _image_folder(path: Path, size: int, channels: int, limit: int | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if not path.is_dir():
+        raise DataError(f"image folder {path} does not exist; give folder:PATH of a folder of "
+                        "images (or of one sub-folder of images per class)")
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    groups = [(i, sorted(c.iterdir())) for i, c in enumerate(classes)] or [(0, sorted(path.iterdir()))]
+    files = [(f, i) for i, fs in groups for f in fs if f.suffix.lower() in IMAGE_SUFFIXES]
+    if limit is not None:
+        files = files[:limit]
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path} or its "
+                        "sub-folders")
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                              .reshape(size, size, channels))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{f} is not a readable image ({e}); remove it from {path}") from None
+    x = torch.stack(images).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor([i for _, i in files], dtype=torch.long)
+
+
+def _resize(x: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:
+    """Resize uint8 images (bilinear) and convert between 1 and 3 channels."""
+    if channels is not None and channels != x.shape[1]:
+        if channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif channels == 1 and x.shape[1] == 3:
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+        else:
+            raise DataError(f"channels must be 1 or 3, got {channels}")
+    if size is not None and size != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x.contiguous()

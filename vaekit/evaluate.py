@@ -323,5 +323,7 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         kl_per_dim=[float(v) for v in r.kl_per_dim.mean(0)],
         active_units=active_units(r.z_loc, active_threshold),
         active_threshold=active_threshold,
-        bits_per_dim=None if r.discrete else bits_per_dim(nlp, dims),
+        bits_per_dim=(None if vae.likelihood.kind == "binary" else
+                      nlp / (dims * math.log(2)) if vae.likelihood.kind == "discrete" else
+                      bits_per_dim(nlp, dims)),
     )
