@@ -24,7 +24,7 @@ def env(mnist_root):
 def _run(cmd, env, cwd):
     p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     cause = p.stderr.find("Root Cause")  # torchrun's summary of the failing rank
-    assert p.returncode == 0, p.stderr[cause - 3000 : cause + 2000] if cause > 0 else p.stderr[-5000:]
+    assert p.returncode == 0, p.stderr[max(0, cause - 3000) : cause + 2000] if cause > 0 else p.stderr[-5000:]
     return p
 
 
