@@ -12,11 +12,11 @@ from vaekit import plots
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images")
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--out", default="runs/quickstart", help="run folder")
     args = p.parse_args()
 
     train_x, _ = vaekit.load_mnist(train=True, limit=args.limit_train)

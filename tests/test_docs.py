@@ -1,12 +1,30 @@
-"""The documentation site builds with `mkdocs build --strict` and shows what it should."""
+"""The documentation site builds with `mkdocs build --strict`, shows what it should, and what it
+tells a reader to type exists: Python blocks are included from the examples (which
+test_examples.py runs), command lines name real commands and options, transcripts match."""
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import click
+import pytest
+
+import vaekit
+from vaekit import likelihoods
+from vaekit.cli import cli
+
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    """The contents of the fenced code blocks of a language (with or without a title)."""
+    found = re.findall(rf"^```{lang}( [^\n]*)?\n(.*?)^```", text, flags=re.S | re.M)
+    return [body for _, body in found]
 
 
 def test_site_builds_strict(tmp_path):
@@ -15,26 +33,102 @@ def test_site_builds_strict(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
-    pages = {"index", "installation", "quickstart", "concepts", "extending", "scaling", "cli",
-             "api", "benchmarks", "changelog"}
-    for page in pages - {"index"}:
+    for page in ("installation", "quickstart", "concepts", "extending", "scaling", "cli",
+                 "benchmarks", "changelog", "api", "api/model", "api/likelihoods", "api/errors"):
         assert (site / page / "index.html").is_file(), page
-    cli = (site / "cli" / "index.html").read_text()
-    for command in ("vaekit fit", "vaekit evaluate", "vaekit sample", "--likelihood", "--resume"):
-        assert command in cli, command
-    api = (site / "api" / "index.html").read_text()
-    for name in ("register_likelihood", "VAE", "fit", "iwae_bound", "GlobalBatchNorm2d"):
-        assert name in api, name
-    concepts = (site / "concepts" / "index.html").read_text()
-    assert "arithmatex" in concepts and "poutine.scale" in concepts
-    extending = (site / "extending" / "index.html").read_text()
-    assert "register_likelihood" in extending and "MLPEncoder" in extending  # examples included
-    home = (site / "index.html").read_text()
-    assert 'src="img/samples.png"' in home and (site / "img" / "samples.png").is_file()
+
+    def html(page: str) -> str:
+        return (site / page / "index.html").read_text()
+
+    home = html("")
+    assert 'src="img/samples.png"' in home and 'src="img/reconstructions.png"' in home
+    assert (site / "img" / "samples.png").stat().st_size < 200_000
+    cli_page = html("cli")
+    for command in ["fit", *cli.commands]:  # every command, and the options of fit
+        assert f"vaekit {command}" in cli_page, command
+    for option in ("--likelihood", "--beta", "--resume", "--out"):
+        assert option in cli_page, option
+    assert "register_likelihood" in html("api/likelihoods") and "iwae_bound" in html("api/evaluate")
+    assert "GlobalBatchNorm2d" in html("api/distributed")
+    concepts = html("concepts")
+    assert 'class="arithmatex"' in concepts and "poutine.scale" in concepts
+    assert "\\mathcal L(x)" in concepts  # the ELBO's TeX reaches MathJax unmangled
+    extending = html("extending")
+    for included in ("StudentT", "MLPEncoder", "own_program", "traversal_grid", "examples/my_vaekit.py"):
+        assert included in extending, included
 
 
-def test_no_pasteable_python_that_is_not_included_or_tested():
-    """Python blocks in the docs are snippet includes of files the tests run or import."""
-    for page in (ROOT / "docs").glob("*.md"):
-        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+def test_python_blocks_are_included_from_files():
+    """Python a reader would paste comes from files the tests run (examples) or import (vaekit)."""
+    for page in PAGES:
+        for block in _blocks(page.read_text(), "python"):
             assert block.strip().startswith("--8<--"), f"{page.name}: {block[:60]!r}"
+            path = block.split('"')[1].split(":")[0]
+            assert path.startswith(("examples/", "vaekit/")), path
+
+
+def _command_lines():
+    """(page, tokens) of each `vaekit ...` (or `python examples/my_vaekit.py ...`) in bash blocks."""
+    for page in PAGES + [ROOT / "README.md"]:
+        for block in _blocks(page.read_text(), "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in re.split(r"&&|;", re.sub(r"(^|\s)#.*", "", line)):  # no comments
+                    tokens = shlex.split(part)
+                    for i, tok in enumerate(tokens):
+                        if tok == "vaekit" and (i == 0 or tokens[i - 1] == "-m") \
+                                or tok == "examples/my_vaekit.py":
+                            yield page.name, tokens[i + 1:]
+                            break
+
+
+def test_command_lines_in_the_docs_parse(monkeypatch):
+    """Each command and option the docs show exists and takes the values shown."""
+    # examples/my_vaekit.py adds "student-t"; only its name matters for parsing
+    monkeypatch.setitem(likelihoods.LIKELIHOODS, "student-t", likelihoods.Likelihood)
+    seen = set()
+    for page, args in _command_lines():
+        if not args or args[0].startswith("-"):
+            assert args in ([], ["--version"], ["--help"]), (page, args)
+            continue
+        command = cli.get_command(click.Context(cli), args[0])
+        assert command is not None, f"{page}: no command vaekit {args[0]}"
+        seen.add(args[0])
+        if "--help" in args:
+            continue
+        try:
+            command.make_context(args[0], args[1:])  # parses and converts, runs nothing
+        except click.ClickException as e:
+            pytest.fail(f"{page}: vaekit {shlex.join(args)}: {e.format_message()}")
+    assert {"fit", "evaluate", "sample"} <= seen
+
+
+def test_transcripts_match_the_cli(tmp_path):
+    """A ```text block that starts with `$ vaekit ...` shows what that command prints."""
+    found = 0
+    for page in PAGES:
+        for block in _blocks(page.read_text(), "text"):
+            if not block.startswith("$ vaekit "):
+                continue
+            command, *shown = block.strip().splitlines()
+            run = "from vaekit.cli import cli; cli(prog_name='vaekit')"
+            p = subprocess.run([sys.executable, "-c", run, *shlex.split(command)[2:]],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert (p.stdout + p.stderr).strip().splitlines() == shown, page.name
+            found += 1
+    assert found
+
+
+def test_reference_covers_the_package():
+    """Every built-in likelihood is in the table of Concepts; every public name and module has
+    its place in the API reference."""
+    concepts = (DOCS / "concepts.md").read_text()
+    builtin = [n for n, c in likelihoods.LIKELIHOODS.items() if c.__module__ == "vaekit.likelihoods"]
+    for name in builtin:
+        assert f"| `{name}`" in concepts, name
+    index = (DOCS / "api" / "index.md").read_text()
+    for name in vaekit.__all__:
+        assert f"`{name}`" in index, name
+    modules = {p.stem for p in (ROOT / "vaekit").glob("*.py")} - {"__init__", "__main__", "cli"}
+    assert modules == {p.stem for p in (DOCS / "api").glob("*.md")} - {"index"}
+    for m in modules:
+        assert (DOCS / "api" / f"{m}.md").read_text().strip() == f"::: vaekit.{m}"
