@@ -5,7 +5,7 @@
 
 `vae.model` and `vae.guide` are ordinary Pyro programs: `pyro.module` registers their nets in
 Pyro's global parameter store, a `pyro.plate("data")` covers the batch, and both sample the site
-"z". `own_model`/`own_guide` below are the same kind of program written around vaekit's parts
+"z". `own_program` below writes the same kind of model and guide around vaekit's parts
 (`vae.encoder`, `vae.decoder`, `vae.likelihood`), with a sparse Laplace prior instead of a Normal.
 """
 

@@ -42,7 +42,8 @@ def test_site_builds_strict(tmp_path):
 
     home = html("")
     assert 'src="img/samples.png"' in home and 'src="img/reconstructions.png"' in home
-    assert (site / "img" / "samples.png").stat().st_size < 200_000
+    assert all(png.stat().st_size < 200_000 for png in (site / "img").glob("*.png"))
+    assert 'src="../img/beta_sweep.png"' in html("extending")
     cli_page = html("cli")
     for command in ["fit", *cli.commands]:  # every command, and the options of fit
         assert f"vaekit {command}" in cli_page, command
@@ -59,12 +60,17 @@ def test_site_builds_strict(tmp_path):
 
 
 def test_python_blocks_are_included_from_files():
-    """Python a reader would paste comes from files the tests run (examples) or import (vaekit)."""
+    """Python a reader would paste comes from files the tests run (examples) or import (vaekit),
+    and every example is shown somewhere."""
+    included = set()
     for page in PAGES:
         for block in _blocks(page.read_text(), "python"):
             assert block.strip().startswith("--8<--"), f"{page.name}: {block[:60]!r}"
             path = block.split('"')[1].split(":")[0]
             assert path.startswith(("examples/", "vaekit/")), path
+            included.add(path)
+    examples = {f"examples/{p.name}" for p in (ROOT / "examples").glob("*.py")}
+    assert examples <= included, examples - included
 
 
 def _command_lines():
