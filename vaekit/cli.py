@@ -16,7 +16,8 @@ import click
 
 # Heavy imports (torch, pyro) happen inside the commands so that `vaekit --help` stays fast.
 
-BUILTIN_LIKELIHOODS = ("bernoulli", "gaussian")
+BUILTIN_LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace",
+                       "discretized-logistic")
 
 
 class LikelihoodName(click.ParamType):
@@ -75,7 +76,7 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="Bernoulli only: binarize grayscale images each batch (default), or train on "
                    "grayscale targets like the seed notebook's BCE (not a proper likelihood).")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Gaussian only: observation standard deviation (initial value if learned). "
+              help="Gaussian/Laplace: observation scale (initial value if learned). "
                    "[default: 0.1]")
 @click.option("--learn-scale", is_flag=True, default=None,
               help="Gaussian/Laplace: learn one global observation scale.")
