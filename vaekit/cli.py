@@ -412,7 +412,7 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
 
     kl = sorted(enumerate(r.kl_per_dim), key=lambda t: -t[1])
     top = ", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
-    bpd = f"{r.bits_per_dim:.3f}" if r.bits_per_dim is not None else "n/a (discrete likelihood)"
+    bpd = f"{r.bits_per_dim:.3f}" if r.bits_per_dim is not None else "n/a (binary likelihood)"
     rows = [
         ("-ELBO", f"{r.neg_elbo:.2f} ± {r.neg_elbo_se:.2f}"),
         ("  reconstruction -log p(x|z)", f"{r.recon:.2f}"),
