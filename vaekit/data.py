@@ -1,10 +1,13 @@
-"""Image data as tensors: MNIST through torchvision, kept whole on the training device.
+"""Image data as tensors: MNIST and others through torchvision, or any folder of images.
 
     train_x, train_y = load_mnist(train=True)     # uint8 [60000, 1, 28, 28], int64 [60000]
+    x, y = load_dataset("cifar10", train=False)   # uint8 [10000, 3, 32, 32], int64 [10000]
     x = to_unit(train_x[:16])                     # float in [0, 1]
 
-The data root comes from the ``root`` argument (``--data-root``), else the ``VAEKIT_DATA``
-environment variable, else ``~/.cache/vaekit/data`` (``$XDG_CACHE_HOME`` is honoured).
+Data sets are loaded once into uint8 tensors (no per-image transforms) and kept whole on the
+training device. The data root comes from the ``root`` argument (``--data-root``), else the
+``VAEKIT_DATA`` environment variable, else ``~/.cache/vaekit/data`` (``$XDG_CACHE_HOME`` is
+honoured).
 """
 
 from __future__ import annotations
@@ -14,12 +17,9 @@ from pathlib import Path
 
 import torch
 
-from vaekit.errors import DataError
+from vaekit.errors import ConfigError, DataError
 
 __all__ = ["resolve_data_root", "load_mnist", "load_dataset", "DATASETS", "to_unit", "MNIST_FILES"]
-
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
-"""Data sets by name (torchvision); ``folder:PATH`` reads any folder of images."""
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -27,6 +27,15 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+"""Data sets by name (torchvision); ``folder:PATH`` reads any folder of images."""
+
+_TORCHVISION_FILES = {
+    # name: (folder under the root that torchvision reads, files it needs there)
+    "fashion-mnist": ("FashionMNIST/raw", ", ".join(MNIST_FILES)),
+    "cifar10": ("cifar-10-batches-py", "data_batch_1 ... data_batch_5, test_batch, batches.meta"),
+}
 
 
 def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -101,21 +110,32 @@ def load_dataset(
     """Images and labels of a data set, as uint8 ``[N, C, H, W]`` and int64 ``[N]`` tensors.
 
     Args:
-        name: ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` (torchvision, from ``root``) or
-            ``"folder:PATH"``: image files in PATH, either in one sub-folder per class (labels
-            in sorted folder order, like torchvision's ImageFolder) or directly (label 0); the
-            same files serve as training and test set.
+        name: ``"mnist"``, ``"fashion-mnist"`` (1×28×28), ``"cifar10"`` (3×32×32), read with
+            torchvision from ``root``, or ``"folder:PATH"``: the image files (PNG, JPEG, BMP,
+            GIF, TIFF, WebP) in PATH, either in one sub-folder per class (labels 0, 1, ... in
+            sorted folder order, files found recursively, like torchvision's ImageFolder) or
+            directly in PATH (all label 0). Hidden files and folders are skipped. A folder has
+            no split: the same files serve as training and test set.
         root: Data root for the torchvision sets (see `resolve_data_root`).
         train: Training or test split (torchvision sets).
         download: Download a torchvision set when it is missing.
-        limit: Keep the first ``limit`` images.
-        size: Resize to ``size`` × ``size`` (28, 32 or 64 fit the default nets). Default: the
-            set's own size (folders: 32).
-        channels: 1 (grayscale) or 3 (RGB). Default: the set's own (folders: 3).
+        limit: Keep the first ``limit`` images (a folder reads only those).
+        size: Resize to ``size`` × ``size``, bilinear with antialiasing (28, 32 and 64 fit the
+            default nets; folder images are squashed to a square, not cropped). Default: the
+            set's own size; 32 for folders.
+        channels: 1 (grayscale, ITU-R 601 luma as PIL's ``"L"``) or 3 (RGB; grayscale is
+            repeated). Default: the set's own; 3 for folders.
 
     Raises:
-        DataError: for an unknown name, missing files or a folder without images.
+        DataError: for an unknown name, missing files (with the folder and files torchvision
+            expects), or a folder without readable images.
+        ConfigError: for a ``size`` or ``channels`` that cannot be.
     """
+    if size is not None and not (isinstance(size, int) and size >= 1):
+        raise ConfigError(f"size must be a positive integer (28, 32 or 64 fit the default nets), "
+                          f"got {size!r}")
+    if channels is not None and channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     if name == "mnist":
         x, y = load_mnist(root, train=train, download=download, limit=limit)
     elif name in ("fashion-mnist", "cifar10"):
@@ -136,14 +156,19 @@ def _torchvision_set(name: str, root: str | os.PathLike[str] | None, train: bool
 
     path = resolve_data_root(root)
     cls = {"fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
-    where = path / ("FashionMNIST/raw" if name == "fashion-mnist" else "cifar-10-batches-py")
+    folder, files = _TORCHVISION_FILES[name]
+    where = path / folder
     try:
         ds = cls(str(path), train=train, download=download)
-    except Exception as e:
-        why = "could not be downloaded" if download else "downloading is off"
-        raise DataError(f"{name} not found under {path} and {why} ({type(e).__name__}); put "
-                        f"torchvision's files in {where}, or pass --data-root / set VAEKIT_DATA"
-                        ) from None
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, pickle errors ...
+        if where.is_dir() and any(where.iterdir()):
+            detail = " ".join(str(e).split())  # one line
+            why = f"its files in {where} could not be read ({type(e).__name__}: {detail})"
+        else:
+            why = "could not be downloaded" if download else "downloading is off"
+            why = f"it is not under {path} and {why} ({type(e).__name__})"
+        raise DataError(f"{name}: {why}; put torchvision's files ({files}) in {where}, or pass "
+                        "--data-root / set VAEKIT_DATA to a folder that has them") from None
     data = torch.as_tensor(ds.data)
     x = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # CIFAR: HWC -> CHW
     y = torch.as_tensor(ds.targets, dtype=torch.long)
@@ -159,19 +184,23 @@ def _image_folder(path: Path, size: int, channels: int, limit: int | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image, UnidentifiedImageError
 
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
     if not path.is_dir():
         raise DataError(f"image folder {path} does not exist; give folder:PATH of a folder of "
                         "images (or of one sub-folder of images per class)")
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    groups = [(i, sorted(c.iterdir())) for i, c in enumerate(classes)] or [(0, sorted(path.iterdir()))]
-    files = [(f, i) for i, fs in groups for f in fs if f.suffix.lower() in IMAGE_SUFFIXES]
+    classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes:  # one sub-folder per class, searched recursively
+        groups = [(i, sorted(f for f in c.rglob("*") if not _hidden(f, c))) for i, c in enumerate(classes)]
+    else:  # a flat folder: label 0
+        groups = [(0, sorted(f for f in path.iterdir() if not f.name.startswith(".")))]
+    found = [(f, i) for i, fs in groups for f in fs if f.is_file()]
+    files = [(f, i) for f, i in found if f.suffix.lower() in IMAGE_SUFFIXES]
     if limit is not None:
         files = files[:limit]
     if not files:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path} or its "
-                        "sub-folders")
+        others = f", only {len(found)} other file(s)" if found else ""
+        raise DataError(f"no images in {path}{others}: expected image files "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}) directly in it or in one "
+                        "sub-folder per class")
     mode = "L" if channels == 1 else "RGB"
     images = []
     for f, _ in files:
@@ -186,6 +215,11 @@ def _image_folder(path: Path, size: int, channels: int, limit: int | None
     return x, torch.tensor([i for _, i in files], dtype=torch.long)
 
 
+def _hidden(f: Path, top: Path) -> bool:
+    """Whether ``f`` or a folder between it and ``top`` is hidden (its name starts with a dot)."""
+    return any(part.startswith(".") for part in f.relative_to(top).parts)
+
+
 def _resize(x: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:
     """Resize uint8 images (bilinear) and convert between 1 and 3 channels."""
     if channels is not None and channels != x.shape[1]:
@@ -195,7 +229,7 @@ def _resize(x: torch.Tensor, size: int | None, channels: int | None) -> torch.Te
             w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             x = (x.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
         else:
-            raise DataError(f"channels must be 1 or 3, got {channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if size is not None and size != x.shape[-1]:
         x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear",
                                             antialias=True, align_corners=False)

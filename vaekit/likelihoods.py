@@ -23,6 +23,7 @@ from vaekit.errors import ConfigError, DataError
 
 __all__ = [
     "Likelihood",
+    "KINDS",
     "Bernoulli",
     "ContinuousBernoulli",
     "Gaussian",
@@ -38,11 +39,16 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
 _L = TypeVar("_L", bound=type["Likelihood"])
 
+KINDS = ("binary", "continuous", "discrete")
+"""The values of `Likelihood.kind`."""
+
 
 def register_likelihood(name: str) -> Callable[[_L], _L]:
     """Class decorator that adds a `Likelihood` subclass to the registry under ``name``."""
 
     def add(cls: _L) -> _L:
+        if cls.kind not in KINDS:
+            raise ConfigError(f"likelihood {name!r} has kind {cls.kind!r}; use one of: {', '.join(KINDS)}")
         cls.name = name
         LIKELIHOODS[name] = cls
         return cls
@@ -95,10 +101,19 @@ class Likelihood(nn.Module):
     params_per_channel: int = 1
     """How many decoder output channels this likelihood needs per image channel."""
     kind: ClassVar[str] = "continuous"
-    """What its numbers are: ``"binary"`` (a probability of binary images), ``"continuous"`` (a
-    density of [0, 1] intensities; bits/dim via the 1/255 scaling) or ``"discrete"`` (a
-    probability of the 256 levels of 8-bit images; bits/dim = NLL / (D ln 2)). Only numbers of
-    the same kind, on the same data, compare."""
+    """What its numbers are, for evaluation code: which compare, and how to get bits/dim.
+
+    - ``"binary"`` (`Bernoulli`): a probability of binarized images; nats per image compare with
+      published binarized-MNIST figures; no bits/dim of 8-bit data.
+    - ``"continuous"`` (`Gaussian`, `Laplace`, `ContinuousBernoulli`): a density of intensities
+      scaled to [0, 1] (nats can be negative); bits/dim of the 8-bit values through the 1/255
+      change of variables, ``(NLL / D + ln 255) / ln 2`` (`vaekit.evaluate.bits_per_dim`).
+    - ``"discrete"`` (`DiscretizedLogistic`): a probability of the 256 levels of 8-bit images;
+      bits/dim = ``NLL / (D ln 2)``, comparable with published figures for 8-bit images.
+
+    Only numbers of the same kind, on the same data, compare. The default, ``"continuous"``,
+    suits a density on [0, 1]; set it on your own likelihood otherwise.
+    """
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         """Distribution over images, with ``event_shape == (C, H, W)``."""
@@ -166,48 +181,64 @@ class Bernoulli(Likelihood):
         return {"binarize": self.binarize}
 
 
-class _LocScale(Likelihood):
-    """Independent location-scale pixels around the decoder output, on [0, 1] intensities.
+_SCALE_MODES = ("fixed", "global", "channel", "pixel")
 
-    ``scale_mode``: ``"fixed"`` (``scale``), ``"global"`` (one learned scale), ``"channel"``
-    (one learned scale per image channel; give ``channels``) or ``"pixel"`` (predicted by the
-    decoder, which then outputs a location and a scale per pixel; scale =
-    softplus(output) + `MIN_SCALE`).
+
+class _LocScale(Likelihood):
+    """Independent location-scale pixels around the decoder output: the machinery of `Gaussian`,
+    `Laplace` and `DiscretizedLogistic`.
+
+    The scale is chosen by ``scale_mode``: ``"fixed"`` (``scale``), ``"global"`` (one learned
+    scale), ``"channel"`` (one learned scale per image channel) or ``"pixel"`` (predicted by the
+    decoder, which then outputs ``2 * C`` channels: the C locations, then C raw scales, mapped to
+    ``softplus(raw + b) + MIN_SCALE`` with ``b`` chosen so that ``raw = 0`` gives ``scale``).
+    Learned scales are ``exp(log_scale)`` of a parameter, without a floor.
     """
 
     family: ClassVar[Any] = None
+    """The distribution class, called as ``family(loc, scale)``."""
+    default_mode: ClassVar[str] = "fixed"
+    """The scale mode when neither ``scale_mode`` nor ``learn_scale`` is given."""
     MIN_SCALE: ClassVar[float] = 1e-3
+    """Floor of a predicted (``"pixel"``) scale."""
 
     def __init__(self, scale: float = 0.1, learn_scale: bool = False,
                  scale_mode: str | None = None, channels: int = 1) -> None:
         super().__init__()
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ConfigError(f"{self.name} scale must be a positive number, got {scale!r}")
-        mode = scale_mode or ("global" if learn_scale else "fixed")
-        if mode not in ("fixed", "global", "channel", "pixel"):
-            raise ConfigError(f"scale_mode must be fixed, global, channel or pixel, got {mode!r}")
+        if scale_mode is not None and scale_mode not in _SCALE_MODES:
+            raise ConfigError(f"scale_mode must be one of {', '.join(_SCALE_MODES)}, got {scale_mode!r}")
+        if scale_mode == "fixed" and learn_scale:
+            raise ConfigError("learn_scale=True contradicts scale_mode='fixed'; give one of them")
+        if not (isinstance(channels, int) and channels >= 1):
+            raise ConfigError(f"channels must be an integer >= 1, got {channels!r}")
+        mode = scale_mode or ("global" if learn_scale else self.default_mode)
         self.scale_mode, self.channels, self._init_scale = mode, channels, float(scale)
         self.learn_scale = mode != "fixed"
-        shape = (channels, 1, 1) if mode == "channel" else ()
-        log_scale = torch.full(shape, math.log(scale))
+        log_scale = torch.full((channels, 1, 1) if mode == "channel" else (), math.log(scale))
         if mode in ("global", "channel"):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
         if mode == "pixel":
             self.params_per_channel = 2
-            # softplus(raw) + MIN_SCALE = scale at raw = bias: start near the given scale
+            # softplus(0 + bias) + MIN_SCALE = scale: a decoder that starts near 0 starts at `scale`
             self._bias = math.log(math.expm1(max(scale - self.MIN_SCALE, 1e-6)))
 
     @property
     def scale(self) -> torch.Tensor:
-        """The current scale (fixed, global or per channel; not for ``"pixel"``)."""
+        """The current scale: a scalar, or ``[channels, 1, 1]`` (not used by ``"pixel"``)."""
         return self.log_scale.exp()
 
     def _loc_scale(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.scale_mode == "pixel":
             loc, raw = out.chunk(2, dim=-3)
             return loc, nn.functional.softplus(raw + self._bias) + self.MIN_SCALE
+        if self.scale_mode == "channel" and out.shape[-3] != self.channels:
+            raise ConfigError(f"this {self.name} likelihood has one scale per channel for "
+                              f"{self.channels} channel(s), but the images have {out.shape[-3]}; "
+                              f"build it with channels={out.shape[-3]}")
         return out, self.scale.expand_as(out)
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
@@ -216,13 +247,21 @@ class _LocScale(Likelihood):
         return self.family(loc, scale).to_event(3)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """See `Likelihood.mean`."""
+        """See `Likelihood.mean`: the location, clamped to [0, 1]."""
         return self._loc_scale(out)[0].clamp(0, 1)
 
+    def check(self, x: torch.Tensor) -> None:
+        """See `Likelihood.check`: finite, and as many channels as the per-channel scales."""
+        super().check(x)
+        if self.scale_mode == "channel" and x.dim() >= 3 and x.shape[-3] != self.channels:
+            raise DataError(f"the images have {x.shape[-3]} channel(s) but this {self.name} "
+                            f"likelihood has scales for {self.channels}; build it with "
+                            f"channels={x.shape[-3]}")
+
     def config(self) -> dict[str, Any]:
-        """See `Likelihood.config`."""
+        """See `Likelihood.config`: ``scale`` and ``learn_scale``, then what they do not imply."""
         cfg: dict[str, Any] = {"scale": self._init_scale, "learn_scale": self.learn_scale}
-        if self.scale_mode not in ("fixed", "global"):
+        if self.scale_mode != ("global" if self.learn_scale else self.default_mode):
             cfg["scale_mode"] = self.scale_mode
         if self.channels != 1:
             cfg["channels"] = self.channels
@@ -233,15 +272,25 @@ class _LocScale(Likelihood):
 class Gaussian(_LocScale):
     """Independent Normal pixels around the decoder's output, on [0, 1] intensities.
 
+    Assumes continuous intensities: a density on the real line (mass outside [0, 1] is not
+    renormalised), so its nats compare only with other densities on the same [0, 1] scale.
+
     Args:
-        scale: The observation standard deviation (the initial value if learned).
-        learn_scale: Learn one global scale (``scale_mode="global"``).
-        scale_mode: ``"fixed"``, ``"global"``, ``"channel"`` or ``"pixel"`` (see below).
+        scale: The observation standard deviation (the initial value if learned or predicted).
+        learn_scale: Learn one global scale (the same as ``scale_mode="global"``).
+        scale_mode: ``"fixed"`` (default), ``"global"``, ``"channel"`` (one learned scale per
+            image channel) or ``"pixel"`` (the decoder predicts a scale per pixel, at least
+            `MIN_SCALE` = 1e-3 ≈ the standard deviation 1/(255√12) of the rounding to 8 bits,
+            so that the density cannot grow without bound on constant pixels, such as MNIST's
+            black background).
         channels: Image channels, for ``scale_mode="channel"``.
 
-    ``"pixel"`` has the decoder predict a scale per pixel (softplus, at least 1e-3).
+    Raises:
+        ConfigError: for a scale that is not positive, an unknown ``scale_mode``,
+            ``learn_scale=True`` with ``scale_mode="fixed"`` or ``channels < 1``.
     """
 
+    kind = "continuous"
     family = dist.Normal
 
 
@@ -249,48 +298,116 @@ class Gaussian(_LocScale):
 class Laplace(_LocScale):
     """Independent Laplace pixels around the decoder's output, on [0, 1] intensities.
 
-    Heavier tails than the Gaussian: its NLL is an L1 reconstruction error, scaled. Arguments as
-    for `Gaussian`.
+    Heavier tails than the Gaussian: its NLL is an L1 reconstruction error, scaled. Assumes
+    continuous intensities, like `Gaussian`, and takes the same arguments (``scale`` is the
+    Laplace scale b, the standard deviation is b√2).
     """
 
+    kind = "continuous"
     family = dist.Laplace
+
+
+# -- continuous Bernoulli --------------------------------------------------------------------------
+def _cb_log_normalizer(eta: torch.Tensor) -> torch.Tensor:
+    """``A(η) = log ∫_0^1 exp(η x) dx = log(expm1(η) / η)``, stable for every η (Taylor near 0)."""
+    small = eta.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(eta), eta)
+    exact = safe.clamp(min=0) + torch.log(-torch.expm1(-safe.abs())) - safe.abs().log()
+    return torch.where(small, eta / 2 + eta**2 / 24 - eta**4 / 2880, exact)
+
+
+def _cb_mean(eta: torch.Tensor) -> torch.Tensor:
+    """``A'(η) = 1 / (1 - exp(-η)) - 1 / η``, the mean, stable for every η (Taylor near 0)."""
+    small = eta.abs() < 0.1
+    safe = torch.where(small, torch.ones_like(eta), eta)
+    exact = 1 / -torch.expm1(-safe) - 1 / safe
+    return torch.where(small, 0.5 + eta / 12 - eta**3 / 720, exact)
+
+
+class _ContinuousBernoulliLogits(dist.ContinuousBernoulli):
+    """Pyro's `ContinuousBernoulli` with ``log_prob`` and ``mean`` computed from the logits.
+
+    torch computes the normaliser from ``probs = sigmoid(logits)`` clamped to ``[eps, 1 - eps]``:
+    in float32, for ``|logits| > 16`` the density then no longer integrates to 1 (0.8 at 20, 0.2
+    at 80) and the mean stops at 0.063 / 0.937. Here ``log p(x) = η x - A(η)`` with η the logits
+    and `_cb_log_normalizer` (the exponential-family form), which holds for every η.
+    Sampling is torch's (inverse CDF from the clamped probs).
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        eta, value = torch.distributions.utils.broadcast_all(self.logits, value)
+        return value * eta - _cb_log_normalizer(eta)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return _cb_mean(self.logits)
 
 
 @register_likelihood("continuous-bernoulli")
 class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) on [0, 1] intensities.
 
-    The proper density for grayscale pixels that the seed notebook's BCE was not:
-    ``p(x|λ) = C(λ) λ^x (1-λ)^(1-x)`` with the normaliser ``C(λ)`` that makes it integrate to 1
-    on [0, 1]. The decoder outputs logits of λ. Its mean (the image shown) is not λ but
-    ``E[x] = λ/(2λ-1) + 1/(2 artanh(1-2λ))``.
+    Assumes continuous intensities in [0, 1] (grayscale pixels as they are, not binarized): the
+    normalised density that the seed notebook's BCE was not,
+    ``p(x|λ) = C(λ) λ^x (1-λ)^(1-x)`` with ``C(λ) = 2 artanh(1 - 2λ) / (1 - 2λ)`` (2 at λ = 1/2).
+    The decoder outputs the logits η of λ; the density is computed as ``exp(η x - A(η))``,
+    ``A(η) = log((e^η - 1) / η)``, which stays normalised for any logits (torch's own
+    implementation does not beyond ``|η| ≈ 16`` in float32). Its mean, the image shown, is not λ
+    but ``1 / (1 - e^(-η)) - 1 / η``. On pixels exactly 0 or 1 the density grows without bound as
+    ``|η|`` grows, but only like ``log |η|``.
     """
+
+    kind = "continuous"
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         """See `Likelihood.forward`."""
-        return dist.ContinuousBernoulli(logits=out).to_event(3)
+        return _ContinuousBernoulliLogits(logits=out).to_event(3)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """See `Likelihood.mean`."""
-        return torch.distributions.ContinuousBernoulli(logits=out).mean.clamp(0, 1)
+        """See `Likelihood.mean`: the distribution's mean (not λ)."""
+        return _cb_mean(out).clamp(0, 1)
 
     def check(self, x: torch.Tensor) -> None:
         """See `Likelihood.check`: pixels must lie in [0, 1]."""
         _check_unit_interval(self, x)
 
 
+# -- discretized logistic -------------------------------------------------------------------------
+_LEVELS = 256  # of 8-bit images; level k is k / 255 on vaekit's [0, 1] scale (data.to_unit)
+
+
 class _EightBit(constraints.Constraint):
     """The 256 values ``k / 255`` of 8-bit images scaled to [0, 1]."""
 
     is_discrete = True
+    event_dim = 0
 
     def check(self, value: torch.Tensor) -> torch.Tensor:
-        k = value * 255
+        k = value * (_LEVELS - 1)
         return (value >= 0) & (value <= 1) & ((k - k.round()).abs() < 1e-3)
 
 
+def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(-d))`` for ``d > 0``, accurate for small and large d (Mächler 2012)."""
+    return torch.where(d < math.log(2), torch.log(-torch.expm1(-d)), torch.log1p(-torch.exp(-d)))
+
+
 class _DiscretizedLogisticDist(dist.TorchDistribution):
-    """One logistic per pixel, integrated over the pixel's bin of width 1/255."""
+    """One logistic per pixel, integrated over the pixel's bin: a distribution over ``k / 255``.
+
+    Level ``k`` (value ``k / 255``) owns ``[(k - ½) / 255, (k + ½) / 255]``; level 0 owns
+    ``(-∞, ½ / 255]`` and level 255 ``[254.5 / 255, ∞)``, so the 256 probabilities sum to 1.
+    An interior bin's probability ``σ(a) - σ(b)``, with ``a, b = (x ± ½/255 - loc) / scale``, is
+    computed as ``log σ(a) + log σ(-b) + log(1 - exp(b - a))``: an identity, not an
+    approximation, with no cancellation, so it stays accurate where the CDF difference underflows
+    and PixelCNN++ falls back to the density at the bin centre (that fallback is not needed).
+
+    Args:
+        loc: Location of the logistic (on the [0, 1] scale), any shape.
+        scale: Its scale, positive, broadcastable with ``loc``.
+    """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = _EightBit()
@@ -301,68 +418,90 @@ class _DiscretizedLogisticDist(dist.TorchDistribution):
         super().__init__(self.loc.shape, validate_args=validate_args)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> _DiscretizedLogisticDist:
-        return _DiscretizedLogisticDist(self.loc.expand(batch_shape), self.scale.expand(batch_shape))
+        batch_shape = torch.Size(batch_shape)
+        return _DiscretizedLogisticDist(self.loc.expand(batch_shape), self.scale.expand(batch_shape),
+                                        validate_args=self._validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-probability, in nats, of the levels ``value`` (multiples of 1/255 in [0, 1])."""
         if self._validate_args:
             self._validate_sample(value)
-        half = 0.5 / 255
-        inv_s = 1.0 / self.scale
-        centered = value - self.loc
-        plus, minus = inv_s * (centered + half), inv_s * (centered - half)
-        log_cdf_plus = -nn.functional.softplus(-plus)  # log sigmoid(plus), for the 0 bin
-        log_sf_minus = -nn.functional.softplus(minus)  # log (1 - sigmoid(minus)), for the 1 bin
-        cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
-        mid = inv_s * centered  # the density at the bin centre times its width, if delta underflows
-        log_mid = mid - self.scale.log() - 2 * nn.functional.softplus(mid) + math.log(1 / 255)
-        inner = torch.where(cdf_delta > 1e-5, cdf_delta.clamp_min(1e-12).log(), log_mid)
-        return torch.where(value < half, log_cdf_plus,
-                           torch.where(value > 1 - half, log_sf_minus, inner))
+        half = 0.5 / (_LEVELS - 1)
+        inv_s = 1 / self.scale
+        a = (value - self.loc + half) * inv_s  # upper edge of the bin, standardised
+        b = (value - self.loc - half) * inv_s  # lower edge
+        log_cdf_a = nn.functional.logsigmoid(a)  # level 0: P(X <= a)
+        log_sf_b = nn.functional.logsigmoid(-b)  # level 255: P(X > b)
+        inner = log_cdf_a + log_sf_b + _log1mexp(2 * half * inv_s)  # exactly log(σ(a) - σ(b))
+        return torch.where(value < half, log_cdf_a, torch.where(value > 1 - half, log_sf_b, inner))
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.loc.clamp(0, 1)
+        """``E[x] = Σ_{k=1}^{255} P(level >= k) / 255``, exact (255 sigmoids per pixel)."""
+        total = torch.zeros_like(self.loc)
+        for k in range(1, _LEVELS):
+            total = total + torch.sigmoid((self.loc - (k - 0.5) / (_LEVELS - 1)) / self.scale)
+        return total / (_LEVELS - 1)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
-        u = torch.rand(self._extended_shape(sample_shape), device=self.loc.device).clamp(1e-6, 1 - 1e-6)
-        x = self.loc + self.scale * (u.log() - (-u).log1p())
-        return (x.clamp(0, 1) * 255).round() / 255
+        """Levels drawn by rounding logistic draws clamped to [0, 1] (exact for these bins)."""
+        shape = self._extended_shape(sample_shape)
+        finfo = torch.finfo(self.loc.dtype)
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+            u = u.clamp(finfo.tiny, 1 - finfo.eps)
+            x = self.loc + self.scale * (u.log() - (-u).log1p())
+            return (x.clamp(0, 1) * (_LEVELS - 1)).round() / (_LEVELS - 1)
 
 
 @register_likelihood("discretized-logistic")
-class DiscretizedLogistic(Likelihood):
-    """A logistic per pixel, discretized to the 256 levels of 8-bit images (as in PixelCNN++,
+class DiscretizedLogistic(_LocScale):
+    """A logistic per pixel, discretized to the 256 levels of 8-bit images (PixelCNN++ and IAF,
     without the mixture).
 
-    Pixel values ``k/255`` own the bin ``[k/255 - 1/510, k/255 + 1/510]``; the bins of 0 and 1
-    extend to -∞ and +∞, so the 256 probabilities sum to 1. The decoder predicts a location and
-    a scale per pixel (softplus, at least 1e-3). The NLL is in nats over discrete levels, so
-    bits/dim = NLL / (D ln 2) with no change of variables.
+    Assumes 8-bit pixels: level ``k`` is the value ``k / 255`` on the [0, 1] scale of
+    `vaekit.data.to_unit` and owns the bin of width 1/255 around it,
+    ``[(k - ½) / 255, (k + ½) / 255]``; the bins of 0 and 255 are open to -∞ and +∞, so the 256
+    probabilities sum to 1 (see `_DiscretizedLogisticDist` for the stable computation). Other
+    [0, 1] values are rounded to the nearest level by `targets`. The decoder predicts the
+    location; the scale is a learned one per channel or predicted per pixel (``"fixed"`` and
+    ``"global"`` work too).
+
+    It is a probability, not a density: the NLL is in nats over discrete levels, so
+    bits/dim = NLL / (D ln 2), with no change of variables, comparable with published figures
+    for 8-bit images.
+
+    Args:
+        scale: The logistic scale (the initial value if learned or predicted); the standard
+            deviation is ``scale · π / √3``.
+        learn_scale: Learn one global scale (the same as ``scale_mode="global"``).
+        scale_mode: ``"pixel"`` (default: predicted by the decoder, as in PixelCNN++, at least
+            `MIN_SCALE` = e⁻⁷ / 2, PixelCNN++'s floor ``log s >= -7`` on [-1, 1] data moved to
+            [0, 1]), ``"channel"`` (one learned scale per image channel, as in IAF), ``"global"``
+            or ``"fixed"``.
+        channels: Image channels, for ``scale_mode="channel"``.
     """
 
     kind = "discrete"
-    MIN_SCALE: ClassVar[float] = 1e-3
+    levels: ClassVar[int] = _LEVELS
+    """The NLL is in nats over these levels: bits/dim = NLL / (D ln 2)."""
+    family = _DiscretizedLogisticDist
+    default_mode = "pixel"
+    MIN_SCALE = math.exp(-7) / 2
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.params_per_channel = 2
-
-    def _loc_scale(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw = out.chunk(2, dim=-3)
-        return loc, nn.functional.softplus(raw - 3.0) + self.MIN_SCALE  # starts near 0.05
-
-    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
-        """See `Likelihood.forward`."""
-        return _DiscretizedLogisticDist(*self._loc_scale(out)).to_event(3)
+    def __init__(self, scale: float = 0.05, learn_scale: bool = False,
+                 scale_mode: str | None = None, channels: int = 1) -> None:
+        super().__init__(scale, learn_scale, scale_mode, channels)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """See `Likelihood.mean`."""
-        return self._loc_scale(out)[0].clamp(0, 1)
+        """See `Likelihood.mean`: the distribution's mean over the 256 levels."""
+        return self(out).mean
 
     def targets(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """See `Likelihood.targets`: snapped to the 256 levels."""
-        return (x * 255).round() / 255
+        """See `Likelihood.targets`: [0, 1] images rounded to the nearest of the 256 levels."""
+        return (x * (_LEVELS - 1)).round() / (_LEVELS - 1)
 
     def check(self, x: torch.Tensor) -> None:
         """See `Likelihood.check`: pixels must lie in [0, 1]."""
+        super().check(x)
         _check_unit_interval(self, x)
