@@ -56,7 +56,7 @@ def test_sigkill_at_random_moments_then_resume_matches(env, tmp_path, reference)
             if runs.is_run_dir(run) else ["--out", str(run), *FIT]
         p = _vaekit(args, env)
         try:
-            p.wait(timeout=rng.uniform(0.2, 1.0) * ref_seconds if attempt < 3 else 300)
+            p.wait(timeout=rng.uniform(0.15, 0.75) * ref_seconds if attempt < 3 else 300)
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()
