@@ -76,13 +76,14 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
               help="Bernoulli only: binarize grayscale images each batch (default), or train on "
                    "grayscale targets like the seed notebook's BCE (not a proper likelihood).")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Gaussian/Laplace: observation scale (initial value if learned). "
-                   "[default: 0.1]")
+              help="Gaussian, Laplace, discretized-logistic: observation scale (initial value "
+                   "if learned). [default: 0.1; discretized-logistic 0.05]")
 @click.option("--learn-scale", is_flag=True, default=None,
-              help="Gaussian/Laplace: learn one global observation scale.")
+              help="Gaussian, Laplace, discretized-logistic: learn one global scale.")
 @click.option("--scale-mode", type=click.Choice(["fixed", "global", "channel", "pixel"]),
-              default=None, help="Gaussian/Laplace: a fixed scale, one learned, one per channel, "
-                                 "or one per pixel predicted by the decoder. [default: fixed]")
+              default=None, help="Gaussian, Laplace, discretized-logistic: a fixed scale, one "
+                                 "learned, one per channel, or one per pixel predicted by the "
+                                 "decoder. [default: fixed; discretized-logistic pixel]")
 @click.option("--data", "dataset", default="mnist", show_default=True,
               help="mnist, fashion-mnist, cifar10 (torchvision) or folder:PATH (any images; "
                    "one sub-folder per class, or none).")
