@@ -74,10 +74,14 @@ def test_resume_matches_uninterrupted_run(mnist_small, tmp_path):
     kw = dict(batch_size=128, device="cpu", progress=False)
     full = fit(new_vae(z_dim=4), train_x, test_x, epochs=3, run_dir=tmp_path / "full", **kw)
     fit(new_vae(z_dim=4), train_x, test_x, epochs=1, run_dir=tmp_path / "part", **kw)
+    # a process killed inside atomic_write leaves its temporary behind; resume clears it
+    for name in (".checkpoint.pt.k1ll3d.tmp", ".metrics.csv.x9.tmp"):
+        (tmp_path / "part" / name).write_bytes(b"half a file")
     resumed = resume(tmp_path / "part", train_x, test_x, epochs=3, device="cpu", progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
     assert strip(resumed.history) == strip(full.history)  # bit for bit on the CPU
     assert [r["epoch"] for r in runs.read_metrics(tmp_path / "part")] == [1, 2, 3]
+    assert {p.name for p in (tmp_path / "part").iterdir()} == RUN_FILES
     for a, b in zip(full.vae.state_dict().values(), resumed.vae.state_dict().values()):
         assert torch.equal(a, b)
 

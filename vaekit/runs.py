@@ -34,12 +34,16 @@ __all__ = [
     "append_metrics",
     "read_metrics",
     "is_run_dir",
+    "remove_stale_temporaries",
     "load",
 ]
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
+# what vaekit writes into a run folder, by stem: only these temporaries are vaekit's to delete
+_OWN_STEMS = {"config", "checkpoint", "metrics", "eval", "samples", "reconstructions", "loss",
+              "sample", "reconstruct", "interpolate", "traverse", "latent_map", "manifold"}
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1
 
@@ -68,6 +72,21 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries of writes that a killed process never finished.
+
+    `atomic_write` names them ``.<file>.<random>.tmp``; the complete file beside each is untouched.
+    Call it only while no other process writes into ``run_dir``.
+
+    Returns:
+        The paths removed.
+    """
+    stale = [p for p in Path(run_dir).glob(".*.*.tmp") if p.name.split(".")[1] in _OWN_STEMS]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_config(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> None:
