@@ -7,8 +7,9 @@ In one process, for each batch size, interleaved rounds of
   (b) the same nets in a plain PyTorch loop on tensor-resident data,
   (b') (b) with channels-last nets, to isolate Pyro's overhead in (c),
   (c) `vaekit.fit` as users get it by default (Pyro Trace_ELBO, dynamic binarization),
+  (d) with --amp: (c) with bf16 autocast (`vaekit fit --amp`; mixed precision, not fp32),
 each training on the same number of images after a warm-up. Prints the median images/s, the
-ratios c/a and c/b, and the peak memory; writes JSON (and a plot with --plot).
+ratios c/a and c/b (and d/a), and the peak memory; writes JSON (and a plot with --plot).
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from vaekit.train import resolve_device  # noqa: E402
 class VaekitStep:
     """(c) `vaekit.fit` with its defaults, timed by its own per-epoch clock (no test set)."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
-        self.x, self.bs, self.device = images, batch_size, device
+    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device,
+                 amp: bool = False) -> None:
+        self.x, self.bs, self.device, self.amp = images, batch_size, device, amp
         pyro.set_rng_seed(0)
         self.vae = vaekit.VAE()
 
     def train_images(self, n: int) -> float:
         x = self.x[:n] if n <= self.x.shape[0] else self.x
         r = vaekit.fit(self.vae, x, epochs=1, batch_size=self.bs, device=self.device,
-                       progress=False)
+                       amp=self.amp, progress=False)
         return r.final["seconds"] * n / x.shape[0]
 
 
@@ -63,6 +65,7 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/throughput.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG of images/s vs batch size")
+    p.add_argument("--amp", action="store_true", help="also time (d): vaekit with bf16 autocast")
     args = p.parse_args()
     device = resolve_device(args.device)
     images, _ = vaekit.load_mnist(args.data_root, train=True, download=False)
@@ -78,6 +81,8 @@ def main() -> None:
             "b_tensor_cl": TensorLoop(images, bs, device, channels_last=True),
             "c_vaekit": VaekitStep(images, bs, device),
         }
+        if args.amp:
+            loops["d_vaekit_amp"] = VaekitStep(images, bs, device, amp=True)
         for loop in loops.values():  # warm-up
             loop.train_images(2 * bs)
         rates: dict[str, list[float]] = {k: [] for k in loops}
@@ -93,11 +98,15 @@ def main() -> None:
                "c_over_a": med["c_vaekit"] / med["a_seed"],
                "c_over_b": med["c_vaekit"] / med["b_tensor"],
                "pyro_overhead": 1 - med["c_vaekit"] / med["b_tensor_cl"]}
+        amp = ""
+        if args.amp:
+            row["d_over_a"] = med["d_vaekit_amp"] / med["a_seed"]
+            amp = f"  vaekit --amp {med['d_vaekit_amp']:7.0f}  d/a {row['d_over_a']:.2f}"
         results.append(row)
         print(f"batch {bs:5d}: seed {med['a_seed']:7.0f}  tensor {med['b_tensor']:7.0f}  "
               f"tensor+cl {med['b_tensor_cl']:7.0f}  vaekit {med['c_vaekit']:7.0f} images/s | "
               f"c/a {row['c_over_a']:.2f}  c/b {row['c_over_b']:.2f}  "
-              f"Pyro overhead {100 * row['pyro_overhead']:.0f}% | peak MB "
+              f"Pyro overhead {100 * row['pyro_overhead']:.0f}%{amp} | peak MB "
               + " ".join(f"{k}={v:.0f}" for k, v in mems.items()), flush=True)
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +125,13 @@ def plot(results: list[dict], path: Path, where: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = {"a_seed": "(a) seed notebook loop", "b_tensor": "(b) plain loop, tensor data",
-              "b_tensor_cl": "(b') plain loop, channels-last", "c_vaekit": "(c) vaekit fit"}
+              "b_tensor_cl": "(b') plain loop, channels-last", "c_vaekit": "(c) vaekit fit",
+              "d_vaekit_amp": "(d) vaekit fit --amp (bf16)"}
     bss = [r["batch_size"] for r in results]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key, label in labels.items():
+        if key not in results[0]["images_per_s"]:
+            continue
         ax.plot(bss, [r["images_per_s"][key] for r in results], "o-", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
