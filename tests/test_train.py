@@ -141,6 +141,11 @@ def test_corrupt_or_foreign_checkpoints(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         vaekit.load(tmp_path)
+    runs.save_checkpoint(tmp_path, {"model": VAE(z_dim=2).state_dict()})
+    whole = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(whole[: len(whole) // 2])  # truncated by a full disk
+    with pytest.raises(CheckpointError, match="corrupt"):
+        vaekit.load(tmp_path)
     torch.save({"weights": 1}, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="not a vaekit checkpoint"):
         vaekit.load(tmp_path)
