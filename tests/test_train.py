@@ -75,7 +75,7 @@ def test_resume_matches_uninterrupted_run(mnist_small, tmp_path):
     full = fit(new_vae(z_dim=4), train_x, test_x, epochs=3, run_dir=tmp_path / "full", **kw)
     fit(new_vae(z_dim=4), train_x, test_x, epochs=1, run_dir=tmp_path / "part", **kw)
     # a process killed inside atomic_write leaves its temporary behind; resume clears it
-    for name in (".checkpoint.pt.k1ll3d.tmp", ".metrics.csv.x9.tmp"):
+    for name in (".checkpoint.pt.k1ll3d.vaekit.tmp", ".metrics.csv.x9.vaekit.tmp"):
         (tmp_path / "part" / name).write_bytes(b"half a file")
     resumed = resume(tmp_path / "part", train_x, test_x, epochs=3, device="cpu", progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]

@@ -41,9 +41,7 @@ __all__ = [
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
-# what vaekit writes into a run folder, by stem: only these temporaries are vaekit's to delete
-_OWN_STEMS = {"config", "checkpoint", "metrics", "eval", "samples", "reconstructions", "loss",
-              "sample", "reconstruct", "interpolate", "traverse", "latent_map", "manifold"}
+_TMP_SUFFIX = ".vaekit.tmp"  # marks atomic_write's temporaries, so that only they are cleaned up
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1
 
@@ -51,7 +49,7 @@ FORMAT_VERSION = 1
 def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, fsync it and rename it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -77,13 +75,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
 def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporaries of writes that a killed process never finished.
 
-    `atomic_write` names them ``.<file>.<random>.tmp``; the complete file beside each is untouched.
+    `atomic_write` names them ``.<file>.<random>.vaekit.tmp``; the complete file beside each is
+    untouched, and no other file matches.
     Call it only while no other process writes into ``run_dir``.
 
     Returns:
         The paths removed.
     """
-    stale = [p for p in Path(run_dir).glob(".*.*.tmp") if p.name.split(".")[1] in _OWN_STEMS]
+    stale = list(Path(run_dir).glob(f".*{_TMP_SUFFIX}"))
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
