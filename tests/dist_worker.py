@@ -7,6 +7,7 @@ its shard exactly as `vaekit.fit` does (DDP, loss scaled by the world size, glob
 Rank 0 saves the final state_dict.
 """
 
+import atexit
 import sys
 
 import torch
@@ -30,7 +31,13 @@ class NoiseFreeLoss(nn.Module):
         return recon + 0.5 * (z_scale**2 + z_loc**2 - 1 - 2 * z_scale.log()).sum()
 
 
+def _report_group_closed() -> None:
+    # Registered before setup(), so it runs after vaekit's own exit handler (atexit is LIFO).
+    print(f"process group open at exit: {torch.distributed.is_initialized()}", flush=True)
+
+
 def main(out: str) -> None:
+    atexit.register(_report_group_closed)
     ctx, dev = setup(torch.device("cpu"))
     torch.manual_seed(0)
     vae = VAE(z_dim=4)

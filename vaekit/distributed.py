@@ -8,6 +8,7 @@ gradients. NCCL on GPUs, Gloo on CPUs. Only rank 0 writes the run folder.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         ctx = Context(dist.get_rank(), dist.get_world_size())
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A group vaekit opened, vaekit closes: a process that exits with the group alive can
+        # abort in Gloo's/NCCL's destructors ("terminate called without an active exception").
+        atexit.register(_destroy_process_group)
         ctx = Context(dist.get_rank(), dist.get_world_size())
     else:
         return Context(), device
@@ -83,6 +87,12 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return ctx, device
+
+
+def _destroy_process_group() -> None:
+    """Close the default process group while the interpreter is still whole (at exit)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _AllReduceSum(torch.autograd.Function):
