@@ -35,6 +35,9 @@ def test_fit_end_to_end_and_resume(runner):
     res = runner.invoke(cli, ["fit", "--likelihood", "bernoulli", "--out", "run", *SMOKE])
     assert res.exit_code == 0, res.output
     assert "test -ELBO" in res.output and "run folder: run" in res.output
+    # --no-progress hides the bar, not the per-epoch lines (what a log file needs).
+    assert [ln.split()[1] for ln in res.output.splitlines() if ln.startswith("epoch ")] == \
+        ["1/2", "2/2"]
     files = {"config.json", "checkpoint.pt", "metrics.csv", "samples.png",
              "reconstructions.png", "loss.png"}
     assert files <= {p.name for p in Path("run").iterdir()}
@@ -46,6 +49,7 @@ def test_fit_end_to_end_and_resume(runner):
                               "--device", "cpu", "--no-download"])
     assert res.exit_code == 0, res.output
     assert [r["epoch"] for r in runs.read_metrics("run")] == [1, 2, 3]
+    assert "epoch 3/3" in res.output and "epoch 2/3" not in res.output
 
     res = runner.invoke(cli, ["fit", "--resume", "run", "--beta", "2"])
     assert res.exit_code == 2 and "--beta cannot be combined with --resume" in res.output

@@ -58,10 +58,13 @@ def test_run_folder_and_load_round_trip(mnist_small, tmp_path):
     assert loaded.config() == result.vae.config()
 
 
-def test_same_seed_same_numbers(mnist_small):
+def test_same_seed_same_numbers(mnist_small, capsys):
     train_x, test_x = mnist_small
     a = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", progress=False)
-    b = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", progress=False)
+    assert capsys.readouterr().out.startswith("epoch 1/1  train loss")  # the line, not the bar
+    b = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", progress=False,
+            verbose=False)
+    assert capsys.readouterr().out == ""
     c = fit(new_vae(z_dim=4), train_x, test_x, epochs=1, batch_size=128, device="cpu", seed=1,
             progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]

@@ -161,7 +161,7 @@ _MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_d
 @click.option("--sync-batchnorm", is_flag=True, default=False,
               help="With several processes: BatchNorm statistics of the global batch.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show a progress bar.")
+              help="Show a progress bar (the per-epoch lines are printed either way).")
 @click.pass_context
 def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float | None,
         learn_scale: bool | None, scale_mode: str | None, dataset: str, image_size: str | None,

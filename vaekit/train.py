@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -184,6 +185,7 @@ def fit(
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
     progress: bool = True,
+    verbose: bool = True,
     data_info: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``vae`` by maximising the (β-weighted) ELBO with ``Trace_ELBO`` and Adam.
@@ -216,7 +218,8 @@ def fit(
         free_bits: λ (nats per latent dimension) for ``objective="free-bits"``.
         train_labels: Integer labels of the training images, for a conditional VAE.
         test_labels: Integer labels of the test images, for a conditional VAE.
-        progress: Show a progress bar and print one line per epoch.
+        progress: Show a progress bar.
+        verbose: Print one line per epoch (train loss, test -ELBO, seconds), flushed at once.
         data_info: Extra facts about the data recorded in ``config.json``.
 
     Returns:
@@ -236,7 +239,7 @@ def fit(
                              iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
                              capacity_steps=capacity_steps, free_bits=free_bits)
     return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
-                    data_info, train_labels, test_labels).run(overwrite=overwrite)
+                    data_info, train_labels, test_labels, verbose).run(overwrite=overwrite)
 
 
 def resume(
@@ -247,6 +250,7 @@ def resume(
     epochs: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    verbose: bool = True,
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
 ) -> FitResult:
@@ -260,7 +264,8 @@ def resume(
         test_data: The same test images, if the run had them.
         epochs: A new total number of epochs (default: the run's own).
         device: Where to continue.
-        progress: Show progress.
+        progress: Show a progress bar.
+        verbose: Print one line per epoch.
         train_labels: The training labels, for a conditional VAE.
         test_labels: The test labels, for a conditional VAE.
 
@@ -288,7 +293,7 @@ def resume(
                 f"({type(e).__name__})"
             ) from None
     trainer = _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
-                       config.get("data"), train_labels, test_labels)
+                       config.get("data"), train_labels, test_labels, verbose)
     return trainer.run(resuming=True, state=state)
 
 
@@ -299,7 +304,7 @@ class _Trainer:
                  settings: TrainSettings, device: str | torch.device,
                  run_dir: str | os.PathLike[str] | None, progress: bool,
                  data_info: dict[str, Any] | None, train_labels: torch.Tensor | None = None,
-                 test_labels: torch.Tensor | None = None) -> None:
+                 test_labels: torch.Tensor | None = None, verbose: bool = True) -> None:
         # -- check everything before touching the disk --------------------------------------
         if settings.batch_size > train_data.shape[0]:
             raise ConfigError(f"batch size {settings.batch_size} is larger than the "
@@ -320,6 +325,7 @@ class _Trainer:
         self.train_labels, self.test_labels = train_labels, test_labels
         self.vae, self.s = vae, settings
         self.progress = progress and self.dist.main
+        self.verbose = verbose and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.train_data, self.test_data = train_data, test_data
         self.data_info = data_info or {}
@@ -494,12 +500,13 @@ class _Trainer:
                     self._checkpoint(epoch, 0, 0.0, 0, self.shuffle.get_state())
                     if self.dist.main:
                         self._write_pictures()
-                if self.progress:
+                if self.verbose:
                     tqdm.write(
                         f"epoch {epoch}/{s.epochs}  train loss {train_loss:.2f}  test -ELBO "
                         f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
                         + (f"  skipped {skipped} batches" if skipped else "")
                     )
+                    sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
                 start_step, total, skipped = 0, 0.0, 0
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, 0, self.run_path)
