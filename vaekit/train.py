@@ -334,8 +334,7 @@ class _Trainer:
     def _prepare_run_dir(self, overwrite: bool, resuming: bool) -> None:
         path = self.run_path
         assert path is not None
-        if path.exists():
-            runs.remove_stale_temporaries(path)  # left by a run killed mid-write
+        runs.remove_stale_temporaries(path)  # left by a run killed mid-write (none if no folder)
         if not resuming and path.exists() and any(path.iterdir()):
             if not overwrite:
                 what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
