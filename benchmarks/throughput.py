@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SeedLoop, TensorLoop, machine, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 import vaekit  # noqa: E402
-from vaekit.train import resolve_device  # noqa: E402
+from vaekit.devices import resolve_device  # noqa: E402
 
 
 class VaekitStep:

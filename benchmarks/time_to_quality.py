@@ -25,7 +25,8 @@ from common import SeedLoop, machine  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit.data import to_unit  # noqa: E402
-from vaekit.train import TEST_BINARIZATION_SEED, resolve_device  # noqa: E402
+from vaekit.devices import resolve_device  # noqa: E402
+from vaekit.train import TEST_BINARIZATION_SEED  # noqa: E402
 
 
 def first_reach(curve: list[tuple[float, float]], target: float) -> float | None:

@@ -1,5 +1,7 @@
 """The performance options (channels-last, bf16 autocast, torch.compile) on the CPU."""
 
+import os
+
 import pyro
 import pytest
 import torch
@@ -41,3 +43,21 @@ def test_compiled_networks_train_like_eager_ones(mnist_small):
     eager = _fit(train_x[:128])
     assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-3)
     assert set(compiled.vae.state_dict()) == set(eager.vae.state_dict())  # checkpoints unchanged
+
+
+def test_compiled_cpu_kernels_are_cached_per_cpu_capability(monkeypatch):
+    """Inductor reuses cached kernels across ATEN_CPU_CAPABILITY values (AVX2 code under AVX-512
+    overruns its buffers and aborts): vaekit gives each capability its own cache folder."""
+    from vaekit.devices import separate_compile_cache
+
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    folder = separate_compile_cache()
+    assert folder is not None and folder.endswith(f"cpu-{capability}")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == folder
+    # torch's own default, which torch writes into the variable itself, is not a user's choice
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.path.dirname(folder))
+    assert separate_compile_cache() == folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+    assert separate_compile_cache() is None  # the user's folder is kept
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"

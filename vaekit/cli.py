@@ -182,12 +182,12 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
     import pyro
 
     from vaekit.data import load_dataset, resolve_data_root
+    from vaekit.devices import resolve_device
     from vaekit.errors import Interrupted, TrainingError, VaekitError
     from vaekit.likelihoods import get_likelihood
     from vaekit.model import VAE
     from vaekit.runs import read_config
     from vaekit.train import fit as fit_vae
-    from vaekit.train import resolve_device
     from vaekit.train import resume as resume_fit
 
     t0 = time.perf_counter()

@@ -163,8 +163,8 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> VAE:  # noqa: 
     Raises:
         CheckpointError: if the folder, its config or its checkpoint cannot be read or do not match.
     """
+    from vaekit.devices import resolve_device
     from vaekit.model import VAE
-    from vaekit.train import resolve_device
 
     config = read_config(run_dir)
     state = load_checkpoint(run_dir)

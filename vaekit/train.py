@@ -8,7 +8,8 @@ Each epoch shuffles the training tensor by index, turns each batch into observat
 likelihood (e.g. a fresh binarization) and takes one Adam step on the β-weighted -ELBO. After each
 epoch the test -ELBO is computed and, with a ``run_dir``, the checkpoint, ``metrics.csv`` and the
 pictures are written (atomically). SIGINT/SIGTERM finish the current step, write a checkpoint and
-raise `Interrupted`; `resume` continues a run folder from its last checkpoint, bit for bit on the CPU.
+raise `Interrupted`; `resume` continues a run folder from its last checkpoint, bit for bit on the CPU
+of the same machine (other CPU kernels, e.g. AVX2 against AVX-512, round differently).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from vaekit import distributed, runs
 from vaekit.data import to_unit
+from vaekit.devices import resolve_device, separate_compile_cache
 from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from vaekit.evaluate import evaluate_elbo
 from vaekit.model import VAE
@@ -141,19 +143,6 @@ class FitResult:
     def final(self) -> dict[str, float]:
         """The last epoch's metrics."""
         return self.history[-1]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no GPU is available; use cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'") from None
 
 
 def fit(
@@ -379,6 +368,8 @@ class _Trainer:
         memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
         vae.to(memory_format=memory_format)
         if s.compile:
+            if dev.type == "cpu":
+                separate_compile_cache()
             vae.encoder.compile()
             vae.decoder.compile()
         lik = vae.likelihood

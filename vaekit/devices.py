@@ -1,0 +1,71 @@
+"""Where tensors live and how modules run: the device, evaluation mode, compiled-kernel caches.
+
+    dev = resolve_device("auto")          # CUDA when there is a GPU, else the CPU
+    with eval_mode(vae):                  # BatchNorm running statistics; the mode is restored
+        x_mean = vae.reconstruct(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import tempfile
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from vaekit.errors import ConfigError
+
+__all__ = ["resolve_device", "eval_mode", "separate_compile_cache"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no GPU is available; use 'cpu' or 'auto'")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'") from None
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block, then give each its previous mode back."""
+    modes = [(m, m.training) for m in modules]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def separate_compile_cache() -> str | None:
+    """Keep ``torch.compile``'s CPU kernels in a cache folder of this CPU capability's own.
+
+    Inductor's graph cache (torch 2.14) does not key on the vector ISA it generated code for, so
+    kernels written for AVX2 (``ATEN_CPU_CAPABILITY=avx2``) are reused under AVX-512, where they
+    overrun their buffers and abort the process. Unless the user chose ``TORCHINDUCTOR_CACHE_DIR``,
+    it is set to torch's default folder plus ``cpu-<capability>``.
+
+    Returns:
+        The folder set, or None if the user's (or an earlier call's) setting was kept.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown_user"
+    default = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    # torch writes its default into the variable the first time it looks, so that is not a choice
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) != default:
+        return None
+    folder = os.path.join(default, f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
