@@ -163,7 +163,7 @@ def test_cli_folder_data_and_new_likelihoods(monkeypatch, mnist_root, tmp_path):
                                  "--out", "f"])
     assert r.exit_code == 0, r.output
     cfg = runs.read_config("f")
-    assert cfg["model"]["image_shape"] == [3, 32, 32] and cfg["data"]["image_size"] == 32
+    assert cfg["vae"]["image_shape"] == [3, 32, 32] and cfg["data"]["image_size"] == 32
     r = CliRunner().invoke(cli, ["evaluate", "f", "--num-samples", "3", "--device", "cpu",
                                  "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -171,4 +171,4 @@ def test_cli_folder_data_and_new_likelihoods(monkeypatch, mnist_root, tmp_path):
         r = CliRunner().invoke(cli, [*base, "--limit-train", "64", "--limit-test", "32",
                                      "--likelihood", lik, "--out", lik])
         assert r.exit_code == 0, r.output
-        assert runs.read_config(lik)["model"]["likelihood"]["name"] == lik
+        assert runs.read_config(lik)["vae"]["likelihood"]["name"] == lik

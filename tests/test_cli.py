@@ -42,7 +42,7 @@ def test_fit_end_to_end_and_resume(runner):
              "reconstructions.png", "loss.png"}
     assert files <= {p.name for p in Path("run").iterdir()}
     config = json.loads(Path("run/config.json").read_text())
-    assert config["model"]["z_dim"] == 4 and config["data"]["n_train"] == 256
+    assert config["model"]["z_dim"] == 4 and config["data_info"]["n_train"] == 256
     assert [r["epoch"] for r in runs.read_metrics("run")] == [1, 2]
 
     res = runner.invoke(cli, ["fit", "--resume", "run", "--epochs", "3", "--no-progress",
@@ -60,7 +60,7 @@ def test_gaussian_options_reach_the_likelihood(runner):
                               "--learn-scale", "--out", "g", *SMOKE[:-6], "--epochs", "1",
                               "--no-progress", "--device", "cpu", "--no-download"])
     assert res.exit_code == 0, res.output
-    lik = json.loads(Path("g/config.json").read_text())["model"]["likelihood"]
+    lik = json.loads(Path("g/config.json").read_text())["vae"]["likelihood"]
     assert lik == {"name": "gaussian", "scale": 0.3, "learn_scale": True}
 
 

@@ -102,7 +102,7 @@ def test_cli_conditional_sample_label_and_user_nets(monkeypatch, mnist_root, tmp
             "--epochs", "1", "--z-dim", "2", "--no-progress", "--device", "cpu", "--no-download"]
     r = CliRunner().invoke(cli, [*base, "--conditional", "--out", "c"])
     assert r.exit_code == 0, r.output
-    assert runs.read_config("c")["model"]["num_classes"] == 10
+    assert runs.read_config("c")["vae"]["num_classes"] == 10
     r = CliRunner().invoke(cli, ["sample", "c", "--label", "3", "--n", "8", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     from torchvision.io import read_image

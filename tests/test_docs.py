@@ -49,7 +49,7 @@ def test_site_builds_strict(tmp_path):
         assert f"vaekit {command}" in cli_page, command
     for option in ("--likelihood", "--beta", "--resume", "--out"):
         assert option in cli_page, option
-    assert "register_likelihood" in html("api/likelihoods") and "iwae_bound" in html("api/evaluate")
+    assert "register_likelihood" in html("api/likelihoods") and "iwae_bound" in html("api/evaluation")
     assert "GlobalBatchNorm2d" in html("api/distributed")
     concepts = html("concepts")
     assert 'class="arithmatex"' in concepts and "poutine.scale" in concepts

@@ -8,7 +8,7 @@ import torch
 
 import vaekit
 from vaekit.errors import ConfigError, DataError
-from vaekit.evaluate import elbo_terms
+from vaekit.evaluation import elbo_terms
 from vaekit.likelihoods import (
     KINDS,
     LIKELIHOODS,

@@ -58,7 +58,7 @@ def test_iwae_bound_tightens_with_k(mnist_small):
 
 
 def test_iwae_matches_the_evaluation_estimator():
-    from vaekit.evaluate import iwae_bound
+    from vaekit.evaluation import iwae_bound
 
     pyro.set_rng_seed(0)
     vae = VAE(z_dim=2).eval()

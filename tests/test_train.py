@@ -43,12 +43,12 @@ def test_run_folder_and_load_round_trip(mnist_small, tmp_path):
     rows = runs.read_metrics(out)
     assert [r == pytest.approx(h) for r, h in zip(rows, result.history)] == [True, True]
     config = runs.read_config(out)
-    assert config["model"]["likelihood"] == {"name": "gaussian", "scale": 0.1, "learn_scale": False}
+    assert config["vae"]["likelihood"] == {"name": "gaussian", "scale": 0.1, "learn_scale": False}
     assert {k: config["train"][k] for k in ("epochs", "batch_size", "lr", "seed")} == {
         "epochs": 2, "batch_size": 128, "lr": 2e-3, "seed": 0}
     from vaekit.train import TrainSettings
 
-    assert TrainSettings(**config["train"]) == TrainSettings(epochs=2, batch_size=128)
+    assert TrainSettings(**config["train"]) == TrainSettings(epochs=2, batch_size=128, device="cpu")
 
     loaded = vaekit.load(out)
     x = test_x[:10].float() / 255
@@ -94,10 +94,11 @@ def test_bad_settings_write_nothing(mnist_small, tmp_path):
     out = tmp_path / "run"
     cases = [
         (dict(epochs=0), ConfigError, "epochs"),
-        (dict(batch_size=0), ConfigError, "batch size"),
+        (dict(batch_size=0), ConfigError, "batch_size must be >= 1"),
         (dict(batch_size=10_000), ConfigError, "larger than"),
-        (dict(lr=0.0), ConfigError, "learning rate"),
-        (dict(device="tpu"), ConfigError, "unknown device"),
+        (dict(lr=0.0), ConfigError, "lr must be > 0"),
+        (dict(device="tpu"), ConfigError, "device must be one of auto, cpu, cuda"),
+        (dict(epoch=3), ConfigError, "epoch is not a setting"),
     ]
     for kwargs, err, match in cases:
         with pytest.raises(err, match=match):
@@ -120,10 +121,23 @@ def test_existing_folder_is_not_overwritten(mnist_small, tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error(mnist_small, tmp_path):
     train_x, test_x = mnist_small
-    with pytest.raises(TrainingError, match="NaN or infinite.*lower the learning rate"):
-        fit(new_vae(z_dim=2, likelihood="gaussian"), train_x, test_x, epochs=1, lr=1e30,
-            batch_size=128, device="cpu", run_dir=tmp_path / "r", progress=False)
-    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    vae = new_vae(z_dim=2, likelihood="gaussian")
+    initial = {k: v.clone() for k, v in vae.state_dict().items()}
+    with pytest.raises(TrainingError, match="NaN or infinite.*lower the learning rate.*"
+                       "initial weights are kept in"):
+        fit(vae, train_x, test_x, epochs=1, lr=1e30, batch_size=128, device="cpu",
+            run_dir=tmp_path / "r", progress=False)
+    # The checkpoint written before the first step holds the initial weights, untouched by the
+    # step that diverged: what a resume starts from.
+    state = runs.load_checkpoint(tmp_path / "r")
+    assert (state["epoch"], state["step"], state["history"]) == (0, 0, [])
+    for k, v in initial.items():
+        assert torch.equal(state["model"][k], v), k
+    # Without a run folder nothing is saved, and the message does not claim otherwise.
+    with pytest.raises(TrainingError) as e:
+        fit(new_vae(z_dim=2, likelihood="gaussian"), train_x, epochs=1, lr=1e30, batch_size=128,
+            device="cpu", progress=False)
+    assert "kept" not in str(e.value)
 
 
 def test_cuda_without_gpu_is_refused():

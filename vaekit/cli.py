@@ -59,209 +59,159 @@ def cli() -> None:
     """vaekit: variational autoencoders written as Pyro programs."""
 
 
-# Options that --resume takes from the run's config.json instead.
-_MODEL_OPTIONS = ("likelihood", "binarize", "scale", "learn_scale", "beta", "z_dim",
-                  "batch_size", "lr", "seed", "limit_train", "limit_test", "out", "overwrite",
-                  "checkpoint_every", "skip_nonfinite", "deterministic", "channels_last",
-                  "compile_nets", "amp", "sync_batchnorm", "objective", "beta_schedule",
-                  "iwae_samples", "gamma", "capacity", "capacity_steps", "free_bits",
-                  "conditional", "encoder_spec", "decoder_spec", "scale_mode", "dataset",
-                  "image_size", "channels")
+# -- vaekit fit: its options are generated from the settings classes ------------------------------
+_SECTION_TITLES = {"model": "Model", "data": "Data", "train": "Training", "run": "Run"}
 
 
-@cli.command()
-@click.option("--likelihood", type=LikelihoodName(), default="bernoulli", show_default=True,
-              help="p(x|z): " + ", ".join(BUILTIN_LIKELIHOODS) + " or one you registered.")
-@click.option("--binarize/--no-binarize", default=None,
-              help="Bernoulli only: binarize grayscale images each batch (default), or train on "
-                   "grayscale targets like the seed notebook's BCE (not a proper likelihood).")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Gaussian, Laplace, discretized-logistic: observation scale (initial value "
-                   "if learned). [default: 0.1; discretized-logistic 0.05]")
-@click.option("--learn-scale", is_flag=True, default=None,
-              help="Gaussian, Laplace, discretized-logistic: learn one global scale.")
-@click.option("--scale-mode", type=click.Choice(["fixed", "global", "channel", "pixel"]),
-              default=None, help="Gaussian, Laplace, discretized-logistic: a fixed scale, one "
-                                 "learned, one per channel, or one per pixel predicted by the "
-                                 "decoder. [default: fixed; discretized-logistic pixel]")
-@click.option("--data", "dataset", default="mnist", show_default=True,
-              help="mnist, fashion-mnist, cifar10 (torchvision) or folder:PATH (any images; "
-                   "one sub-folder per class, or none).")
-@click.option("--image-size", type=click.Choice(["28", "32", "64"]), default=None,
-              help="Resize the images. [default: the data set's own; folders: 32]")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
-              help="Convert to grayscale (1) or RGB (3). [default: the data set's own]")
-@click.option("--beta", type=click.FloatRange(min=0), default=1.0,
-              show_default=True, help="Weight of the KL term (β-VAE); 1 is the ELBO.")
-@click.option("--objective", type=click.Choice(["elbo", "iwae", "capacity", "free-bits"]),
-              default="elbo", show_default=True,
-              help="Training objective; the test -ELBO is reported whatever it is.")
-@click.option("--beta-schedule", default="constant", show_default=True,
-              help="β over steps: constant, linear:STEPS (warm-up) or cyclical:STEPS[:RATIO].")
-@click.option("--iwae-samples", type=click.IntRange(min=1), default=5, show_default=True,
-              help="K for --objective iwae.")
-@click.option("--gamma", type=click.FloatRange(min=0), default=1000.0, show_default=True,
-              help="γ for --objective capacity: γ|KL - C|.")
-@click.option("--capacity", type=click.FloatRange(min=0), default=25.0, show_default=True,
-              help="Final C in nats per image for --objective capacity.")
-@click.option("--capacity-steps", type=click.IntRange(min=0), default=10000, show_default=True,
-              help="Steps over which C rises linearly from 0.")
-@click.option("--free-bits", type=click.FloatRange(min=0), default=0.5, show_default=True,
-              help="λ in nats per latent dimension for --objective free-bits.")
-@click.option("--z-dim", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Latent dimension.")
-@click.option("--conditional", is_flag=True, default=False,
-              help="A conditional VAE on the digit labels: p(x|z,y), q(z|x,y).")
-@click.option("--encoder", "encoder_spec", default=None,
-              help="Your own encoder, package.module:Class, built as Class(image_shape, z_dim).")
-@click.option("--decoder", "decoder_spec", default=None,
-              help="Your own decoder, package.module:Class, built as "
-                   "Class(image_shape, z_dim, out_channels).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Passes over the training data (with --resume: the new total).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Images per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3,
-              show_default=True, help="Adam learning rate.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Where to train; auto picks CUDA when there is a GPU.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds Pyro, torch and the shuffling.")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with MNIST/raw/*-ubyte. [default: $VAEKIT_DATA, else "
-                   "~/.cache/vaekit/data]")
-@click.option("--download/--no-download", default=True, show_default=True,
-              help="Download MNIST with torchvision when it is missing.")
-@click.option("--limit-train", type=click.IntRange(min=1), default=None,
-              help="Use only the first N training images (smoke runs).")
-@click.option("--limit-test", type=click.IntRange(min=1), default=None,
-              help="Use only the first N test images.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder. [default: runs/<timestamp>]")
-@click.option("--overwrite", is_flag=True, default=False,
-              help="Write into an --out folder that already has files.")
+def _setting_option(section: str, cls: type, f: Any) -> click.Option:
+    """The click option of one settings field: flag, type, bounds, default and help from it."""
+    from vaekit.settings import field_type
+
+    m = f.metadata
+    tp, _ = field_type(cls, f.name)
+    flag = m.get("flag") or "--" + f.name.replace("_", "-")
+    name = f"{section}__{f.name}"
+    help_text = m["help"]
+    if m.get("shown_default"):
+        help_text += f" [default: {m['shown_default']}]"
+    help_text += f" [config: {section}.{f.name}]"
+    kw: dict[str, Any] = {"default": f.default, "help": help_text,
+                          "show_default": f.default is not None and not m.get("shown_default")}
+    if tp is bool:
+        if m.get("negatable"):
+            return click.Option([f"{flag}/--no-{flag[2:]}", name], **kw)
+        return click.Option([flag, name], is_flag=True, **{**kw, "show_default": False})
+    if f.name == "likelihood":
+        kw["type"] = LikelihoodName()
+    elif m.get("choices"):
+        kw["type"] = click.Choice(m["choices"])
+    elif tp is int:
+        bounded = m.get("min") is not None or m.get("max") is not None
+        kw["type"] = click.IntRange(min=m.get("min"), max=m.get("max")) if bounded else int
+    elif tp is float:
+        kw["type"] = click.FloatRange(min=m.get("min"), max=m.get("max"),
+                                      min_open=m.get("min_open", False))
+    else:
+        kw["type"] = str
+    return click.Option([flag, name], **kw)
+
+
+class _SettingsCommand(click.Command):
+    """``vaekit fit``: options grouped by settings class in ``--help``."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from vaekit.settings import SECTIONS
+
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            section = (param.name or "").partition("__")[0]
+            title = (f"{_SECTION_TITLES[section]} options ({SECTIONS[section].__name__})"
+                     if section in SECTIONS else "Other options")
+            groups.setdefault(title, []).append(record)
+        for title, records in groups.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
+def _settings_options(f: Any) -> Any:
+    """Add one option per field of every settings class to the ``fit`` command."""
+    from dataclasses import fields
+
+    from vaekit.settings import SECTIONS
+
+    for section, cls in reversed(SECTIONS.items()):
+        for fld in reversed(fields(cls)):
+            f.__click_params__ = [*getattr(f, "__click_params__", []),
+                                  _setting_option(section, cls, fld)]
+    return f
+
+
+@cli.command(cls=_SettingsCommand)
+@_settings_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Read the settings from this JSON or TOML file (a run's "
+              "config.json, or one you wrote, with sections model, data, train, run); options "
+              "given here override it.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Continue this run folder from its last checkpoint.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also checkpoint every N steps (0: at the end of each epoch only).")
-@click.option("--skip-nonfinite", is_flag=True, default=False,
-              help="Skip batches whose loss is NaN/inf (counted in metrics.csv) instead of "
-                   "stopping.")
-@click.option("--deterministic", is_flag=True, default=False,
-              help="Use deterministic torch algorithms (for GPUs; CPU runs already repeat).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="Channels-last memory format for the networks (faster convolutions).")
-@click.option("--compile", "compile_nets", is_flag=True, default=False,
-              help="torch.compile the encoder and decoder (worth it on GPUs).")
-@click.option("--amp", is_flag=True, default=False,
-              help="Mixed precision: bfloat16 autocast for the networks.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train data-parallel in N processes on this machine (runs torchrun); "
-                   "--batch-size stays the global batch.")
-@click.option("--sync-batchnorm", is_flag=True, default=False,
-              help="With several processes: BatchNorm statistics of the global batch.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show a progress bar (the per-epoch lines are printed either way).")
+              default=None, help="Continue this run folder from its last checkpoint (its "
+              "settings come from its config.json; --epochs, --device, --data-root, "
+              "--download, --progress and --nproc may be given).")
 @click.pass_context
-def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float | None,
-        learn_scale: bool | None, scale_mode: str | None, dataset: str, image_size: str | None,
-        channels: str | None, beta: float, objective: str, beta_schedule: str,
-        iwae_samples: int, gamma: float, capacity: float, capacity_steps: int, free_bits: float,
-        z_dim: int, conditional: bool, encoder_spec: str | None, decoder_spec: str | None,
-        epochs: int, batch_size: int, lr: float, device: str, seed: int,
-        data_root: Path | None, download: bool,
-        limit_train: int | None, limit_test: int | None, out: Path | None, overwrite: bool,
-        resume_dir: Path | None, checkpoint_every: int, skip_nonfinite: bool, deterministic: bool,
-        channels_last: bool, compile_nets: bool, amp: bool, nproc: int, sync_batchnorm: bool,
-        progress: bool) -> None:
-    """Fit a VAE to MNIST with SVI and write a run folder.
+def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
+        **values: Any) -> None:
+    """Fit a VAE with SVI and write a run folder.
 
     The run folder holds config.json, checkpoint.pt, metrics.csv (one row per epoch),
-    samples.png, reconstructions.png and loss.png.
+    samples.png, reconstructions.png and loss.png. Every option is a setting of one section of
+    config.json (shown as [config: section.name]); --config reads them from a file.
     """
-    import pyro
-
-    from vaekit.data import load_dataset, resolve_data_root
-    from vaekit.devices import resolve_device
-    from vaekit.errors import Interrupted, TrainingError, VaekitError
-    from vaekit.likelihoods import get_likelihood
-    from vaekit.model import VAE
-    from vaekit.runs import read_config
-    from vaekit.train import fit as fit_vae
-    from vaekit.train import resume as resume_fit
+    from vaekit.errors import ConfigError, Interrupted, TrainingError, VaekitError
+    from vaekit.settings import SECTIONS, from_mapping, read_settings
 
     t0 = time.perf_counter()
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch torchrun with the same options
-        from vaekit.distributed import launch
-
-        argv = _without_option(sys.argv[1:], "--nproc")
-        if out is None and resume_dir is None:  # every rank must agree on the folder
-            argv += ["--out", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]
-        sys.exit(launch(nproc, argv))
+    given: dict[str, dict[str, Any]] = {k: {} for k in SECTIONS}
+    for key, value in values.items():
+        source = ctx.get_parameter_source(key)
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            section, _, name = key.partition("__")
+            given[section][name] = value
+    nproc = given["run"].get("nproc", 1)
     try:
-        resolve_device(device)
         if resume_dir is not None:
-            given = [p.opts[0] for p in ctx.command.params if p.name in _MODEL_OPTIONS
-                     and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
-            if given:
+            allowed = {("train", "epochs"), ("train", "device"), ("data", "root"),
+                       ("data", "download"), ("run", "progress"), ("run", "nproc")}
+            bad = [_flag(ctx, sec, k) for sec, vals in given.items() for k in vals
+                   if (sec, k) not in allowed] + (["--config"] if config_file else [])
+            if bad:
                 raise click.UsageError(
-                    f"{', '.join(given)} cannot be combined with --resume: the run's settings "
-                    "come from its config.json (only --epochs, --device and data options can)"
-                )
-            data = read_config(resume_dir).get("data", {})
-            limit_train, limit_test = data.get("limit_train"), data.get("limit_test")
-            dataset = data.get("dataset", "mnist")
-            image_size, channels = data.get("image_size"), data.get("channels")
-        root = resolve_data_root(data_root)
-        size, chans = (int(image_size) if image_size else None), (int(channels) if channels else None)
-        train_x, train_y = load_dataset(dataset, root, train=True, download=download,
-                                        limit=limit_train, size=size, channels=chans)
-        test_x, test_y = load_dataset(dataset, root, train=False, download=download,
-                                      limit=limit_test, size=size, channels=chans)
-        if resume_dir is None:
-            kwargs = {k: v for k, v in {"binarize": binarize, "scale": scale,
-                                         "learn_scale": learn_scale, "scale_mode": scale_mode
-                                         }.items() if v is not None}
-            if scale_mode == "channel":
-                kwargs["channels"] = int(train_x.shape[1])
-            pyro.set_rng_seed(seed)  # the initial weights too
-            vae = VAE(z_dim=z_dim, likelihood=get_likelihood(likelihood, **kwargs), beta=beta,
-                      image_shape=tuple(train_x.shape[1:]), encoder=encoder_spec,
-                      decoder=decoder_spec,
-                      num_classes=int(train_y.max()) + 1 if conditional else 0)
+                    f"{', '.join(bad)} cannot be combined with --resume: the run's settings "
+                    "come from its config.json (only --epochs, --device and data options can)")
+        if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch torchrun with the same options
+            from vaekit.distributed import launch
+
+            argv = _without_option(sys.argv[1:], "--nproc")
+            if resume_dir is None and "out" not in given["run"]:  # every rank the same folder
+                argv += ["--out", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]
+            sys.exit(launch(nproc, argv))
         if resume_dir is not None:
+            from vaekit.train import resume_run
+
             if _is_main_rank():
                 click.echo(f"resuming {resume_dir}")
-            given_epochs = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
-            result = resume_fit(resume_dir, train_x, test_x, epochs=epochs if given_epochs else None,
-                                device=device, progress=progress, train_labels=train_y,
-                                test_labels=test_y)
+            result = resume_run(resume_dir, root=given["data"].get("root"),
+                                download=given["data"].get("download"),
+                                progress=given["run"].get("progress", True),
+                                epochs=given["train"].get("epochs"),
+                                device=given["train"].get("device"))
         else:
-            out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            from vaekit.train import fit_settings
+
+            from_file = read_settings(config_file) if config_file is not None else {}
+            specs = {sec: from_mapping(cls, {**from_file.get(sec, {}), **given[sec]},
+                                       f"{config_file}: {sec}." if sec in from_file else "")
+                     for sec, cls in SECTIONS.items()}
+            run = specs["run"]
+            if run.out is None:
+                from dataclasses import replace
+
+                run = replace(run, out=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
             if _is_main_rank():
-                click.echo(f"run folder: {out}")
-            info = {"dataset": dataset, "root": str(root), "limit_train": limit_train,
-                    "limit_test": limit_test, "n_train": len(train_x), "n_test": len(test_x),
-                    "image_size": size, "channels": chans}
-            result = fit_vae(vae, train_x, test_x, epochs=epochs, batch_size=batch_size, lr=lr,
-                             device=device, seed=seed, run_dir=out, overwrite=overwrite,
-                             checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
-                             deterministic=deterministic, channels_last=channels_last,
-                             compile=compile_nets, amp=amp, sync_batchnorm=sync_batchnorm,
-                             objective=objective, beta_schedule=beta_schedule,
-                             iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
-                             capacity_steps=capacity_steps, free_bits=free_bits,
-                             train_labels=train_y, test_labels=test_y, progress=progress,
-                             data_info=info)
+                click.echo(f"run folder: {run.out}")
+            result = fit_settings(specs["model"], specs["data"], specs["train"], run)
     except Interrupted as e:
         _fail(str(e), code=128 + e.signum)
     except TrainingError as e:
         _fail(str(e), code=1)
+    except ConfigError as e:
+        _fail(_with_flags(ctx, str(e)))
     except VaekitError as e:
         _fail(str(e))
     except KeyboardInterrupt:  # a second Ctrl-C while the checkpoint was being written
         _fail(f"interrupted; continue from the last complete checkpoint with: "
-              f"vaekit fit --resume {resume_dir or out}", code=130)
+              f"vaekit fit --resume {resume_dir or given['run'].get('out', 'RUN')}", code=130)
     final = result.final
     if _is_main_rank():
         click.echo(
@@ -270,10 +220,33 @@ def fit(ctx: click.Context, likelihood: str, binarize: bool | None, scale: float
         )
 
 
+def _flag(ctx: click.Context, section: str, name: str) -> str:
+    """The command-line flag of a setting."""
+    for param in ctx.command.params:
+        if param.name == f"{section}__{name}":
+            return param.opts[0]
+    return name
+
+
+def _with_flags(ctx: click.Context, message: str) -> str:
+    """A library message that names a setting as Python spells it (``batch_size``), with the
+    flag that sets it added: ``batch_size (--batch-size)``."""
+    import re
+
+    from vaekit.settings import SECTIONS
+
+    match = re.match(r"^(?:[^:]*: )?(?:(\w+)\.)?(\w+) ", message)
+    if match:
+        sections = [match.group(1)] if match.group(1) in SECTIONS else list(SECTIONS)
+        for section in sections:
+            flag = _flag(ctx, section, match.group(2))
+            if flag.startswith("--"):
+                start, end = match.span(2)
+                return f"{message[:end]} ({flag}){message[end:]}"
+    return message
+
+
 # -- evaluate and look: commands on a finished run folder ---------------------------------------
-EVAL_FILE = "eval.json"
-
-
 def _run_command(f: Any) -> Any:
     """The RUN_DIR argument and the --device option shared by the commands on a run folder."""
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -327,29 +300,11 @@ def _open_run(run_dir: Path, device: str, conditional_ok: bool = True) -> Any:
 
 def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
               limit: int | None) -> tuple[Any, Any]:
-    """MNIST test observations made as in training (fixed binarization seed), and labels."""
-    import os
+    """The run's test observations (made as in training) and labels: `vaekit.runs.load_test_set`."""
+    from vaekit.runs import load_test_set
 
-    import torch
-
-    from vaekit.data import load_dataset, resolve_data_root, to_unit
-    from vaekit.errors import DataError
-    from vaekit.runs import read_config
-    from vaekit.train import TEST_BINARIZATION_SEED
-
-    data = read_config(run_dir).get("data", {})
-    if data_root is None and not os.environ.get("VAEKIT_DATA"):
-        recorded = data.get("root")
-        data_root = Path(recorded) if recorded and Path(recorded).is_dir() else None
-    x, labels = load_dataset(data.get("dataset", "mnist"), resolve_data_root(data_root),
-                             train=False, download=download, limit=limit,
-                             size=data.get("image_size"), channels=data.get("channels"))
-    if tuple(x.shape[1:]) != tuple(vae.image_shape):
-        raise DataError(f"this run's model takes {tuple(vae.image_shape)} images but its data "
-                        f"set gives {tuple(x.shape[1:])}; use vaekit.evaluate from Python")
-    fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
-    x_obs = vae.likelihood.targets(to_unit(x), generator=fixed)
-    return x_obs.to(vae.device), labels
+    return load_test_set(run_dir, vae, None if data_root is None else str(data_root), download,
+                         limit)
 
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
@@ -387,13 +342,10 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
     Observations are made as in training (Bernoulli: the test set binarized with a fixed seed).
     Prints a table and writes eval.json into RUN_DIR.
     """
-    import json
-    import math
-
     import torch
 
-    from vaekit.evaluate import evaluate as evaluate_vae
-    from vaekit.runs import atomic_write
+    from vaekit.evaluation import evaluate as evaluate_vae
+    from vaekit.runs import write_evaluation
 
     t0 = time.perf_counter()
     with _UserErrors():
@@ -403,13 +355,10 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
                          chunk_size=chunk_size, seed=seed, progress=progress,
                          y=labels if vae.num_classes else None)
         seconds = time.perf_counter() - t0
-        record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
-                  "limit": limit, "seed": seed, "device": str(vae.device), **r.to_dict(),
-                  "seconds": seconds}
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                  for k, v in record.items()}
-        text = json.dumps(record, indent=2) + "\n"
-        atomic_write(run_dir / EVAL_FILE, lambda f: f.write(text.encode()))
+        path = write_evaluation(run_dir, {"run_dir": str(run_dir), "likelihood": vae.likelihood.name,
+                                          "z_dim": vae.z_dim, "limit": limit, "seed": seed,
+                                          "device": str(vae.device), **r.to_dict(),
+                                          "seconds": seconds})
 
     kl = sorted(enumerate(r.kl_per_dim), key=lambda t: -t[1])
     top = ", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
@@ -427,7 +376,7 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
     click.echo(f"{run_dir}: {r.n_images} test images, nats per image (± standard error)")
     for name, value in rows:
         click.echo(f"  {name:<34} {value}")
-    click.echo(f"wrote {run_dir / EVAL_FILE} ({seconds:.1f} s)")
+    click.echo(f"wrote {path} ({seconds:.1f} s)")
 
 
 @cli.command()
@@ -541,30 +490,19 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
     import torch
 
     from vaekit import plots
+    from vaekit.evaluation import kl_per_dim
 
     with _UserErrors():
         vae = _open_run(run_dir, device, conditional_ok=False)
         x_obs, _ = _test_set(vae, run_dir, data_root, download, limit)
         _check_index("--index", index, x_obs.shape[0])
-        kl = _kl_per_dim(vae, x_obs)
+        kl = kl_per_dim(vae, x_obs)
         order = torch.argsort(kl, descending=True)[: min(dims, vae.z_dim)].tolist()
         base = torch.zeros(vae.z_dim) if prior_base else vae.encode(x_obs[index : index + 1])[0][0]
         labels = [f"z{d}  KL {kl[d]:.2f}" for d in order]
         path = plots.save_traversals(vae, base, order, _out_dir(run_dir, out) / "traverse.png",
                                      steps=steps, span=span, labels=labels)
     click.echo(f"wrote {path} (rows: {', '.join(f'z{d}' for d in order)})")
-
-
-def _kl_per_dim(vae: Any, x_obs: Any, batch_size: int = 1000) -> Any:
-    """Mean over images of KL(q(z_d|x) || p(z_d)) per latent dimension, as a CPU tensor."""
-    import torch
-    from torch.distributions import Normal, kl_divergence
-
-    total = torch.zeros(vae.z_dim)
-    for i in range(0, x_obs.shape[0], batch_size):
-        loc, scale = vae.encode(x_obs[i : i + batch_size])
-        total += kl_divergence(Normal(loc, scale), Normal(0.0, 1.0)).sum(0).cpu()
-    return total / x_obs.shape[0]
 
 
 @cli.command("latent-map")

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 from vaekit.errors import ConfigError, DataError
+from vaekit.settings import DataSpec
 
-__all__ = ["resolve_data_root", "load_mnist", "load_dataset", "DATASETS", "to_unit", "MNIST_FILES"]
+__all__ = ["resolve_data_root", "load_mnist", "load_dataset", "load_data", "DATASETS", "to_unit",
+           "MNIST_FILES"]
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -235,3 +237,10 @@ def _resize(x: torch.Tensor, size: int | None, channels: int | None) -> torch.Te
                                             antialias=True, align_corners=False)
         x = x.round().clamp(0, 255).to(torch.uint8)
     return x.contiguous()
+
+
+def load_data(spec: DataSpec, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training or test images and labels a `DataSpec` describes (see `load_dataset`)."""
+    return load_dataset(spec.dataset, resolve_data_root(spec.root), train=train,
+                        download=spec.download, limit=spec.limit_train if train else spec.limit_test,
+                        size=spec.image_size, channels=spec.channels)

@@ -1,4 +1,5 @@
-"""Errors vaekit raises for bad input; the CLI prints them as one line and exits with code 2."""
+"""Errors vaekit raises for bad input (the CLI prints them as one line and exits with code 2),
+and `Interrupted`, which is not an error: training stopped by a signal, its checkpoint written."""
 
 __all__ = ["VaekitError", "ConfigError", "DataError", "CheckpointError", "TrainingError", "Interrupted"]
 
@@ -20,10 +21,10 @@ class CheckpointError(VaekitError):
 
 
 class TrainingError(VaekitError):
-    """Training that cannot go on (a non-finite loss); the last good checkpoint is kept."""
+    """Training that cannot go on (a non-finite loss); the last checkpoint written is kept."""
 
 
-class Interrupted(VaekitError):
+class Interrupted(Exception):
     """Training stopped by SIGINT/SIGTERM after writing a checkpoint (if it had a run folder).
 
     Attributes:

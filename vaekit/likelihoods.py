@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
+from vaekit.data import to_unit
 from vaekit.errors import ConfigError, DataError
 
 __all__ = [
@@ -32,7 +33,13 @@ __all__ = [
     "LIKELIHOODS",
     "register_likelihood",
     "get_likelihood",
+    "TEST_BINARIZATION_SEED",
+    "test_observations",
 ]
+
+TEST_BINARIZATION_SEED = 0
+"""The test set's observations (e.g. its binarization) are drawn once with this seed, so test
+numbers are comparable across runs and training seeds."""
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
 """The registry: likelihood name -> class."""
@@ -107,7 +114,7 @@ class Likelihood(nn.Module):
       published binarized-MNIST figures; no bits/dim of 8-bit data.
     - ``"continuous"`` (`Gaussian`, `Laplace`, `ContinuousBernoulli`): a density of intensities
       scaled to [0, 1] (nats can be negative); bits/dim of the 8-bit values through the 1/255
-      change of variables, ``(NLL / D + ln 255) / ln 2`` (`vaekit.evaluate.bits_per_dim`).
+      change of variables, ``(NLL / D + ln 255) / ln 2`` (`vaekit.evaluation.bits_per_dim`).
     - ``"discrete"`` (`DiscretizedLogistic`): a probability of the 256 levels of 8-bit images;
       bits/dim = ``NLL / (D ln 2)``, comparable with published figures for 8-bit images.
 
@@ -505,3 +512,19 @@ class DiscretizedLogistic(_LocScale):
         """See `Likelihood.check`: pixels must lie in [0, 1]."""
         super().check(x)
         _check_unit_interval(self, x)
+
+
+def test_observations(likelihood: Likelihood, images: torch.Tensor,
+                      seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
+    """Observations of test images as the likelihood makes them, drawn once with a fixed seed.
+
+    For Bernoulli this is one binarization of the grayscale images with ``seed``, the same in
+    every run and every command, so test numbers compare across runs; a generator of its own
+    leaves the global random state alone.
+
+    Args:
+        likelihood: The model's likelihood.
+        images: uint8 or float images in [0, 1], ``[N, C, H, W]``.
+        seed: Seeds the draws.
+    """
+    return likelihood.targets(to_unit(images), generator=torch.Generator().manual_seed(seed))

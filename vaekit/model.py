@@ -20,19 +20,20 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn.module import _is_module_local_param_enabled
 from torch import nn
 
+from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import Likelihood, get_likelihood
 from vaekit.nets import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
+from vaekit.settings import ModelSpec
 
 __all__ = ["Model", "Guide", "VAE"]
 
 
 def _register(name: str, module: nn.Module) -> None:
     """``pyro.module`` for users of the global param store; a no-op with module-local params."""
-    if not _is_module_local_param_enabled():
+    if not pyro.settings.get("module_local_params"):
         pyro.module(name, module)
 
 
@@ -269,6 +270,36 @@ class VAE(nn.Module):
         likelihood = get_likelihood(lik_cfg.pop("name"), **lik_cfg)
         return cls(likelihood=likelihood, **cfg)
 
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, image_shape: Sequence[int] = (1, 28, 28),
+                  num_classes: int = 0) -> VAE:
+        """Build the VAE a `ModelSpec` describes, for images of ``image_shape``.
+
+        Args:
+            spec: The model settings.
+            image_shape: ``(channels, height, width)`` of the data.
+            num_classes: Labels of the data set; used only when ``spec.conditional``.
+        """
+        options = spec.likelihood_options()
+        if spec.scale_mode == "channel":
+            options["channels"] = int(image_shape[0])
+        return cls(z_dim=spec.z_dim, likelihood=get_likelihood(spec.likelihood, **options),
+                   beta=spec.beta, image_shape=image_shape, encoder=spec.encoder,
+                   decoder=spec.decoder, num_classes=num_classes if spec.conditional else 0)
+
+    def spec(self) -> ModelSpec:
+        """The `ModelSpec` of this VAE: what ``config.json`` records under ``"model"``.
+
+        Likelihood options that `ModelSpec` has no field for (those of a likelihood you wrote)
+        are not in it; ``config.json`` keeps them under ``"vae"`` (`VAE.config`).
+        """
+        lik = self.likelihood.config()
+        fields = ("binarize", "scale", "learn_scale", "scale_mode")
+        custom = {k: (None if v == "default" else v) for k, v in self._custom_nets.items()}
+        return ModelSpec(likelihood=self.likelihood.name, beta=self.beta, z_dim=self.z_dim,
+                         conditional=self.num_classes > 0, **custom,
+                         **{k: lik[k] for k in fields if k in lik})
+
 
 def _call(net: nn.Module, inp: torch.Tensor, y: torch.Tensor | None) -> Any:
     """``net(inp)``, or ``net(inp, y)`` for the nets of a conditional VAE."""
@@ -304,10 +335,7 @@ def _check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, 
                 out_channels: int, num_classes: int) -> None:
     """Run both nets once on two blank inputs and check the shapes they give back."""
     y = torch.zeros(2, dtype=torch.long) if num_classes else None
-    modes = [(m, m.training) for m in (encoder, decoder)]
-    try:
-        encoder.eval()
-        decoder.eval()
+    with eval_mode(encoder, decoder):
         dev = next(encoder.parameters(), torch.empty(0)).device
         x = torch.zeros(2, *image_shape, device=dev)
         try:
@@ -325,6 +353,3 @@ def _check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, 
         if tuple(img.shape) != want:
             raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "
                               f"{want[1:]} for {tuple(image_shape)} images and this likelihood")
-    finally:
-        for m, training in modes:
-            m.train(training)

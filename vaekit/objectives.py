@@ -24,6 +24,7 @@ from torch.distributions import kl_divergence
 
 from vaekit.errors import ConfigError
 from vaekit.model import VAE
+from vaekit.settings import parse_beta_schedule
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "IWAE", "Capacity", "FreeBits"]
 
@@ -60,20 +61,8 @@ class BetaSchedule:
     @classmethod
     def parse(cls, spec: str, beta: float = 1.0) -> BetaSchedule:
         """From ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``."""
-        kind, *args = spec.split(":")
-        try:
-            if kind == "constant" and not args:
-                return cls("constant", beta)
-            if kind == "linear" and len(args) == 1:
-                return cls("linear", beta, int(args[0]))
-            if kind == "cyclical" and len(args) in (1, 2):
-                ratio = float(args[1]) if len(args) == 2 else 0.5
-                if int(args[0]) >= 1 and 0 < ratio <= 1:
-                    return cls("cyclical", beta, int(args[0]), ratio)
-        except ValueError:
-            pass
-        raise ConfigError(f"bad beta schedule {spec!r}; use constant, linear:STEPS or "
-                          "cyclical:STEPS[:RATIO] (e.g. cyclical:2000:0.5)")
+        kind, steps, ratio = parse_beta_schedule(spec)
+        return cls(kind, beta, steps, ratio)
 
 
 def _traces(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None

@@ -16,6 +16,9 @@ from typing import Any, BinaryIO
 import torch
 from torchvision.utils import make_grid, save_image
 
+from vaekit.devices import eval_mode
+from vaekit.errors import ConfigError
+from vaekit.io import atomic_write
 from vaekit.model import VAE
 
 __all__ = [
@@ -36,12 +39,9 @@ def save_samples(vae: VAE, path: str | os.PathLike[str], n: int = 64, seed: int 
 
     ``labels`` (one per image, or one for all) is needed for a conditional VAE.
     """
-    was_training = vae.training
-    vae.eval()
-    images = vae.sample(n, generator=torch.Generator().manual_seed(seed), y=labels)
-    vae.train(was_training)
-    save_image(make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=0.5), path)
-    return Path(path)
+    with eval_mode(vae):
+        images = vae.sample(n, generator=torch.Generator().manual_seed(seed), y=labels)
+    return _save_grid(images, path, nrow=nrow)
 
 
 def save_reconstructions(
@@ -49,25 +49,18 @@ def save_reconstructions(
     labels: torch.Tensor | None = None,
 ) -> Path:
     """Save originals and their reconstructions in alternating rows (``labels``: if conditional)."""
-    was_training = vae.training
-    vae.eval()
-    recon = vae.reconstruct(x, labels).cpu()
-    vae.train(was_training)
+    with eval_mode(vae):
+        recon = vae.reconstruct(x, labels).cpu()
     x = x.cpu().float()
     rows = []
     for i in range(0, x.shape[0], per_row):
         rows += [x[i : i + per_row], recon[i : i + per_row]]
-    save_image(make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=0.5), path)
-    return Path(path)
+    return _save_grid(torch.cat(rows), path, nrow=per_row)
 
 
 def save_loss_curve(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> Path:
     """Plot the training objective and test -ELBO per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (objective)")
@@ -77,9 +70,7 @@ def save_loss_curve(history: Sequence[dict[str, float]], path: str | os.PathLike
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_fig(fig, path)
 
 
 # -- looking inside: interpolations, traversals, the latent map, the manifold ------------------
@@ -95,8 +86,6 @@ def _pyplot() -> Any:
 
 def _save_png(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Write a PNG atomically, so an interrupted command leaves no half-written picture."""
-    from vaekit.runs import atomic_write
-
     atomic_write(path, write)
     return Path(path)
 
@@ -105,12 +94,6 @@ def _save_grid(images: torch.Tensor, path: str | os.PathLike[str], nrow: int,
                padding: int = 2) -> Path:
     grid = make_grid(images.detach().cpu().float(), nrow=nrow, padding=padding, pad_value=0.5)
     return _save_png(path, lambda f: save_image(grid, f, format="png"))
-
-
-def _eval(vae: VAE) -> bool:
-    was_training = vae.training
-    vae.eval()
-    return was_training
 
 
 @torch.no_grad()
@@ -125,16 +108,13 @@ def save_interpolations(vae: VAE, pairs: Sequence[tuple[torch.Tensor, torch.Tens
         path: The PNG to write.
         steps: Decoded points per row (>= 2).
     """
-    was_training = _eval(vae)
-    try:
+    with eval_mode(vae):
         t = torch.linspace(0, 1, steps, device=vae.device)[:, None]
         rows = []
         for a, b in pairs:
             z = vae.encode(torch.stack([a, b]).float())[0]
             path_images = vae.decode((1 - t) * z[0] + t * z[1]).cpu()
             rows += [a[None].cpu().float(), path_images, b[None].cpu().float()]
-    finally:
-        vae.train(was_training)
     return _save_grid(torch.cat(rows), path, nrow=steps + 2)
 
 
@@ -152,16 +132,13 @@ def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | 
         span: The sweep's half-width, in prior standard deviations.
         labels: A label per row, written left of it (default ``z<d>``).
     """
-    was_training = _eval(vae)
-    try:
+    with eval_mode(vae):
         values = torch.linspace(-span, span, steps, device=vae.device)
         rows = []
         for d in dims:
             zs = z.to(vae.device).float().repeat(steps, 1)
             zs[:, d] = values
             rows.append(vae.decode(zs).cpu())
-    finally:
-        vae.train(was_training)
     grid = make_grid(torch.cat(rows), nrow=steps, padding=2, pad_value=0.5)
     labels = list(labels) if labels is not None else [f"z{d}" for d in dims]
     plt = _pyplot()
@@ -259,16 +236,11 @@ def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20) -> Path:
     Raises:
         ConfigError: if ``z_dim != 2``.
     """
-    from vaekit.errors import ConfigError
-
     if vae.z_dim != 2:
         raise ConfigError(f"the manifold picture needs a 2-D latent space, this model has "
                           f"z_dim={vae.z_dim}; use the latent map or traversals instead")
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
     z1, z0 = torch.meshgrid(q.flip(0), q, indexing="ij")  # rows top to bottom: z1 decreasing
-    was_training = _eval(vae)
-    try:
+    with eval_mode(vae):
         images = vae.decode(torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1))
-    finally:
-        vae.train(was_training)
     return _save_grid(images, path, nrow=n, padding=0)

@@ -13,19 +13,28 @@ import csv
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vaekit.errors import CheckpointError
+from vaekit.io import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "CONFIG",
     "CHECKPOINT",
     "METRICS",
+    "SAMPLES",
+    "RECONSTRUCTIONS",
+    "LOSS",
+    "EVALUATION",
+    "RUN_FILES",
+    "make_config",
+    "vae_config",
+    "run_data_spec",
+    "load_test_set",
+    "write_evaluation",
     "atomic_write",
     "write_config",
     "read_config",
@@ -41,51 +50,14 @@ __all__ = [
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
-_TMP_SUFFIX = ".vaekit.tmp"  # marks atomic_write's temporaries, so that only they are cleaned up
+SAMPLES = "samples.png"
+RECONSTRUCTIONS = "reconstructions.png"
+LOSS = "loss.png"
+EVALUATION = "eval.json"
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS)
+"""The files a fit writes (and removes first with ``overwrite``)."""
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, fsync it and rename it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporaries of writes that a killed process never finished.
-
-    `atomic_write` names them ``.<file>.<random>.vaekit.tmp``; the complete file beside each is
-    untouched, and no other file matches.
-    Call it only while no other process writes into ``run_dir``.
-
-    Returns:
-        The paths removed.
-    """
-    stale = list(Path(run_dir).glob(f".*{_TMP_SUFFIX}"))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def write_config(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> None:
@@ -115,7 +87,7 @@ def load_checkpoint(run_dir: str | os.PathLike[str], map_location: Any = "cpu") 
     """Load a checkpoint saved by `save_checkpoint`, with a clear error for anything else."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
-        raise CheckpointError(f"no checkpoint in {run_dir}: the run has not finished an epoch yet")
+        raise CheckpointError(f"no checkpoint in {run_dir}: the run has not started training yet")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -153,6 +125,91 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def make_config(vae: VAE, train: TrainSettings, model: ModelSpec | None = None,  # noqa: F821
+                data: DataSpec | None = None, run: RunOptions | None = None,  # noqa: F821
+                data_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``config.json``: the settings, section by section, and the facts of the run.
+
+    ``model``, ``data``, ``train`` and ``run`` are the settings (``dataclasses.asdict``), which
+    ``vaekit fit --config`` reads back; ``vae`` is `VAE.config`, what `load` rebuilds the model
+    from (image shape, classes, every likelihood option); ``data_info`` records the data root
+    used and the image counts.
+    """
+    from dataclasses import asdict
+
+    from vaekit import __version__
+
+    return {"vaekit_version": __version__, "model": asdict(model or vae.spec()),
+            "data": asdict(data) if data is not None else None, "train": asdict(train),
+            "run": asdict(run) if run is not None else None, "vae": vae.config(),
+            "data_info": data_info or {}}
+
+
+def vae_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The `VAE.config` part of a ``config.json`` (``"vae"``; ``"model"`` in runs of vaekit <= 0.1)."""
+    return config["vae"] if "vae" in config else config["model"]
+
+
+def run_data_spec(config: dict[str, Any], **changes: Any) -> DataSpec:  # noqa: F821
+    """The `DataSpec` a run was trained on, with ``changes`` (e.g. another ``root``)."""
+    from dataclasses import fields
+
+    from vaekit.settings import DataSpec, from_mapping
+
+    recorded = config.get("data") or {}
+    known = {f.name for f in fields(DataSpec)}
+    values = {k: v for k, v in recorded.items() if k in known}  # runs of vaekit <= 0.1 had more
+    return from_mapping(DataSpec, {**values, **{k: v for k, v in changes.items() if v is not None}})
+
+
+def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = None,  # noqa: F821
+                  download: bool = True, limit: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test observations of a run's data set, made as in training, and their labels.
+
+    The data root is ``root`` if given, else ``$VAEKIT_DATA``, else the one the run used (if it
+    still exists), else the default cache folder. Bernoulli observations are the test images
+    binarized with `vaekit.likelihoods.TEST_BINARIZATION_SEED`, as during training.
+
+    Returns:
+        ``(observations, labels)`` on the model's device and on the CPU.
+
+    Raises:
+        DataError: if the data cannot be read or its images do not fit the model.
+    """
+    from vaekit.data import load_data
+    from vaekit.errors import DataError
+    from vaekit.likelihoods import test_observations
+
+    config = read_config(run_dir)
+    if root is None and not os.environ.get("VAEKIT_DATA"):
+        recorded = (config.get("data_info") or {}).get("root") or (config.get("data") or {}).get("root")
+        root = recorded if recorded and Path(recorded).is_dir() else None
+    spec = run_data_spec(config, root=root, download=download, limit_test=limit)
+    x, labels = load_data(spec, train=False)
+    if tuple(x.shape[1:]) != tuple(vae.image_shape):
+        raise DataError(f"this run's model takes {tuple(vae.image_shape)} images but its data "
+                        f"set gives {tuple(x.shape[1:])}; use vaekit.evaluate from Python")
+    return test_observations(vae.likelihood, x).to(vae.device), labels
+
+
+def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> Path:
+    """Write ``eval.json`` (atomically), with the epoch and step of the checkpoint it measured.
+
+    Non-finite numbers are written as ``null``.
+    """
+    import math
+
+    state = load_checkpoint(run_dir)
+    record = {"epoch": int(state["epoch"]), "step": int(state.get("step", 0)), **record}
+    record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+              for k, v in record.items()}
+    text = json.dumps(record, indent=2) + "\n"
+    path = Path(run_dir) / EVALUATION
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
 def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> VAE:  # noqa: F821
     """Rebuild the trained VAE of a run folder, in eval mode, ready to encode, decode and sample.
 
@@ -169,11 +226,12 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> VAE:  # noqa: 
     config = read_config(run_dir)
     state = load_checkpoint(run_dir)
     try:
-        vae = VAE.from_config(config["model"])
+        vae = VAE.from_config(vae_config(config))
         vae.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as e:
+        lines = str(e).splitlines() or [""]
         raise CheckpointError(
             f"the checkpoint in {run_dir} does not match its config.json ({type(e).__name__}: "
-            f"{str(e).splitlines()[0]})"
+            f"{lines[0]})"
         ) from None
     return vae.to(resolve_device(device)).eval()

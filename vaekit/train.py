@@ -1,7 +1,8 @@
 """Fit a VAE with SVI: ``Trace_ELBO`` as a torch module, Adam, data kept whole on the device.
 
     vae = VAE(z_dim=32, likelihood="bernoulli")
-    result = fit(vae, train_x, test_x, epochs=10, device="auto", run_dir="runs/mnist")
+    result = fit(vae, train_x, test_x, TrainSettings(epochs=10), run_dir="runs/mnist")
+    result = fit(vae, train_x, test_x, epochs=10, lr=1e-3)     # or the settings as keywords
     result.history[-1]["test_neg_elbo"]
 
 Each epoch shuffles the training tensor by index, turns each batch into observations with the
@@ -14,13 +15,14 @@ of the same machine (other CPU kernels, e.g. AVX2 against AVX-512, round differe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,98 +31,30 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from vaekit import distributed, runs
-from vaekit.data import to_unit
+from vaekit import distributed, plots, runs
+from vaekit.data import load_data, resolve_data_root, to_unit
 from vaekit.devices import resolve_device, separate_compile_cache
 from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
-from vaekit.evaluate import evaluate_elbo
+from vaekit.evaluation import evaluate_elbo
+from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, make_objective
+from vaekit.settings import DataSpec, ModelSpec, RunOptions, TrainSettings, from_mapping
 
 __all__ = [
     "TrainSettings",
     "FitResult",
+    "Position",
     "fit",
     "resume",
-    "resolve_device",
+    "fit_settings",
+    "resume_run",
     "TEST_BINARIZATION_SEED",
+    "RESUME_OVERRIDES",
 ]
 
-TEST_BINARIZATION_SEED = 0
-"""The test set's observations (e.g. its binarization) are drawn once with this seed, so test
-numbers are comparable across runs and training seeds."""
-
-RUN_FILES = (runs.CONFIG, runs.CHECKPOINT, runs.METRICS, "samples.png", "reconstructions.png",
-             "loss.png")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Training settings, recorded in ``config.json`` and checked when built.
-
-    Attributes:
-        epochs: Passes over the training data.
-        batch_size: Images per step.
-        lr: Adam learning rate.
-        seed: Seeds Pyro, torch and the shuffling.
-        checkpoint_every: Also checkpoint every N steps (0: only at the end of each epoch).
-        skip_nonfinite: Skip a batch whose loss is NaN/inf instead of stopping.
-        deterministic: Ask torch for deterministic algorithms (for GPUs; the CPU already is).
-        channels_last: Keep the networks in channels-last memory format (faster convolutions on
-            CPUs and GPUs; the numbers are the same up to float rounding).
-        compile: ``torch.compile`` the encoder and decoder (worth it on GPUs; small on CPUs).
-        amp: Mixed precision: bfloat16 autocast for the networks, float32 for the likelihood and
-            the loss.
-        sync_batchnorm: With several processes, normalise with the global batch's statistics.
-        objective: ``"elbo"`` (β-weighted ``Trace_ELBO``), ``"iwae"``, ``"capacity"`` or
-            ``"free-bits"``; see `vaekit.objectives`.
-        beta_schedule: ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``, towards
-            the model's β.
-        iwae_samples: K for the IWAE objective.
-        gamma: γ of the capacity objective.
-        capacity: Final capacity C, nats per image.
-        capacity_steps: Steps over which C rises linearly from 0.
-        free_bits: λ, nats per latent dimension, of the free-bits objective.
-    """
-
-    epochs: int = 10
-    batch_size: int = 1024
-    lr: float = 2e-3
-    seed: int = 0
-    checkpoint_every: int = 0
-    skip_nonfinite: bool = False
-    deterministic: bool = False
-    channels_last: bool = True
-    compile: bool = False
-    amp: bool = False
-    sync_batchnorm: bool = False
-    objective: str = "elbo"
-    beta_schedule: str = "constant"
-    iwae_samples: int = 5
-    gamma: float = 1000.0
-    capacity: float = 25.0
-    capacity_steps: int = 10000
-    free_bits: float = 0.5
-
-    def __post_init__(self) -> None:
-        from vaekit.objectives import OBJECTIVES, BetaSchedule
-
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; choose one of: "
-                              + ", ".join(OBJECTIVES))
-        BetaSchedule.parse(self.beta_schedule)
-        if self.beta_schedule != "constant" and self.objective != "elbo":
-            raise ConfigError("a beta schedule only applies to the elbo objective")
-        if self.iwae_samples < 1 or self.capacity_steps < 0 or self.free_bits < 0 or self.gamma < 0:
-            raise ConfigError("iwae_samples must be >= 1 and gamma, capacity_steps, free_bits >= 0")
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"learning rate must be > 0, got {self.lr!r}")
-        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0):
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+RESUME_OVERRIDES = ("epochs", "device")
+"""The training settings a resumed run may change; the others come from its ``config.json``."""
 
 
 @dataclass
@@ -131,7 +65,7 @@ class FitResult:
         vae: The trained model (on the training device, in eval mode).
         history: One dict per epoch: ``epoch``, ``train_loss`` (mean β-weighted objective per
             image), ``test_neg_elbo``, ``test_recon``, ``test_kl`` (nats per image; NaN without
-            test data), ``skipped`` (non-finite batches skipped) and ``seconds``.
+            test data), ``beta``, ``skipped`` (non-finite batches skipped) and ``seconds``.
         run_dir: The run folder, if one was written.
     """
 
@@ -145,71 +79,72 @@ class FitResult:
         return self.history[-1]
 
 
+@dataclass
+class Position:
+    """Where training stands; a checkpoint saves exactly this, beside the weights and optimizer.
+
+    Attributes:
+        epoch: Epochs finished.
+        step: Steps finished of the next epoch (0 at an epoch's end).
+        total: Sum of the objective over those steps, over all ranks.
+        skipped: Non-finite batches skipped in those steps.
+        history: The finished epochs' rows of ``metrics.csv``.
+        rng: The random states when it was saved: ``torch`` (and ``cuda``) of rank 0, ``ranks``
+            (each rank's), and ``shuffle``, the shuffling generator as the epoch started.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    total: float = 0.0
+    skipped: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> Position:
+        """The position saved in a checkpoint."""
+        return cls(epoch=int(state["epoch"]), step=int(state.get("step", 0)),
+                   total=float(state.get("total", 0.0)), skipped=int(state.get("skipped", 0)),
+                   history=list(state["history"]), rng=state["rng"])
+
+
 def fit(
     vae: VAE,
     train_data: torch.Tensor,
     test_data: torch.Tensor | None = None,
+    settings: TrainSettings | None = None,
     *,
-    epochs: int = 10,
-    batch_size: int = 1024,
-    lr: float = 2e-3,
-    device: str | torch.device = "auto",
-    seed: int = 0,
     run_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    checkpoint_every: int = 0,
-    skip_nonfinite: bool = False,
-    deterministic: bool = False,
-    channels_last: bool = True,
-    compile: bool = False,
-    amp: bool = False,
-    sync_batchnorm: bool = False,
-    objective: str = "elbo",
-    beta_schedule: str = "constant",
-    iwae_samples: int = 5,
-    gamma: float = 1000.0,
-    capacity: float = 25.0,
-    capacity_steps: int = 10000,
-    free_bits: float = 0.5,
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
     progress: bool = True,
     verbose: bool = True,
+    model_spec: ModelSpec | None = None,
+    data_spec: DataSpec | None = None,
     data_info: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> FitResult:
     """Train ``vae`` by maximising the (β-weighted) ELBO with ``Trace_ELBO`` and Adam.
 
     Args:
-        vae: The model to train (modified in place).
+        vae: The model to train (modified in place). Seed its construction yourself (e.g.
+            ``pyro.set_rng_seed``) for identical initial weights.
         train_data: Training images ``[N, C, H, W]``, uint8 or float in [0, 1].
         test_data: Test images for the per-epoch test -ELBO (optional).
-        epochs: Passes over the training data.
-        batch_size: Images per step.
-        lr: Adam learning rate.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        seed: Seeds Pyro, torch and the shuffling (seed the model's construction yourself, with
-            ``pyro.set_rng_seed``, for identical initial weights).
+        settings: The `TrainSettings` (default: all defaults).
         run_dir: Folder for ``config.json``, ``checkpoint.pt``, ``metrics.csv`` and pictures.
         overwrite: Write into a ``run_dir`` that already has files (old run files are removed).
-        checkpoint_every: Also checkpoint every N steps (0: only at the end of each epoch).
-        skip_nonfinite: Skip batches whose loss is NaN/inf (counted) instead of stopping.
-        deterministic: Use deterministic torch algorithms (matters on GPUs).
-        channels_last: Channels-last memory format for the networks (default; faster).
-        compile: ``torch.compile`` the encoder and decoder.
-        amp: bfloat16 autocast for the networks (mixed precision).
-        sync_batchnorm: Under ``torchrun``, BatchNorm statistics of the global batch.
-        objective: ``"elbo"``, ``"iwae"``, ``"capacity"`` or ``"free-bits"`` (`vaekit.objectives`).
-        beta_schedule: ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``.
-        iwae_samples: K for ``objective="iwae"``.
-        gamma: γ for ``objective="capacity"``.
-        capacity: Final C (nats per image) for ``objective="capacity"``.
-        capacity_steps: Steps over which C rises from 0.
-        free_bits: λ (nats per latent dimension) for ``objective="free-bits"``.
         train_labels: Integer labels of the training images, for a conditional VAE.
         test_labels: Integer labels of the test images, for a conditional VAE.
         progress: Show a progress bar.
         verbose: Print one line per epoch (train loss, test -ELBO, seconds), flushed at once.
-        data_info: Extra facts about the data recorded in ``config.json``.
+        model_spec: The `ModelSpec` that built ``vae``, for ``config.json`` (default:
+            ``vae.spec()``).
+        data_spec: The `DataSpec` of the data, for ``config.json``.
+        data_info: Facts about the data for ``config.json`` (root used, image counts).
+        **overrides: `TrainSettings` fields that replace those of ``settings`` (e.g.
+            ``epochs=2, lr=1e-3``).
 
     Returns:
         A `FitResult` with the trained model and the per-epoch metrics.
@@ -220,15 +155,14 @@ def fit(
         TrainingError: when the loss stops being finite (the last good checkpoint is kept).
         Interrupted: on SIGINT/SIGTERM, after writing a checkpoint.
     """
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
-                             deterministic=deterministic, channels_last=channels_last,
-                             compile=compile, amp=amp, sync_batchnorm=sync_batchnorm,
-                             objective=objective, beta_schedule=beta_schedule,
-                             iwae_samples=iwae_samples, gamma=gamma, capacity=capacity,
-                             capacity_steps=capacity_steps, free_bits=free_bits)
-    return _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
-                    data_info, train_labels, test_labels, verbose).run(overwrite=overwrite)
+    settings = from_mapping(TrainSettings, {**dataclasses.asdict(settings or TrainSettings()),
+                                            **overrides})
+    run = RunOptions(out=None if run_dir is None else str(run_dir), overwrite=overwrite,
+                     progress=progress)
+    config = runs.make_config(vae, settings, model_spec, data_spec, run, data_info)
+    trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
+                       train_labels, test_labels)
+    return trainer.run(config, overwrite=overwrite)
 
 
 def resume(
@@ -236,12 +170,11 @@ def resume(
     train_data: torch.Tensor,
     test_data: torch.Tensor | None = None,
     *,
-    epochs: int | None = None,
-    device: str | torch.device = "auto",
     progress: bool = True,
     verbose: bool = True,
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
+    **overrides: Any,
 ) -> FitResult:
     """Continue a run folder from its last checkpoint (model, optimizer, position, RNG state).
 
@@ -251,56 +184,100 @@ def resume(
         run_dir: A folder written by `fit`.
         train_data: The same training images as the original run.
         test_data: The same test images, if the run had them.
-        epochs: A new total number of epochs (default: the run's own).
-        device: Where to continue.
         progress: Show a progress bar.
         verbose: Print one line per epoch.
         train_labels: The training labels, for a conditional VAE.
         test_labels: The test labels, for a conditional VAE.
+        **overrides: New values of the settings in `RESUME_OVERRIDES`: ``epochs`` (a new
+            total) and ``device``; None keeps the run's own.
 
     Raises:
+        ConfigError: for a setting that a resumed run cannot change.
         CheckpointError: if the folder or its checkpoint cannot be used.
     """
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    bad = sorted(set(changes) - set(RESUME_OVERRIDES))
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} cannot change when resuming: the run's settings come "
+                          f"from its config.json (only {', '.join(RESUME_OVERRIDES)} can)")
     config = runs.read_config(run_dir)
     try:
-        train = dict(config["train"])
-        if epochs is not None:
-            train["epochs"] = epochs
-        settings = TrainSettings(**train)
+        settings = from_mapping(TrainSettings, {**config["train"], **changes})
         pyro.set_rng_seed(settings.seed)  # the initial weights, as `vaekit fit` builds them
-        vae = VAE.from_config(config["model"])
+        vae = VAE.from_config(runs.vae_config(config))
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{run_dir}/config.json cannot be used to resume ({e})") from None
-    state = None
+    position = None
     if (Path(run_dir) / runs.CHECKPOINT).exists():
         state = runs.load_checkpoint(run_dir)
         try:
             vae.load_state_dict(state["model"])
+            position = Position.from_checkpoint(state)
         except (KeyError, RuntimeError) as e:
             raise CheckpointError(
                 f"the checkpoint in {run_dir} does not match its config.json "
                 f"({type(e).__name__})"
             ) from None
-    trainer = _Trainer(vae, train_data, test_data, settings, device, run_dir, progress,
-                       config.get("data"), train_labels, test_labels, verbose)
-    return trainer.run(resuming=True, state=state)
+    config = {**config, "train": dataclasses.asdict(settings)}
+    trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
+                       train_labels, test_labels)
+    return trainer.run(config, resuming=True, position=position,
+                       optimizer_state=state["optimizer"] if position is not None else None)
+
+
+def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: RunOptions,
+                 verbose: bool = True) -> FitResult:
+    """Load the data, build the model and fit it, all from settings (what ``vaekit fit`` does).
+
+    The initial weights are seeded with ``train.seed``. The run folder is ``run.out``, or
+    ``runs/<timestamp>`` when it is None.
+    """
+    train_x, train_y = load_data(data, train=True)
+    test_x, test_y = load_data(data, train=False)
+    pyro.set_rng_seed(train.seed)  # the initial weights too
+    vae = VAE.from_spec(model, tuple(train_x.shape[1:]), int(train_y.max()) + 1)
+    out = Path(run.out) if run.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    info = {"root": str(resolve_data_root(data.root)), "n_train": len(train_x),
+            "n_test": len(test_x)}
+    config = runs.make_config(vae, train, model, data, run, info)
+    trainer = _Trainer(vae, train_x, test_x, train, out, run.progress, verbose, train_y, test_y)
+    return trainer.run(config, overwrite=run.overwrite)
+
+
+def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
+               download: bool | None = None, progress: bool = True, verbose: bool = True,
+               **overrides: Any) -> FitResult:
+    """Continue a run folder, loading the data it was trained on (see `resume`).
+
+    Args:
+        run_dir: The run folder.
+        root: Another data root (default: the run's own).
+        download: Download missing data (default: the run's own setting).
+        progress: Show a progress bar.
+        verbose: Print one line per epoch.
+        **overrides: As for `resume`.
+    """
+    spec = runs.run_data_spec(runs.read_config(run_dir), root=root, download=download)
+    train_x, train_y = load_data(spec, train=True)
+    test_x, test_y = load_data(spec, train=False)
+    return resume(run_dir, train_x, test_x, progress=progress, verbose=verbose,
+                  train_labels=train_y, test_labels=test_y, **overrides)
 
 
 class _Trainer:
     """The training loop and everything it must save to resume exactly."""
 
     def __init__(self, vae: VAE, train_data: torch.Tensor, test_data: torch.Tensor | None,
-                 settings: TrainSettings, device: str | torch.device,
-                 run_dir: str | os.PathLike[str] | None, progress: bool,
-                 data_info: dict[str, Any] | None, train_labels: torch.Tensor | None = None,
-                 test_labels: torch.Tensor | None = None, verbose: bool = True) -> None:
+                 settings: TrainSettings, run_dir: str | os.PathLike[str] | None,
+                 progress: bool, verbose: bool, train_labels: torch.Tensor | None = None,
+                 test_labels: torch.Tensor | None = None) -> None:
         # -- check everything before touching the disk --------------------------------------
         if settings.batch_size > train_data.shape[0]:
-            raise ConfigError(f"batch size {settings.batch_size} is larger than the "
+            raise ConfigError(f"batch_size {settings.batch_size} is larger than the "
                               f"{train_data.shape[0]} training images; lower it")
-        self.dist, self.dev = distributed.setup(resolve_device(device))
+        self.dist, self.dev = distributed.setup(resolve_device(settings.device))
         if settings.batch_size % self.dist.world:
-            raise ConfigError(f"batch size {settings.batch_size} does not split over "
+            raise ConfigError(f"batch_size {settings.batch_size} does not split over "
                               f"{self.dist.world} processes; use a multiple of {self.dist.world}")
         _check_images(vae, train_data, "training")
         if test_data is not None:
@@ -311,213 +288,238 @@ class _Trainer:
                 _check_labels(vae, test_data, test_labels, "test")
         else:
             train_labels = test_labels = None
-        self.train_labels, self.test_labels = train_labels, test_labels
         self.vae, self.s = vae, settings
+        self.train_data, self.test_data = train_data, test_data
+        self.train_labels, self.test_labels = train_labels, test_labels
         self.progress = progress and self.dist.main
         self.verbose = verbose and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
-        self.train_data, self.test_data = train_data, test_data
-        self.data_info = data_info or {}
+        self.saved: str | None = None  # what the last checkpoint holds, for error messages
+
+    # -- the table of contents -------------------------------------------------------------------
+    def run(self, config: dict[str, Any], overwrite: bool = False, resuming: bool = False,
+            position: Position | None = None,
+            optimizer_state: dict[str, Any] | None = None) -> FitResult:
+        """Train from ``position`` (a checkpoint's) or from the start; see `fit`."""
+        self._prepare_run_dir(config, overwrite, resuming)
+        with _deterministic(self.s.deterministic):
+            self._build()
+            pos = self._restore(position, optimizer_state)
+            with _stop_on_signals() as self.stop:
+                if position is None:
+                    self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
+                while pos.epoch < self.s.epochs:
+                    self._train_epoch(pos)
+                    self._end_epoch(pos)
+        return self._finish(pos)
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _prepare_run_dir(self, overwrite: bool, resuming: bool) -> None:
+    def _prepare_run_dir(self, config: dict[str, Any], overwrite: bool, resuming: bool) -> None:
+        """Check and write the run folder on rank 0; its error, if any, stops every rank."""
         path = self.run_path
-        assert path is not None
-        runs.remove_stale_temporaries(path)  # left by a run killed mid-write (none if no folder)
-        if not resuming and path.exists() and any(path.iterdir()):
-            if not overwrite:
-                what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
-                raise ConfigError(f"{path} already exists and is {what}; pick another --out, "
-                                  "use --resume to continue it, or --overwrite")
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
-        config = {"vaekit_version": _version(), "model": self.vae.config(),
-                  "train": asdict(self.s), "device": self.dev.type, "data": self.data_info}
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            runs.write_config(path, config)
-        except OSError as e:
-            raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); "
-                              "choose a writable --out") from None
-
-    def run(self, overwrite: bool = False, resuming: bool = False,
-            state: dict[str, Any] | None = None) -> FitResult:
-        """Train from ``state`` (a checkpoint) or from the start; see `fit`."""
-        s, vae, dev = self.s, self.vae, self.dev
-        if self.run_path is not None:  # rank 0 writes; its error, if any, stops every rank
-            error = None
-            if self.dist.main:
+        if path is None:
+            return
+        error = None
+        if self.dist.main:
+            try:
+                runs.remove_stale_temporaries(path)  # a killed writer's (none if no folder)
+                if not resuming and path.exists() and any(path.iterdir()):
+                    if not overwrite:
+                        what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
+                        raise ConfigError(f"{path} already exists and is {what}; pick another "
+                                          "out folder, resume it, or overwrite it")
+                    for name in runs.RUN_FILES:
+                        (path / name).unlink(missing_ok=True)
+                config = {**config, "run": {**(config.get("run") or {}), "out": str(path)}}
                 try:
-                    self._prepare_run_dir(overwrite, resuming)
-                except ConfigError as e:
-                    error = str(e)
-            error = self.dist.from_main(error)
-            if error:
-                raise ConfigError(error)
-        if s.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+                    path.mkdir(parents=True, exist_ok=True)
+                    runs.write_config(path, config)
+                except OSError as e:
+                    raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); "
+                                      "choose a writable out folder") from None
+            except ConfigError as e:
+                error = str(e)
+        error = self.dist.from_main(error)
+        if error:
+            raise ConfigError(error)
 
-        # -- seeds, data on the device, the loss as a torch module, the optimizer ---------------
+    def _build(self) -> None:
+        """Seeds, the model and data on the device, the objective, the optimizer."""
+        s, vae, dev = self.s, self.vae, self.dev
         rank, world = self.dist.rank, self.dist.world
         pyro.set_rng_seed(s.seed + rank)  # each rank its own noise; the same shuffling on all
         self.shuffle = torch.Generator().manual_seed(s.seed)
         vae.to(dev).train()
         if world > 1 and s.sync_batchnorm:
             distributed.convert_sync_batchnorm(vae, dev)
-        memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-        vae.to(memory_format=memory_format)
+        self.memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+        vae.to(memory_format=self.memory_format)
         if s.compile:
             if dev.type == "cpu":
                 separate_compile_cache()
             vae.encoder.compile()
             vae.decoder.compile()
         lik = vae.likelihood
-        train_x = self.train_data.to(dev)
-        test_y = None
+        self.train_x = self.train_data.to(dev)
+        self.labels = self.train_labels.to(dev) if self.train_labels is not None else None
+        self.test_y = self.test_lab = None
         if self.test_data is not None:
-            fixed = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
-            test_y = lik.targets(to_unit(self.test_data), generator=fixed).to(dev)
-        self.show = test_y if test_y is not None else lik.targets(to_unit(train_x[:32]))
-        labels = self.train_labels.to(dev) if self.train_labels is not None else None
-        self.test_lab = self.test_labels.to(dev) if self.test_labels is not None else None
-        self.show_lab = self.test_lab if test_y is not None else (
-            labels[:32] if labels is not None else None)
-        base_beta = vae.beta
-        schedule = BetaSchedule.parse(s.beta_schedule, beta=base_beta)
+            self.test_y = test_observations(lik, self.test_data).to(dev)
+            self.test_lab = self.test_labels.to(dev) if self.test_labels is not None else None
+        # the pictures' images: test observations, else 32 training images
+        self.show = self.test_y if self.test_y is not None else lik.targets(to_unit(self.train_x[:32]))
+        self.show_lab = self.test_lab if self.test_y is not None else (
+            self.labels[:32] if self.labels is not None else None)
+        self.base_beta = vae.beta
+        self.schedule = BetaSchedule.parse(s.beta_schedule, beta=self.base_beta)
         with pyro.settings.context(module_local_params=True):
-            loss_fn = make_objective(vae, s.objective, iwae_samples=s.iwae_samples, gamma=s.gamma,
-                                     capacity=s.capacity, capacity_steps=s.capacity_steps,
-                                     free_bits=s.free_bits)
-        self.optimizer = torch.optim.Adam(loss_fn.parameters(), lr=s.lr)
+            self.loss_fn = make_objective(vae, s.objective, iwae_samples=s.iwae_samples,
+                                          gamma=s.gamma, capacity=s.capacity,
+                                          capacity_steps=s.capacity_steps, free_bits=s.free_bits)
+        self.optimizer = torch.optim.Adam(self.loss_fn.parameters(), lr=s.lr)
         # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
         # world size to give the gradient of the global batch's sum, as one process computes it.
-        train_fn = loss_fn
+        self.train_fn = self.loss_fn
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            train_fn = DistributedDataParallel(loss_fn, device_ids=[dev.index] if dev.type ==
-                                               "cuda" else None)
-        self.history: list[dict[str, float]] = []
-        start_epoch, start_step, total, skipped = 0, 0, 0.0, 0
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.history = list(state["history"])
-            start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
-            total, skipped = float(state.get("total", 0.0)), int(state.get("skipped", 0))
-            _set_rng_state(state["rng"], self.shuffle, dev, rank, world)
-            if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint
-                (self.run_path / runs.METRICS).unlink(missing_ok=True)
-                for row in self.history:
-                    runs.append_metrics(self.run_path, row)
-
-        n, bs = train_x.shape[0], s.batch_size
-        steps = n // bs + (1 if n % bs >= world else 0)  # a last batch too small to split: dropped
+            self.train_fn = DistributedDataParallel(
+                self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
+        n, bs = self.train_x.shape[0], s.batch_size
+        self.steps = n // bs + (1 if n % bs >= world else 0)  # a last batch too small to split: dropped
         # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
-        check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
-        with _stop_on_signals() as stop:
-            for epoch in range(start_epoch + 1, s.epochs + 1):
-                # -- one pass over the shuffled training data ---------------------------------
-                t0 = time.perf_counter()
-                vae.train()
-                shuffle_state = self.shuffle.get_state()
-                perm = torch.randperm(n, generator=self.shuffle).to(dev)
-                acc = torch.tensor(total, device=dev)
-                bar = tqdm(total=n, initial=min(start_step * bs, n), desc=f"epoch {epoch}/{s.epochs}",
-                           unit="img", unit_scale=True, leave=False, disable=not self.progress,
-                           dynamic_ncols=True)
-                with pyro.settings.context(module_local_params=True), bar:
-                    for step in range(start_step, steps):
-                        idx = perm[step * bs : (step + 1) * bs][rank::world]  # this rank's shard
-                        x = lik.targets(to_unit(train_x[idx]))
-                        x = x.contiguous(memory_format=memory_format)
-                        global_step = (epoch - 1) * steps + step
-                        if schedule.kind != "constant":
-                            vae.beta = schedule(global_step)
-                        if isinstance(loss_fn, Capacity):
-                            loss_fn.set_step(global_step)
-                        try:
-                            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=s.amp):
-                                loss = (train_fn(x) if labels is None else
-                                        train_fn(x, labels[idx]))
-                        except ValueError as e:  # validation of a distribution fed NaN
-                            if "invalid values" not in str(e):
-                                raise
-                            loss = torch.tensor(float("nan"), device=dev)
-                        if world > 1:  # every rank learns of a signal or a bad loss on any rank
-                            flags = torch.tensor([stop.signum, float(not torch.isfinite(loss))])
-                            stop.signum, bad = (int(v) for v in self.dist.all_max(flags).tolist())
-                            if bad:
-                                loss = loss * float("nan")
-                        if step % check_every == 0 and not torch.isfinite(loss):
-                            if not s.skip_nonfinite:
-                                raise TrainingError(_nonfinite_message(
-                                    vae, x, None if labels is None else labels[idx], epoch,
-                                    step + 1, s))
-                            skipped += 1
-                            bar.update(x.shape[0])
-                            continue
-                        self.optimizer.zero_grad(set_to_none=True)
-                        (loss * world if world > 1 else loss).backward()
-                        self.optimizer.step()
-                        acc += loss.detach()
-                        bar.update(x.shape[0] * world)
-                        if self.progress and step % 10 == 0:
-                            bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
-                        done = step + 1
-                        every = s.checkpoint_every and (epoch - 1) * steps + done
-                        if stop.signum or (every and every % s.checkpoint_every == 0
-                                           and done < steps):
-                            self._checkpoint(epoch - 1, done, self.dist.all_sum(acc.clone()).item(),
-                                             skipped, shuffle_state)
-                        if stop.signum:
-                            raise Interrupted(stop.signum, epoch, done, self.run_path)
-                train_loss = self.dist.all_sum(acc).item() / n
-                if not math.isfinite(train_loss):
-                    raise TrainingError(_nonfinite_message(
-                        vae, x, None if labels is None else labels[idx], epoch, None, s))
+        self.check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
 
-                # -- evaluate, then checkpoint and write the run folder -----------------------
-                row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
-                test = self._evaluate(test_y) if test_y is not None else {}
-                for key in ("neg_elbo", "recon", "kl"):
-                    row[f"test_{key}"] = test.get(key, float("nan"))
-                row["beta"] = vae.beta
-                row["skipped"] = skipped
-                row["seconds"] = time.perf_counter() - t0
-                self.history.append(row)
-                if self.run_path is not None:
-                    self._checkpoint(epoch, 0, 0.0, 0, self.shuffle.get_state())
-                    if self.dist.main:
-                        self._write_pictures()
-                if self.verbose:
-                    tqdm.write(
-                        f"epoch {epoch}/{s.epochs}  train loss {train_loss:.2f}  test -ELBO "
-                        f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
-                        + (f"  skipped {skipped} batches" if skipped else "")
-                    )
-                    sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
-                start_step, total, skipped = 0, 0.0, 0
-                if stop.signum:
-                    raise Interrupted(stop.signum, epoch, 0, self.run_path)
-        # Hand back the model as `vaekit.load` builds it, so both compute the same numbers.
-        vae.beta = base_beta
-        vae.to(memory_format=torch.contiguous_format).eval()
-        return FitResult(vae=vae, history=self.history, run_dir=self.run_path)
+    def _restore(self, position: Position | None,
+                 optimizer_state: dict[str, Any] | None) -> Position:
+        """The position to start from: a checkpoint's (optimizer and RNG too), or the start."""
+        if position is None:
+            return Position(rng={"shuffle": self.shuffle.get_state()})
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        _set_rng_state(position.rng, self.shuffle, self.dev, self.dist.rank, self.dist.world)
+        if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint
+            (self.run_path / runs.METRICS).unlink(missing_ok=True)
+            for row in position.history:
+                runs.append_metrics(self.run_path, row)
+        return position
 
-    def _evaluate(self, test_y: torch.Tensor) -> dict[str, float]:
+    # -- one epoch --------------------------------------------------------------------------------
+    def _train_epoch(self, pos: Position) -> None:
+        """One pass over the shuffled training data, from ``pos.step``; moves ``pos`` along."""
+        s, vae, dev, lik = self.s, self.vae, self.dev, self.vae.likelihood
+        rank, world, bs = self.dist.rank, self.dist.world, s.batch_size
+        epoch = pos.epoch + 1
+        self.t0 = time.perf_counter()
+        vae.train()
+        pos.rng["shuffle"] = self.shuffle.get_state()  # this epoch's order, for a resume in it
+        n = self.train_x.shape[0]
+        perm = torch.randperm(n, generator=self.shuffle).to(dev)
+        acc = torch.tensor(pos.total if self.dist.main else 0.0, device=dev)  # summed over ranks
+        x, y = self.train_x[:0], None  # for the message if a resumed epoch has no step left
+        bar = tqdm(total=n, initial=min(pos.step * bs, n), desc=f"epoch {epoch}/{s.epochs}",
+                   unit="img", unit_scale=True, leave=False, disable=not self.progress,
+                   dynamic_ncols=True)
+        with pyro.settings.context(module_local_params=True), bar:
+            for step in range(pos.step, self.steps):
+                idx = perm[step * bs : (step + 1) * bs][rank::world]  # this rank's shard
+                x = lik.targets(to_unit(self.train_x[idx])).contiguous(
+                    memory_format=self.memory_format)
+                y = None if self.labels is None else self.labels[idx]
+                global_step = pos.epoch * self.steps + step
+                if self.schedule.kind != "constant":
+                    vae.beta = self.schedule(global_step)
+                if isinstance(self.loss_fn, Capacity):
+                    self.loss_fn.set_step(global_step)
+                loss = self._loss(x, y)
+                if step % self.check_every == 0 and not torch.isfinite(loss):
+                    if not s.skip_nonfinite:
+                        raise TrainingError(_nonfinite_message(vae, x, y, epoch, step + 1, s,
+                                                               self.saved))
+                    pos.skipped += 1
+                    bar.update(x.shape[0])
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                (loss * world if world > 1 else loss).backward()
+                self.optimizer.step()
+                acc += loss.detach()
+                bar.update(x.shape[0] * world)
+                if self.progress and step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
+                pos.step = step + 1
+                done = pos.epoch * self.steps + pos.step
+                every = s.checkpoint_every and done % s.checkpoint_every == 0
+                if self.stop.signum or (every and pos.step < self.steps):
+                    pos.total = self.dist.all_sum(acc.clone()).item()
+                    self._checkpoint(pos)
+                if self.stop.signum:
+                    raise Interrupted(self.stop.signum, epoch, pos.step, self.run_path)
+        self.train_loss = self.dist.all_sum(acc).item() / n
+        if not math.isfinite(self.train_loss):
+            raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self.saved))
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The objective on this rank's batch; NaN on every rank if it is NaN on any."""
+        dev = self.dev
+        try:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.s.amp):
+                loss = self.train_fn(x) if y is None else self.train_fn(x, y)
+        except ValueError as e:  # validation of a distribution fed NaN
+            if "invalid values" not in str(e):
+                raise
+            loss = torch.tensor(float("nan"), device=dev)
+        if self.dist.world > 1:  # every rank learns of a signal or a bad loss on any rank
+            flags = torch.tensor([self.stop.signum, float(not torch.isfinite(loss))])
+            self.stop.signum, bad = (int(v) for v in self.dist.all_max(flags).tolist())
+            if bad:
+                loss = loss * float("nan")
+        return loss
+
+    def _end_epoch(self, pos: Position) -> None:
+        """Evaluate, then checkpoint, write metrics.csv and the pictures, and print the line."""
+        epoch = pos.epoch + 1
+        row: dict[str, float] = {"epoch": epoch, "train_loss": self.train_loss}
+        test = self._evaluate() if self.test_y is not None else {}
+        for key in ("neg_elbo", "recon", "kl"):
+            row[f"test_{key}"] = test.get(key, float("nan"))
+        row["beta"] = self.vae.beta
+        row["skipped"] = pos.skipped
+        row["seconds"] = time.perf_counter() - self.t0
+        pos.history.append(row)
+        pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
+        self._checkpoint(pos, row)
+        if self.run_path is not None and self.dist.main:
+            self._write_pictures(pos.history)
+        if self.verbose:
+            tqdm.write(
+                f"epoch {epoch}/{self.s.epochs}  train loss {self.train_loss:.2f}  test -ELBO "
+                f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
+                + (f"  skipped {row['skipped']} batches" if row["skipped"] else "")
+            )
+            sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
+        if self.stop.signum:
+            raise Interrupted(self.stop.signum, epoch, 0, self.run_path)
+
+    def _evaluate(self) -> dict[str, float]:
         """Test -ELBO and its parts, each rank on its shard of the test set, summed over ranks."""
-        shard = test_y[self.dist.rank :: self.dist.world]
-        lab = None if self.test_lab is None else self.test_lab[self.dist.rank :: self.dist.world]
+        assert self.test_y is not None
+        rank, world = self.dist.rank, self.dist.world
+        shard = self.test_y[rank::world]
+        lab = None if self.test_lab is None else self.test_lab[rank::world]
         m = evaluate_elbo(self.vae, shard, self.s.batch_size, lab)
         sums = torch.tensor([m["recon"] * len(shard), m["kl"] * len(shard)], dtype=torch.float64)
-        recon, kl = (self.dist.all_sum(sums) / len(test_y)).tolist()
+        recon, kl = (self.dist.all_sum(sums) / len(self.test_y)).tolist()
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
+    def _finish(self, pos: Position) -> FitResult:
+        """Hand back the model as `vaekit.load` builds it, so both compute the same numbers."""
+        self.vae.beta = self.base_beta
+        self.vae.to(memory_format=torch.contiguous_format).eval()
+        return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path)
+
     # -- saving ---------------------------------------------------------------------------------
-    def _checkpoint(self, epoch: int, step: int, total: float, skipped: int,
-                    shuffle_state: torch.Tensor) -> None:
-        """Save where training is: ``epoch`` epochs done plus ``step`` steps of the next one."""
+    def _checkpoint(self, pos: Position, row: dict[str, float] | None = None) -> None:
+        """Save ``pos`` with the weights and optimizer (and ``row`` into metrics.csv)."""
         if self.run_path is None:
             return
         own = {"torch": torch.get_rng_state()}
@@ -526,29 +528,29 @@ class _Trainer:
         ranks = self.dist.gather(own)  # every rank's random state, for an exact resume
         if not self.dist.main:
             return
-        rng = {**ranks[0], "shuffle": shuffle_state, "ranks": ranks}
+        shuffle = self.shuffle.get_state() if pos.step == 0 else pos.rng["shuffle"]
+        pos.rng = {**ranks[0], "shuffle": shuffle, "ranks": ranks}
         try:
             runs.save_checkpoint(self.run_path, {
                 "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": epoch, "step": step, "total": total, "skipped": skipped,
-                "history": self.history, "rng": rng,
-            })
-            if step == 0:
-                runs.append_metrics(self.run_path, self.history[-1])
+                **dataclasses.asdict(pos)})
+            if row is not None:
+                runs.append_metrics(self.run_path, row)
+            self.saved = (f"The checkpoint after {pos.epoch} epochs and {pos.step} steps is kept "
+                          f"in {self.run_path}" if pos.epoch or pos.step else
+                          f"The initial weights are kept in {self.run_path}")
         except OSError as e:
             raise CheckpointError(f"could not write the checkpoint in {self.run_path} "
-                                  f"({e.strerror or e}); free space, then --resume") from None
+                                  f"({e.strerror or e}); free space, then resume") from None
 
-    def _write_pictures(self) -> None:
-        from vaekit import plots
-
+    def _write_pictures(self, history: list[dict[str, float]]) -> None:
         assert self.run_path is not None
         k = self.vae.num_classes
-        plots.save_samples(self.vae, self.run_path / "samples.png",
+        plots.save_samples(self.vae, self.run_path / runs.SAMPLES,
                            labels=torch.arange(64) % k if k else None)
-        plots.save_reconstructions(self.vae, self.show[:32], self.run_path / "reconstructions.png",
+        plots.save_reconstructions(self.vae, self.show[:32], self.run_path / runs.RECONSTRUCTIONS,
                                    labels=None if self.show_lab is None else self.show_lab[:32])
-        plots.save_loss_curve(self.history, self.run_path / "loss.png")
+        plots.save_loss_curve(history, self.run_path / runs.LOSS)
 
 
 def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
@@ -569,11 +571,14 @@ def _check_labels(vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, what: 
 
 
 def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch: int,
-                       step: int | None, s: TrainSettings) -> str:
-    """Name where the loss stopped being finite, which term did it, and what to try."""
+                       step: int | None, s: TrainSettings, saved: str | None) -> str:
+    """Name where the loss stopped being finite, which term did it, and what to try.
+
+    ``saved`` says which checkpoint is kept (None: no run folder, nothing saved).
+    """
     where = f"epoch {epoch}" + (f", step {step}" if step else "")
     site = "the parameters (a previous update)"
-    if all(torch.isfinite(p).all() for p in vae.parameters()):
+    if x.shape[0] and all(torch.isfinite(p).all() for p in vae.parameters()):
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
             args = (x,) if y is None else (x, y)
             guide_tr = poutine.trace(vae.guide).get_trace(*args)
@@ -588,8 +593,28 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch:
         else:
             site = "a term that was finite when recomputed (a transient fault)"
     return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
-            f"(now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or pass "
-            "--skip-nonfinite. The last good checkpoint is kept")
+            f"(lr, now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or skip such "
+            "batches (skip_nonfinite)" + (f". {saved}" if saved else ""))
+
+
+class _deterministic:
+    """Context manager: ``torch.use_deterministic_algorithms`` for the block, then as it was."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.before = (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled(),
+                       torch.backends.cudnn.benchmark)
+        if self.on:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+    def __exit__(self, *exc: Any) -> None:
+        enabled, warn_only, benchmark = self.before
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 class _StopFlag:
@@ -628,9 +653,3 @@ def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator, dev: torch.d
     torch.set_rng_state(own["torch"])
     if dev.type == "cuda" and "cuda" in own:
         torch.cuda.set_rng_state(own["cuda"], dev)
-
-
-def _version() -> str:
-    from vaekit import __version__
-
-    return __version__

@@ -16,7 +16,7 @@ from torch.distributions import MultivariateNormal
 import vaekit
 from vaekit.cli import cli
 from vaekit.errors import ConfigError, DataError
-from vaekit.evaluate import (
+from vaekit.evaluation import (
     Evaluation,
     active_units,
     bits_per_dim,

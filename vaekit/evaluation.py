@@ -14,6 +14,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
+from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError, DataError
 from vaekit.model import VAE
 
@@ -24,6 +25,7 @@ __all__ = [
     "evaluate",
     "Evaluation",
     "active_units",
+    "kl_per_dim",
     "bits_per_dim",
     "ACTIVE_UNIT_THRESHOLD",
 ]
@@ -66,18 +68,14 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024,
     Returns:
         ``{"neg_elbo", "recon", "kl"}`` in nats per image.
     """
-    was_training = vae.training
-    vae.eval()
-    try:
-        recon = x.new_zeros(())
-        kl = x.new_zeros(())
+    recon = x.new_zeros(())
+    kl = x.new_zeros(())
+    with eval_mode(vae):
         for i in range(0, x.shape[0], batch_size):
             r, k = elbo_terms(vae, x[i : i + batch_size],
                               None if y is None else y[i : i + batch_size])
             recon += r.sum()
             kl += k.sum()
-    finally:
-        vae.train(was_training)
     n = x.shape[0]
     recon_f, kl_f = recon.item() / n, kl.item() / n
     return {"neg_elbo": recon_f + kl_f, "recon": recon_f, "kl": kl_f}
@@ -118,11 +116,9 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
     k = num_samples
     out: dict[str, list[torch.Tensor]] = {f: [] for f in ("iwae", "recon", "kl", "kld", "loc")}
     discrete = False
-    was_training = vae.training
-    vae.eval()
     bar = tqdm(total=x.shape[0], desc=f"IWAE K={k}", unit="img", leave=False, disable=not progress,
                dynamic_ncols=True)
-    try:
+    with eval_mode(vae), bar:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size].to(dev)
             yb = None if y is None else y[i : i + batch_size].to(dev)
@@ -151,9 +147,6 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
             out["kld"].append(kld)
             out["loc"].append(z_loc)
             bar.update(b)
-    finally:
-        bar.close()
-        vae.train(was_training)
     cat = {f: torch.cat(v) for f, v in out.items()}
     return _PerImage(cat["iwae"], cat["recon"], cat["kl"], cat["kld"], cat["loc"], discrete)
 
@@ -195,6 +188,33 @@ def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: i
     """
     return _importance_pass(vae, x, num_samples, batch_size, chunk_size, seed,
                             progress, y).neg_log_px
+
+
+@torch.no_grad()
+def kl_per_dim(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
+               y: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over images of ``KL(q(z_d|x) || p(z_d))`` for each latent dimension, on the CPU.
+
+    Analytic, for the diagonal Normal q(z|x) and the standard Normal p(z), in eval mode.
+
+    Args:
+        vae: The model.
+        x: Observations ``[N, C, H, W]``.
+        batch_size: Images encoded at once.
+        y: Labels ``[N]``, for a conditional VAE.
+
+    Returns:
+        A tensor ``[z_dim]`` in nats (its sum is the mean KL per image).
+    """
+    total = torch.zeros(vae.z_dim, dtype=torch.float64)
+    with eval_mode(vae):
+        for i in range(0, x.shape[0], batch_size):
+            loc, scale = vae.qz(x[i : i + batch_size].to(vae.device),
+                                None if y is None else y[i : i + batch_size].to(vae.device))
+            q = Normal(loc, scale)
+            p = Normal(torch.zeros_like(loc), torch.ones_like(scale))
+            total += kl_divergence(q, p).sum(0).double().cpu()
+    return (total / x.shape[0]).float()
 
 
 def active_units(z_loc: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

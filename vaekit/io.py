@@ -1,0 +1,62 @@
+"""Files written whole or not at all: `atomic_write` and the clean-up of what a killed writer left.
+
+    atomic_write("runs/a/config.json", lambda f: f.write(text.encode()))
+    remove_stale_temporaries("runs/a")   # before a resumed run writes into its folder
+
+The data goes to a temporary file in the same folder, is flushed to disk and renamed over the
+target, so a process killed at any moment leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write", "remove_stale_temporaries"]
+
+_TMP_SUFFIX = ".vaekit.tmp"  # marks atomic_write's temporaries, so that only they are cleaned up
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, fsync it and rename it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries of writes that a killed process never finished.
+
+    `atomic_write` names them ``.<file>.<random>.vaekit.tmp``; the complete file beside each is
+    untouched, and no other file matches.
+    Call it only while no other process writes into ``run_dir``.
+
+    Returns:
+        The paths removed.
+    """
+    stale = list(Path(run_dir).glob(f".*{_TMP_SUFFIX}"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

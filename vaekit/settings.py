@@ -1,0 +1,346 @@
+"""Every setting of a run, declared once: a typed dataclass field with its default, help and checks.
+
+    spec = ModelSpec(z_dim=16, likelihood="gaussian", scale=0.05)
+    train = TrainSettings(epochs=20, lr=1e-3)
+    train = dataclasses.replace(train, batch_size=128)     # settings are frozen values
+    sections = read_settings("runs/mnist/config.json")   # a saved run's settings, checked
+
+Four classes, one per part of a run: `ModelSpec` (what model to build), `DataSpec` (which images),
+`TrainSettings` (how to fit it) and `RunOptions` (where the run goes and how it is shown). The
+command line's ``vaekit fit`` options, ``config.json`` (``dataclasses.asdict``), ``vaekit fit
+--config FILE``, `vaekit.fit` and resume are all derived from these fields: each field's
+``metadata`` holds its help text, command-line flag, choices and bounds, and ``__post_init__``
+checks every value, naming the field (as Python spells it) in a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import ConfigError
+
+__all__ = [
+    "ModelSpec",
+    "DataSpec",
+    "TrainSettings",
+    "RunOptions",
+    "SECTIONS",
+    "setting",
+    "check_fields",
+    "field_type",
+    "from_mapping",
+    "read_settings",
+    "replace",
+    "parse_beta_schedule",
+]
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
+            choices: tuple[str, ...] | None = None, min: float | None = None,
+            max: float | None = None, min_open: bool = False, negatable: bool = False,
+            shown_default: str | None = None) -> Any:
+    """A dataclass field with the metadata the command line and the checks are derived from.
+
+    Args:
+        default: The default value.
+        help: One or two sentences for ``--help`` and the docs.
+        flag: The command-line flag, if not ``--`` + the field name with dashes.
+        group: Heading of the option in ``vaekit fit --help`` (default: the class's).
+        choices: The allowed values of a string setting.
+        min: Smallest allowed value of a number.
+        max: Largest allowed value of a number.
+        min_open: ``min`` itself is not allowed.
+        negatable: A boolean shown as ``--flag/--no-flag`` (else a plain on-switch).
+        shown_default: What ``--help`` says the default is, when it depends on other settings.
+    """
+    meta = {"help": help, "flag": flag, "group": group, "choices": choices, "min": min,
+            "max": max, "min_open": min_open, "negatable": negatable,
+            "shown_default": shown_default}
+    return field(default=default, metadata=meta)
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """``(type, optional)`` of an annotation such as ``int``, ``int | None`` or ``str | None``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def field_type(cls: type, name: str) -> tuple[type, bool]:
+    """``(type, optional)`` of a settings field: ``(int, True)`` for ``int | None``."""
+    return _base_type(typing.get_type_hints(cls)[name])
+
+
+def _type_name(tp: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of a settings dataclass against its type and metadata.
+
+    Raises:
+        ConfigError: naming the first field whose value is not allowed.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        tp, optional = _base_type(hints[f.name])
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{f.name} must be {_type_name(tp)}, got None")
+        ok = (isinstance(value, bool) if tp is bool else
+              isinstance(value, int) and not isinstance(value, bool) if tp is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+              isinstance(value, tp))
+        if not ok:
+            raise ConfigError(f"{f.name} must be {_type_name(tp)}, got {value!r}")
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+        m = f.metadata
+        if m.get("choices") and value not in m["choices"]:
+            raise ConfigError(f"{f.name} must be one of {', '.join(m['choices'])}; got {value!r}")
+        lo, hi = m.get("min"), m.get("max")
+        if lo is not None and (value < lo or (m.get("min_open") and value == lo)):
+            raise ConfigError(f"{f.name} must be {'>' if m.get('min_open') else '>='} {lo:g}, "
+                              f"got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{f.name} must be <= {hi:g}, got {value!r}")
+
+
+def parse_beta_schedule(spec: str) -> tuple[str, int, float]:
+    """``(kind, steps, ratio)`` of ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``.
+
+    Raises:
+        ConfigError: for anything else.
+    """
+    kind, *args = spec.split(":")
+    try:
+        if kind == "constant" and not args:
+            return "constant", 0, 0.5
+        if kind == "linear" and len(args) == 1 and int(args[0]) >= 0:
+            return "linear", int(args[0]), 0.5
+        if kind == "cyclical" and len(args) in (1, 2):
+            ratio = float(args[1]) if len(args) == 2 else 0.5
+            if int(args[0]) >= 1 and 0 < ratio <= 1:
+                return "cyclical", int(args[0]), ratio
+    except ValueError:
+        pass
+    raise ConfigError(f"bad beta schedule {spec!r} (beta_schedule); use constant, linear:STEPS or "
+                      "cyclical:STEPS[:RATIO] (e.g. cyclical:2000:0.5)")
+
+
+# -- the four sections of a run -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """What model to build: the latent space, p(x|z) and its options, β, the networks.
+
+    `vaekit.VAE.from_spec` builds it for a data set's image shape and labels.
+    """
+
+    likelihood: str = setting(
+        "bernoulli", "p(x|z): bernoulli, continuous-bernoulli, gaussian, laplace, "
+        "discretized-logistic or one you registered.")
+    binarize: bool | None = setting(
+        None, "Bernoulli only: binarize grayscale images each batch (default), or train on "
+        "grayscale targets like the seed notebook's BCE (not a proper likelihood).",
+        negatable=True)
+    scale: float | None = setting(
+        None, "Gaussian, Laplace, discretized-logistic: observation scale (initial value if "
+        "learned).", min=0, min_open=True, shown_default="0.1; discretized-logistic 0.05")
+    learn_scale: bool | None = setting(
+        None, "Gaussian, Laplace, discretized-logistic: learn one global scale.")
+    scale_mode: str | None = setting(
+        None, "Gaussian, Laplace, discretized-logistic: a fixed scale, one learned, one per "
+        "channel, or one per pixel predicted by the decoder.",
+        choices=("fixed", "global", "channel", "pixel"),
+        shown_default="fixed; discretized-logistic pixel")
+    beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0)
+    z_dim: int = setting(32, "Latent dimension.", min=1)
+    conditional: bool = setting(
+        False, "A conditional VAE on the data set's labels: p(x|z,y), q(z|x,y).")
+    encoder: str | None = setting(
+        None, "Your own encoder, package.module:Class, built as Class(image_shape, z_dim).")
+    decoder: str | None = setting(
+        None, "Your own decoder, package.module:Class, built as "
+        "Class(image_shape, z_dim, out_channels).")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def likelihood_options(self) -> dict[str, Any]:
+        """The likelihood's keyword arguments that were set (the others keep its defaults)."""
+        return {k: v for k, v in (("binarize", self.binarize), ("scale", self.scale),
+                                  ("learn_scale", self.learn_scale),
+                                  ("scale_mode", self.scale_mode)) if v is not None}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images: the data set, where it lives, its size and how much of it."""
+
+    dataset: str = setting(
+        "mnist", "mnist, fashion-mnist, cifar10 (torchvision) or folder:PATH (any images; one "
+        "sub-folder per class, or none).", flag="--data")
+    root: str | None = setting(
+        None, "Folder with the data sets (MNIST/raw/*-ubyte ...).", flag="--data-root",
+        shown_default="$VAEKIT_DATA, else ~/.cache/vaekit/data")
+    download: bool = setting(True, "Download the data set with torchvision when it is missing.",
+                             negatable=True)
+    image_size: int | None = setting(None, "Resize the images to this size (28, 32 or 64 fit "
+                                     "the default networks).", min=1,
+                                     shown_default="the data set's own; folders: 32")
+    channels: int | None = setting(None, "Convert to grayscale (1) or RGB (3).", min=1, max=3,
+                                   shown_default="the data set's own")
+    limit_train: int | None = setting(None, "Use only the first N training images (smoke runs).",
+                                      min=1)
+    limit_test: int | None = setting(None, "Use only the first N test images.", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to fit: epochs, batch, optimizer, objective, seed, device, checkpoints, precision."""
+
+    epochs: int = setting(10, "Passes over the training data (with --resume: the new total).",
+                          min=1)
+    batch_size: int = setting(1024, "Images per step.", min=1)
+    lr: float = setting(2e-3, "Adam learning rate.", min=0, min_open=True)
+    objective: str = setting("elbo", "Training objective; the test -ELBO is reported whatever "
+                             "it is.", choices=("elbo", "iwae", "capacity", "free-bits"))
+    beta_schedule: str = setting("constant", "β over steps: constant, linear:STEPS (warm-up) "
+                                 "or cyclical:STEPS[:RATIO].")
+    iwae_samples: int = setting(5, "K for the iwae objective.", min=1)
+    gamma: float = setting(1000.0, "γ of the capacity objective: γ|KL - C|.", min=0)
+    capacity: float = setting(25.0, "Final C in nats per image of the capacity objective.",
+                              min=0)
+    capacity_steps: int = setting(10000, "Steps over which C rises linearly from 0.", min=0)
+    free_bits: float = setting(0.5, "λ in nats per latent dimension of the free-bits "
+                               "objective.", min=0)
+    seed: int = setting(0, "Seeds Pyro, torch, the shuffling and the initial weights.")
+    device: str = setting("auto", "Where to train; auto picks CUDA when there is a GPU.",
+                          choices=("auto", "cpu", "cuda"))
+    checkpoint_every: int = setting(0, "Also checkpoint every N steps (0: at the end of each "
+                                    "epoch only).", min=0)
+    skip_nonfinite: bool = setting(False, "Skip batches whose loss is NaN/inf (counted in "
+                                   "metrics.csv) instead of stopping.")
+    deterministic: bool = setting(False, "Use deterministic torch algorithms (for GPUs; CPU runs "
+                                  "already repeat).")
+    channels_last: bool = setting(True, "Channels-last memory format for the networks (faster "
+                                  "convolutions).", negatable=True)
+    compile: bool = setting(False, "torch.compile the encoder and decoder (worth it on GPUs).")
+    amp: bool = setting(False, "Mixed precision: bfloat16 autocast for the networks.")
+    sync_batchnorm: bool = setting(False, "With several processes: BatchNorm statistics of the "
+                                   "global batch.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        parse_beta_schedule(self.beta_schedule)
+        if self.beta_schedule != "constant" and self.objective != "elbo":
+            raise ConfigError("beta_schedule only applies to the elbo objective")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the run goes and how it is shown; not needed to repeat its numbers."""
+
+    out: str | None = setting(None, "Run folder.", group="Run folder",
+                              shown_default="runs/<timestamp>")
+    overwrite: bool = setting(False, "Write into an --out folder that already has files.")
+    nproc: int = setting(1, "Train data-parallel in N processes on this machine (runs "
+                         "torchrun); --batch-size stays the global batch.", min=1)
+    progress: bool = setting(True, "Show a progress bar (the per-epoch lines are printed "
+                             "either way).", negatable=True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": TrainSettings,
+                             "run": RunOptions}
+"""The sections of ``config.json`` and of a ``--config`` file, and their classes."""
+
+_RECORDED = ("vaekit_version", "vae", "data_info")
+"""Keys of a run's ``config.json`` that are facts about the run, not settings."""
+
+
+def from_mapping(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+    """``cls(**values)``, with a one-line `ConfigError` naming an unknown or bad key.
+
+    Args:
+        cls: A settings class.
+        values: Field values (others keep their defaults).
+        where: Prefix for the key in messages (e.g. ``"config.json: train."``).
+    """
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}{key} is not a setting; {cls.__name__} has: "
+                              f"{', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+
+
+def read_settings(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The settings in a JSON or TOML file (a run's ``config.json``, or one written by hand).
+
+    The file has up to four sections, ``model``, ``data``, ``train`` and ``run``, each a table
+    of that class's fields; a run's recorded facts (``vaekit_version``, ``vae``, ``data_info``)
+    are ignored. Every value is checked by building the section's class.
+
+    Returns:
+        ``{section: {field: value}}`` as given in the file (checked, not filled with defaults).
+
+    Raises:
+        ConfigError: for a missing or unreadable file, an unknown section or key, or a bad value.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no settings file {path}") from None
+    except ModuleNotFoundError:
+        raise ConfigError(f"{path}: reading TOML needs Python 3.11; use a JSON file") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, TOMLDecodeError
+        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'} "
+                          f"({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table of sections: {', '.join(SECTIONS)}")
+    out: dict[str, dict[str, Any]] = {}
+    for key, values in data.items():
+        if key in _RECORDED:
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section {key!r}; use {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {key!r} must be a table of settings")
+        from_mapping(SECTIONS[key], values, f"{path}: {key}.")
+        out[key] = dict(values)
+    return out
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """`dataclasses.replace` with a one-line error naming an unknown setting."""
+    return from_mapping(type(obj), {**dataclasses.asdict(obj), **changes})
