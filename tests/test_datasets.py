@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
+from click.testing import CliRunner
 from PIL import Image
 
+from vaekit import runs
+from vaekit.cli import cli
 from vaekit.data import load_dataset, load_mnist
 from vaekit.errors import ConfigError, DataError
 
@@ -171,3 +174,29 @@ def test_mnist_through_load_dataset(mnist_root):
     x, _ = load_dataset("mnist", mnist_root, train=False, download=False, limit=8, size=32,
                         channels=3)
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.uint8
+
+
+def test_cli_folder_data_and_new_likelihoods(monkeypatch, mnist_root, tmp_path):
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(16):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (36, 36, 3), dtype=np.uint8)
+                        ).save(folder / f"{i}.png")
+    base = ["fit", "--epochs", "1", "--batch-size", "8", "--z-dim", "2", "--no-progress",
+            "--device", "cpu", "--no-download"]
+    r = CliRunner().invoke(cli, [*base, "--data", f"folder:{folder}", "--image-size", "32",
+                                 "--likelihood", "gaussian", "--scale-mode", "pixel",
+                                 "--out", "f"])
+    assert r.exit_code == 0, r.output
+    cfg = runs.read_config("f")
+    assert cfg["vae"]["image_shape"] == [3, 32, 32] and cfg["data"]["image_size"] == 32
+    r = CliRunner().invoke(cli, ["evaluate", "f", "--num-samples", "3", "--device", "cpu",
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for lik in ("continuous-bernoulli", "discretized-logistic", "laplace"):
+        r = CliRunner().invoke(cli, [*base, "--limit-train", "64", "--limit-test", "32",
+                                     "--likelihood", lik, "--out", lik])
+        assert r.exit_code == 0, r.output
+        assert runs.read_config(lik)["vae"]["likelihood"]["name"] == lik

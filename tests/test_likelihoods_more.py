@@ -283,3 +283,8 @@ def test_new_likelihood_trains_and_round_trips(name, kwargs, mnist_small):
     assert vae.config()["likelihood"]["name"] == name
     pictures = vae.sample(4, generator=torch.Generator().manual_seed(0))
     assert pictures.shape == (4, 1, 28, 28) and 0 <= pictures.min() and pictures.max() <= 1
+    ev = vaekit.evaluate(vae, x_obs[:16], num_samples=4)  # nats to bits/dim by the likelihood's kind
+    if vae.likelihood.kind == "discrete":
+        assert ev.bits_per_dim == pytest.approx(ev.neg_log_px / (784 * math.log(2)))
+    else:
+        assert ev.bits_per_dim == pytest.approx((ev.neg_log_px / 784 + math.log(255)) / math.log(2))

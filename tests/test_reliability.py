@@ -26,7 +26,7 @@ def _vaekit(args, env, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def env(mnist_root):
     return {**os.environ, "VAEKIT_DATA": str(mnist_root), "PYTHONHASHSEED": "0"}
 
@@ -35,9 +35,10 @@ def _metrics(run):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run)]
 
 
-@pytest.fixture
-def reference(env, tmp_path):
-    """Metrics, weights and wall time of an uninterrupted run."""
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    """Metrics, weights and wall time of an uninterrupted run (one for the module's tests)."""
+    tmp_path = tmp_path_factory.mktemp("reference")
     t0 = time.perf_counter()
     p = _vaekit(["--out", str(tmp_path / "ref"), *FIT], env)
     out, err = p.communicate(timeout=300)

@@ -5,9 +5,7 @@
     result = vaekit.fit(vae, train_x, test_x, vaekit.TrainSettings(epochs=10), device="auto")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from vaekit import likelihoods
+from vaekit import likelihoods, runs
 from vaekit.data import load_mnist
 from vaekit.errors import CheckpointError, ConfigError, DataError, TrainingError, VaekitError
 from vaekit.evaluation import Evaluation, elbo_terms, evaluate, evaluate_elbo, iwae_bound
@@ -18,10 +16,7 @@ from vaekit.runs import load
 from vaekit.settings import DataSpec, ModelSpec, RunOptions, TrainSettings
 from vaekit.train import FitResult, fit, resume
 
-try:
-    __version__ = version("vaekit")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0"
+__version__ = runs.package_version()
 
 __all__ = [
     "VAE", "Model", "Guide", "Encoder", "Decoder",

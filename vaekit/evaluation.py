@@ -304,7 +304,7 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
     Args:
         vae: The model; evaluated in eval mode, its previous mode restored.
         x_obs: Observations ``[N, C, H, W]``, made as in training (e.g. test images binarized
-            with `vaekit.train.TEST_BINARIZATION_SEED`).
+            with `vaekit.likelihoods.TEST_BINARIZATION_SEED`).
         num_samples: K, importance samples per image.
         batch_size: Images encoded at once.
         chunk_size: Most latents decoded at once (memory bound).

@@ -31,6 +31,7 @@ __all__ = [
     "EVALUATION",
     "RUN_FILES",
     "make_config",
+    "package_version",
     "vae_config",
     "run_data_spec",
     "load_test_set",
@@ -125,6 +126,16 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def package_version() -> str:
+    """The installed vaekit's version (``0.0.0`` when running from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vaekit")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 def make_config(vae: VAE, train: TrainSettings, model: ModelSpec | None = None,  # noqa: F821
                 data: DataSpec | None = None, run: RunOptions | None = None,  # noqa: F821
                 data_info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -137,9 +148,7 @@ def make_config(vae: VAE, train: TrainSettings, model: ModelSpec | None = None, 
     """
     from dataclasses import asdict
 
-    from vaekit import __version__
-
-    return {"vaekit_version": __version__, "model": asdict(model or vae.spec()),
+    return {"vaekit_version": package_version(), "model": asdict(model or vae.spec()),
             "data": asdict(data) if data is not None else None, "train": asdict(train),
             "run": asdict(run) if run is not None else None, "vae": vae.config(),
             "data_info": data_info or {}}
