@@ -5,12 +5,13 @@
 An encoder maps images [B, C, H, W] to (z_loc, z_scale), each [B, z_dim]; a decoder maps
 z [..., z_dim] to the likelihood's parameters [..., C, H, W]. vaekit checks both shapes when the
 VAE is built. Given as "package.module:Class" strings (or as classes), they are recorded in
-config.json so that `vaekit.load` can rebuild the model in any program that can import them. The
-same from the command line, with this folder on the Python path:
+config.json so that `vaekit.load` can rebuild the model in any program that imports them (or
+that trusts the run: `trust_plugins=True`, `--trust-plugins`; a run folder never imports code on
+its own). The same from the command line, with this folder on the Python path:
 
     PYTHONPATH=examples vaekit fit --encoder custom_networks:MLPEncoder \
         --decoder custom_networks:MLPDecoder --z-dim 16 --out runs/mlp
-    PYTHONPATH=examples vaekit sample runs/mlp
+    PYTHONPATH=examples vaekit sample runs/mlp --trust-plugins
 """
 
 import argparse

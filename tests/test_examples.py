@@ -49,6 +49,6 @@ def test_example_runs(case, tmp_path, mnist_root):
     for f in files:
         assert (tmp_path / f).is_file(), f
     if name == "custom_networks.py":  # the model rebuilds outside the example, as its docstring says
-        _run(["-m", "vaekit", "sample", "runs/custom_networks"], tmp_path,
+        _run(["-m", "vaekit", "sample", "runs/custom_networks", "--trust-plugins"], tmp_path,
              {**env, "PYTHONPATH": str(EXAMPLES)})
         assert (tmp_path / "runs/custom_networks/sample.png").is_file()

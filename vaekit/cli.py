@@ -59,6 +59,11 @@ def cli() -> None:
     """vaekit: variational autoencoders written as Pyro programs."""
 
 
+_TRUST_HELP = ("Import the modules that the run names (its own networks or likelihood). A run "
+               "folder with plug-ins is code: without this, only modules already imported are "
+               "used.")
+
+
 # -- vaekit fit: its options are generated from the settings classes ------------------------------
 _SECTION_TITLES = {"model": "Model", "data": "Data", "train": "Training", "run": "Run"}
 
@@ -139,9 +144,11 @@ def _settings_options(f: Any) -> Any:
               default=None, help="Continue this run folder from its last checkpoint (its "
               "settings come from its config.json; --epochs, --device, --data-root, "
               "--download, --progress and --nproc may be given).")
+@click.option("--trust-plugins", is_flag=True, default=False, help=_TRUST_HELP.replace(
+    "the run names", "the resumed run or the --config file names"))
 @click.pass_context
 def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
-        **values: Any) -> None:
+        trust_plugins: bool, **values: Any) -> None:
     """Fit a VAE with SVI and write a run folder.
 
     The run folder holds config.json, checkpoint.pt, metrics.csv (one row per epoch),
@@ -185,7 +192,8 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
                                 download=given["data"].get("download"),
                                 progress=given["run"].get("progress", True),
                                 epochs=given["train"].get("epochs"),
-                                device=given["train"].get("device"))
+                                device=given["train"].get("device"),
+                                trust_plugins=trust_plugins)
         else:
             from vaekit.train import fit_settings
 
@@ -200,7 +208,11 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
                 run = replace(run, out=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
             if _is_main_rank():
                 click.echo(f"run folder: {run.out}")
-            result = fit_settings(specs["model"], specs["data"], specs["train"], run)
+            # networks named by a file are its code; those named here, the user's own request
+            named_by_file = any(k in from_file.get("model", {}) and k not in given["model"]
+                                for k in ("encoder", "decoder"))
+            result = fit_settings(specs["model"], specs["data"], specs["train"], run,
+                                  trust_plugins=trust_plugins or not named_by_file)
     except Interrupted as e:
         _fail(str(e), code=128 + e.signum)
     except TrainingError as e:
@@ -247,8 +259,15 @@ def _with_flags(ctx: click.Context, message: str) -> str:
 
 
 # -- evaluate and look: commands on a finished run folder ---------------------------------------
+def _remember_trust(ctx: click.Context, param: Any, value: bool) -> bool:
+    ctx.meta["vaekit.trust_plugins"] = value
+    return value
+
+
 def _run_command(f: Any) -> Any:
-    """The RUN_DIR argument and the --device option shared by the commands on a run folder."""
+    """RUN_DIR, --device and --trust-plugins, shared by the commands on a run folder."""
+    f = click.option("--trust-plugins", is_flag=True, default=False, expose_value=False,
+                     callback=_remember_trust, help=_TRUST_HELP)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Where to run the model.")(f)
     return click.argument("run_dir", type=click.Path(path_type=Path))(f)
@@ -291,7 +310,8 @@ def _open_run(run_dir: Path, device: str, conditional_ok: bool = True) -> Any:
     from vaekit.errors import ConfigError
     from vaekit.runs import load
 
-    vae = load(run_dir, device=device)
+    trust = click.get_current_context().meta.get("vaekit.trust_plugins", False)
+    vae = load(run_dir, device=device, trust_plugins=trust)
     if vae.num_classes and not conditional_ok:
         raise ConfigError("this command does not support conditional runs yet; use sample, "
                           "reconstruct or evaluate, or vaekit.VAE.decode(z, y) in Python")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError
-from vaekit.likelihoods import Likelihood, get_likelihood
+from vaekit.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from vaekit.nets import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
 from vaekit.settings import ModelSpec
 
@@ -249,7 +250,10 @@ class VAE(nn.Module):
     # -- persistence ------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this VAE with `VAE.from_config` (weights aside)."""
+        lik_module = type(self.likelihood).__module__
+        plugin = {} if lik_module == "vaekit.likelihoods" else {"likelihood_module": lik_module}
         return {
+            **plugin,
             "z_dim": self.z_dim,
             "beta": self.beta,
             "image_shape": list(self.image_shape),
@@ -260,32 +264,51 @@ class VAE(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> VAE:
-        """Rebuild a VAE (with fresh weights) from `VAE.config` output."""
+    def from_config(cls, config: dict[str, Any], trust_plugins: bool = False) -> VAE:
+        """Rebuild a VAE (with fresh weights) from `VAE.config` output.
+
+        A config that names code of its own (a network ``"module:Class"``, or a likelihood that
+        a module registers) is code: its modules are imported only if they already are, or with
+        ``trust_plugins=True``. Otherwise a `ConfigError` names the module to import.
+
+        Args:
+            config: What `VAE.config` returned (e.g. from a run's ``config.json``).
+            trust_plugins: Import the modules the config names.
+        """
         cfg = dict(config)
         lik_cfg = dict(cfg.pop("likelihood"))
-        for part in ("encoder", "decoder"):  # "module:Class" of a custom net is imported again
+        lik_module = cfg.pop("likelihood_module", None)
+        for part in ("encoder", "decoder"):  # "module:Class" of a custom net, imported if allowed
             if cfg.get(part) in (None, "default"):
                 cfg.pop(part, None)
-        likelihood = get_likelihood(lik_cfg.pop("name"), **lik_cfg)
+            else:
+                cfg[part] = _import_net(cfg[part], part, trust=trust_plugins)
+        name = lik_cfg.pop("name")
+        if name not in LIKELIHOODS and lik_module:
+            _import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
+        likelihood = get_likelihood(name, **lik_cfg)
         return cls(likelihood=likelihood, **cfg)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, image_shape: Sequence[int] = (1, 28, 28),
-                  num_classes: int = 0) -> VAE:
+                  num_classes: int = 0, trust_plugins: bool = True) -> VAE:
         """Build the VAE a `ModelSpec` describes, for images of ``image_shape``.
 
         Args:
             spec: The model settings.
             image_shape: ``(channels, height, width)`` of the data.
             num_classes: Labels of the data set; used only when ``spec.conditional``.
+            trust_plugins: Import the modules of networks named ``module:Class``; False for a
+                spec read from a file (see `VAE.from_config`).
         """
         options = spec.likelihood_options()
         if spec.scale_mode == "channel":
             options["channels"] = int(image_shape[0])
+        nets = {part: None if name is None else _import_net(name, part, trust=trust_plugins)
+                for part, name in (("encoder", spec.encoder), ("decoder", spec.decoder))}
         return cls(z_dim=spec.z_dim, likelihood=get_likelihood(spec.likelihood, **options),
-                   beta=spec.beta, image_shape=image_shape, encoder=spec.encoder,
-                   decoder=spec.decoder, num_classes=num_classes if spec.conditional else 0)
+                   beta=spec.beta, image_shape=image_shape,
+                   num_classes=num_classes if spec.conditional else 0, **nets)
 
     def spec(self) -> ModelSpec:
         """The `ModelSpec` of this VAE: what ``config.json`` records under ``"model"``.
@@ -313,16 +336,35 @@ def _net_name(net: nn.Module) -> str:
     return f"{type(net).__module__}:{type(net).__qualname__}"
 
 
-def _import_net(spec: str | type, part: str) -> type:
-    """The class named by ``"package.module:Class"`` (or the class itself)."""
+def _import_plugin(module: str, what: str, trust: bool) -> Any:
+    """``importlib.import_module(module)``, unless it is not imported yet and not trusted."""
+    if not trust and module not in sys.modules:
+        raise ConfigError(
+            f"{what} comes from the module {module!r}, which is not imported; a run's plug-ins "
+            f"are code, and vaekit imports none that you did not ask for: import {module} "
+            "yourself if you trust it, or pass trust_plugins=True (--trust-plugins)")
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"cannot import {what} ({e}); make its module importable from here "
+                          "(install it, or add its folder to PYTHONPATH)") from None
+
+
+def _import_net(spec: str | type, part: str, trust: bool = True) -> type:
+    """The class named by ``"package.module:Class"`` (or the class itself).
+
+    With ``trust=False`` a module that is not imported yet is refused (see `VAE.from_config`).
+    """
     if isinstance(spec, type):
         return spec
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"the {part} {spec!r} is not package.module:Class")
     module, _, name = spec.partition(":")
+    obj: Any = _import_plugin(module, f"the {part} {spec!r}", trust)
     try:
-        obj: Any = importlib.import_module(module)
         for attr in name.split("."):
             obj = getattr(obj, attr)
-    except (ImportError, AttributeError, ValueError) as e:
+    except AttributeError as e:
         raise ConfigError(f"cannot import the {part} {spec!r} ({e}); give it as "
                           "package.module:Class, importable from here") from None
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):

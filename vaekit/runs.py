@@ -219,12 +219,18 @@ def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any]) ->
     return path
 
 
-def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> VAE:  # noqa: F821
+def load(run_dir: str | os.PathLike[str], device: str = "cpu",
+         trust_plugins: bool = False) -> VAE:  # noqa: F821
     """Rebuild the trained VAE of a run folder, in eval mode, ready to encode, decode and sample.
+
+    A run folder whose model names code (your networks as ``module:Class``, a likelihood you
+    registered) is code too: those modules are imported only if they already are, or with
+    ``trust_plugins=True``; otherwise a `ConfigError` names the module (see `VAE.from_config`).
 
     Args:
         run_dir: A folder written by `vaekit.fit` / ``vaekit fit``.
         device: Where to put it (``"cpu"``, ``"cuda"`` or ``"auto"``).
+        trust_plugins: Import the modules the run names.
 
     Raises:
         CheckpointError: if the folder, its config or its checkpoint cannot be read or do not match.
@@ -235,7 +241,7 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu") -> VAE:  # noqa: 
     config = read_config(run_dir)
     state = load_checkpoint(run_dir)
     try:
-        vae = VAE.from_config(vae_config(config))
+        vae = VAE.from_config(vae_config(config), trust_plugins=trust_plugins)
         vae.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as e:
         lines = str(e).splitlines() or [""]

@@ -174,6 +174,7 @@ def resume(
     verbose: bool = True,
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
+    trust_plugins: bool = False,
     **overrides: Any,
 ) -> FitResult:
     """Continue a run folder from its last checkpoint (model, optimizer, position, RNG state).
@@ -188,6 +189,8 @@ def resume(
         verbose: Print one line per epoch.
         train_labels: The training labels, for a conditional VAE.
         test_labels: The test labels, for a conditional VAE.
+        trust_plugins: Import the modules the run names (its networks, its likelihood); see
+            `vaekit.load`.
         **overrides: New values of the settings in `RESUME_OVERRIDES`: ``epochs`` (a new
             total) and ``device``; None keeps the run's own.
 
@@ -204,8 +207,8 @@ def resume(
     try:
         settings = from_mapping(TrainSettings, {**config["train"], **changes})
         pyro.set_rng_seed(settings.seed)  # the initial weights, as `vaekit fit` builds them
-        vae = VAE.from_config(runs.vae_config(config))
-    except (KeyError, TypeError, ConfigError) as e:
+        vae = VAE.from_config(runs.vae_config(config), trust_plugins=trust_plugins)
+    except (KeyError, TypeError) as e:
         raise CheckpointError(f"{run_dir}/config.json cannot be used to resume ({e})") from None
     position = None
     if (Path(run_dir) / runs.CHECKPOINT).exists():
@@ -226,16 +229,18 @@ def resume(
 
 
 def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: RunOptions,
-                 verbose: bool = True) -> FitResult:
+                 verbose: bool = True, trust_plugins: bool = True) -> FitResult:
     """Load the data, build the model and fit it, all from settings (what ``vaekit fit`` does).
 
     The initial weights are seeded with ``train.seed``. The run folder is ``run.out``, or
-    ``runs/<timestamp>`` when it is None.
+    ``runs/<timestamp>`` when it is None. With ``trust_plugins=False`` (settings read from a
+    file), networks named ``module:Class`` are imported only if their module already is.
     """
     train_x, train_y = load_data(data, train=True)
     test_x, test_y = load_data(data, train=False)
     pyro.set_rng_seed(train.seed)  # the initial weights too
-    vae = VAE.from_spec(model, tuple(train_x.shape[1:]), int(train_y.max()) + 1)
+    vae = VAE.from_spec(model, tuple(train_x.shape[1:]), int(train_y.max()) + 1,
+                        trust_plugins=trust_plugins)
     out = Path(run.out) if run.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     info = {"root": str(resolve_data_root(data.root)), "n_train": len(train_x),
             "n_test": len(test_x)}
@@ -246,7 +251,7 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
 
 def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
                download: bool | None = None, progress: bool = True, verbose: bool = True,
-               **overrides: Any) -> FitResult:
+               trust_plugins: bool = False, **overrides: Any) -> FitResult:
     """Continue a run folder, loading the data it was trained on (see `resume`).
 
     Args:
@@ -255,13 +260,15 @@ def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
         download: Download missing data (default: the run's own setting).
         progress: Show a progress bar.
         verbose: Print one line per epoch.
+        trust_plugins: Import the modules the run names (see `vaekit.load`).
         **overrides: As for `resume`.
     """
     spec = runs.run_data_spec(runs.read_config(run_dir), root=root, download=download)
     train_x, train_y = load_data(spec, train=True)
     test_x, test_y = load_data(spec, train=False)
     return resume(run_dir, train_x, test_x, progress=progress, verbose=verbose,
-                  train_labels=train_y, test_labels=test_y, **overrides)
+                  train_labels=train_y, test_labels=test_y, trust_plugins=trust_plugins,
+                  **overrides)
 
 
 class _Trainer:
