@@ -148,7 +148,7 @@ LAYERS = [
     {"errors"},
     {"settings", "io", "devices"},
     {"data"},
-    {"likelihoods", "nets", "distributed"},
+    {"likelihoods", "nets", "distributed", "priors", "posteriors"},
     {"model"},
     {"objectives", "evaluation", "plots"},
     {"runs"},

@@ -510,16 +510,16 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
     import torch
 
     from vaekit import plots
-    from vaekit.evaluation import kl_per_dim
+    from vaekit.evaluation import dimension_scores
 
     with _UserErrors():
         vae = _open_run(run_dir, device, conditional_ok=False)
         x_obs, _ = _test_set(vae, run_dir, data_root, download, limit)
         _check_index("--index", index, x_obs.shape[0])
-        kl = kl_per_dim(vae, x_obs)
-        order = torch.argsort(kl, descending=True)[: min(dims, vae.z_dim)].tolist()
+        score, what = dimension_scores(vae, x_obs)
+        order = torch.argsort(score, descending=True)[: min(dims, vae.z_dim)].tolist()
         base = torch.zeros(vae.z_dim) if prior_base else vae.encode(x_obs[index : index + 1])[0][0]
-        labels = [f"z{d}  KL {kl[d]:.2f}" for d in order]
+        labels = [f"z{d}  {what} {score[d]:.2f}" for d in order]
         path = plots.save_traversals(vae, base, order, _out_dir(run_dir, out) / "traverse.png",
                                      steps=steps, span=span, labels=labels)
     click.echo(f"wrote {path} (rows: {', '.join(f'z{d}' for d in order)})")

@@ -10,13 +10,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import pyro
 import torch
+from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
 from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError, DataError
-from vaekit.model import VAE
+from vaekit.model import VAE, Guide, Model
+from vaekit.posteriors import Diagonal
+from vaekit.priors import StandardNormal
 
 __all__ = [
     "elbo_terms",
@@ -26,8 +30,12 @@ __all__ = [
     "Evaluation",
     "active_units",
     "kl_per_dim",
+    "dimension_scores",
     "bits_per_dim",
     "ACTIVE_UNIT_THRESHOLD",
+    "site_log_probs",
+    "SiteLogProbs",
+    "is_standard_gaussian",
 ]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -37,7 +45,13 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 @torch.no_grad()
 def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction NLL ``-log p(x|z)`` (one z ~ q(z|x)) and analytic ``KL(q(z|x) || p(z))``.
+    """Reconstruction NLL ``-log p(x|z)`` (one z ~ q(z|x)) and ``KL(q(z|x) || p(z))`` per image.
+
+    For any model/guide pair the terms come from their Pyro traces (`site_log_probs`): the
+    reconstruction sums the observed sites, the KL sums ``log q - log p`` over the latent sites,
+    analytic for a site whose q and p are both diagonal Normals, one-sample Monte Carlo
+    otherwise. For vaekit's own Normal(0, I) prior and diagonal posterior this is computed
+    directly from the encoder and decoder (the same numbers, faster).
 
     Args:
         vae: The model; used as it is (call ``vae.eval()`` first for test numbers).
@@ -47,6 +61,11 @@ def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
     Returns:
         Two tensors of shape ``[batch]``; their sum is the per-image -ELBO (β = 1).
     """
+    if not is_standard_gaussian(vae):
+        t = site_log_probs(vae, x, y, 1)
+        kl = sum((t.kl_analytic[s] if s in t.kl_analytic else (t.log_q[s] - t.log_p[s])[0])
+                 for s in t.log_q)
+        return -t.log_lik[0], torch.as_tensor(kl, device=x.device).expand(x.shape[0])
     z_loc, z_scale = vae.qz(x, y)
     q = Normal(z_loc, z_scale)
     recon = -vae.px(q.sample(), y).log_prob(x)
@@ -82,16 +101,114 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024,
 
 
 # -- importance sampling ------------------------------------------------------------------------
+def is_standard_gaussian(vae: VAE) -> bool:
+    """True for vaekit's own model and guide with the Normal(0, I) prior and the diagonal
+    posterior, where the KL is exact in closed form and the direct computation applies."""
+    return (type(vae.model) is Model and type(vae.guide) is Guide
+            and type(vae.model.prior) is StandardNormal and type(vae.guide.posterior) is Diagonal)
+
+
+@dataclass
+class SiteLogProbs:
+    """Log-densities read off the model's and guide's traces, each ``[particles, batch]``.
+
+    Attributes:
+        log_lik: Sum over the observed sites of log p(x|z).
+        log_p: Per latent site, log p(z) (the model's density at the guide's draw).
+        log_q: Per latent site, log q(z|x).
+        kl_analytic: Per latent site whose q and p are both diagonal Normals, the exact
+            ``KL(q || p)`` ``[batch]``.
+        values: Per latent site, the draws ``[particles, batch, ...]``.
+        discrete: The observed sites' support is discrete.
+    """
+
+    log_lik: torch.Tensor
+    log_p: dict[str, torch.Tensor]
+    log_q: dict[str, torch.Tensor]
+    kl_analytic: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+    discrete: bool
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """``log p(x, z) - log q(z|x)`` per particle and image."""
+        out = self.log_lik
+        for site in self.log_q:
+            out = out + self.log_p[site] - self.log_q[site]
+        return out
+
+
+def _diagonal_normal(fn: object) -> torch.distributions.Normal | None:
+    """The Normal inside ``Normal(...).to_event(1)``, else None."""
+    if (isinstance(fn, torch.distributions.Independent) and fn.reinterpreted_batch_ndims == 1
+            and type(fn.base_dist) in (Normal, pyro.distributions.Normal)):
+        return fn.base_dist
+    return None
+
+
+def site_log_probs(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
+                   particles: int = 1) -> SiteLogProbs:
+    """Run ``vae.guide`` and ``vae.model`` (replayed on the guide's draws) under a plate of
+    ``particles`` draws per image, and read every site's log-density off their traces.
+
+    Works for any model/guide pair whose sites lie in the ``"data"`` plate (one value per
+    image), whatever the prior, posterior or number of latent sites; β plays no part (the
+    densities are read unscaled). Uses the global random state.
+
+    Raises:
+        ConfigError: for a site whose log-density is not one number per image.
+    """
+    args = (x,) if y is None else (x, y)
+    with pyro.settings.context(module_local_params=True), poutine.block(), \
+            pyro.plate("particles", particles, dim=-2):
+        guide_tr = poutine.trace(vae.guide).get_trace(*args)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(*args)
+    want = (particles, x.shape[0])
+
+    def log_prob(name: str, site: dict) -> torch.Tensor:
+        lp = site["fn"].log_prob(site["value"])
+        try:
+            return lp.expand(want)
+        except RuntimeError:
+            raise ConfigError(f"the site {name!r} has log-densities of shape {tuple(lp.shape)}, "
+                              f"not one per image {want}: vaekit's per-image numbers need "
+                              "every sample site inside the model's and guide's 'data' plate"
+                              ) from None
+
+    log_lik = x.new_zeros(want)
+    discrete = False
+    log_p, log_q, kl, values = {}, {}, {}, {}
+    for name, site in model_tr.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            log_lik = log_lik + log_prob(name, site)
+            discrete = bool(site["fn"].support.is_discrete)
+        elif name in guide_tr.nodes:
+            log_p[name] = log_prob(name, site)
+    for name, site in guide_tr.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            if name not in log_p:
+                raise ConfigError(f"the guide samples {name!r}, which the model does not")
+            log_q[name] = log_prob(name, site)
+            values[name] = site["value"]
+            q, p = _diagonal_normal(site["fn"]), _diagonal_normal(model_tr.nodes[name]["fn"])
+            if q is not None and p is not None:
+                kl[name] = kl_divergence(q, p).sum(-1).reshape(-1, x.shape[0])[0]
+    return SiteLogProbs(log_lik, log_p, log_q, kl, values, discrete)
+
+
 @dataclass
 class _PerImage:
     """Per-image results of one importance-sampling pass (all ``[N]`` except noted)."""
 
     neg_log_px: torch.Tensor  # IWAE estimate of -log p(x)
     recon: torch.Tensor  # mean over the K samples of -log p(x|z_k)
-    kl: torch.Tensor  # analytic KL(q(z|x) || p(z))
-    kl_per_dim: torch.Tensor  # [N, z_dim]
-    z_loc: torch.Tensor  # [N, z_dim], E_q[z]
+    kl: torch.Tensor  # KL(q(z|x) || p(z)): analytic where exact, else the K-sample mean
+    kl_per_dim: torch.Tensor | None  # [N, z_dim], only where it is analytic
+    z_loc: torch.Tensor | None  # [N, z_dim], E_q[z] (estimated from the K draws for flows)
     discrete: bool  # the likelihood's support is discrete (no bits/dim)
+    kl_sites: dict[str, torch.Tensor] | None = None  # [N] per latent site
 
 
 def _check_args(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: int,
@@ -111,6 +228,9 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
                      y: torch.Tensor | None = None) -> _PerImage:
     """Encode each batch once, draw K z's per image, decode in bounded chunks, reduce per image."""
     _check_args(vae, x, num_samples, batch_size, chunk_size)
+    if not is_standard_gaussian(vae):
+        return _importance_pass_traced(vae, x, num_samples, batch_size, chunk_size, seed,
+                                       progress, y)
     dev = next(iter(vae.parameters()), x).device  # `vae.device` needs a parameter
     gen = torch.Generator(device=dev).manual_seed(seed)
     k = num_samples
@@ -148,7 +268,60 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
             out["loc"].append(z_loc)
             bar.update(b)
     cat = {f: torch.cat(v) for f, v in out.items()}
-    return _PerImage(cat["iwae"], cat["recon"], cat["kl"], cat["kld"], cat["loc"], discrete)
+    return _PerImage(cat["iwae"], cat["recon"], cat["kl"], cat["kld"], cat["loc"], discrete,
+                     {"z": cat["kl"]})
+
+
+@torch.no_grad()
+def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: int,
+                            chunk_size: int, seed: int, progress: bool = False,
+                            y: torch.Tensor | None = None) -> _PerImage:
+    """`_importance_pass` for any model/guide: K particles per image from the traces, in chunks
+    of at most ``chunk_size`` latents, with the global random state seeded and then restored."""
+    dev = next(iter(vae.parameters()), x).device
+    k = num_samples
+    out: dict[str, list] = {"iwae": [], "recon": [], "kl": [], "loc": [], "sites": []}
+    discrete = False
+    bar = tqdm(total=x.shape[0], desc=f"IWAE K={k}", unit="img", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), eval_mode(vae), bar:
+        torch.manual_seed(seed)
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size].to(dev)
+            yb = None if y is None else y[i : i + batch_size].to(dev)
+            b = xb.shape[0]
+            per = max(1, chunk_size // b)
+            log_w, log_lik, mc, z_sum = [], [], {}, None
+            analytic: dict[str, torch.Tensor] = {}
+            for j in range(0, k, per):
+                t = site_log_probs(vae, xb, yb, min(per, k - j))
+                discrete = t.discrete
+                log_w.append(t.log_weights)
+                log_lik.append(t.log_lik)
+                for site in t.log_q:
+                    mc.setdefault(site, []).append(t.log_q[site] - t.log_p[site])
+                analytic = t.kl_analytic
+                if "z" in t.values:
+                    zs = t.values["z"].reshape(-1, b, t.values["z"].shape[-1]).sum(0)
+                    z_sum = zs if z_sum is None else z_sum + zs
+            lw = torch.cat(log_w)
+            out["iwae"].append(math.log(k) - torch.logsumexp(lw, dim=0))
+            out["recon"].append(-torch.cat(log_lik).mean(0))
+            sites = {s: analytic[s] if s in analytic else torch.cat(v).mean(0)
+                     for s, v in mc.items()}
+            out["sites"].append(sites)
+            out["kl"].append(sum(sites.values()))
+            out["loc"].append(None if z_sum is None else z_sum / k)
+            bar.update(b)
+    locs = out["loc"]
+    return _PerImage(
+        neg_log_px=torch.cat(out["iwae"]), recon=torch.cat(out["recon"]),
+        kl=torch.cat([torch.as_tensor(v, device=dev).expand(len(r)) for v, r in
+                      zip(out["kl"], out["recon"])]),
+        kl_per_dim=None, z_loc=None if any(v is None for v in locs) else torch.cat(locs),
+        discrete=discrete,
+        kl_sites={s: torch.cat([d[s] for d in out["sites"]]) for s in out["sites"][0]})
 
 
 def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 100,
@@ -205,7 +378,13 @@ def kl_per_dim(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
 
     Returns:
         A tensor ``[z_dim]`` in nats (its sum is the mean KL per image).
+
+    Raises:
+        ConfigError: for another prior or posterior, where the KL does not split by dimension.
     """
+    if not is_standard_gaussian(vae):
+        raise ConfigError("the KL splits by dimension only for the standard prior with the "
+                          "diagonal posterior; use dimension_scores for any model")
     total = torch.zeros(vae.z_dim, dtype=torch.float64)
     with eval_mode(vae):
         for i in range(0, x.shape[0], batch_size):
@@ -215,6 +394,23 @@ def kl_per_dim(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
             p = Normal(torch.zeros_like(loc), torch.ones_like(scale))
             total += kl_divergence(q, p).sum(0).double().cpu()
     return (total / x.shape[0]).float()
+
+
+@torch.no_grad()
+def dimension_scores(vae: VAE, x: torch.Tensor, batch_size: int = 1000
+                     ) -> tuple[torch.Tensor, str]:
+    """How much each latent dimension is used, to rank them: ``(scores [z_dim], what)``.
+
+    The mean KL per dimension (`kl_per_dim`, ``what == "KL"``) where it is analytic; otherwise
+    the variance over images of the posterior mean, ``Cov_x(E_q[z_d])`` (``what == "Var"``),
+    the statistic of `active_units`.
+    """
+    if is_standard_gaussian(vae):
+        return kl_per_dim(vae, x, batch_size), "KL"
+    with eval_mode(vae):
+        means = torch.cat([vae.encode(x[i : i + batch_size])[0].cpu()
+                           for i in range(0, x.shape[0], batch_size)])
+    return means.var(0) if means.shape[0] > 1 else torch.zeros(vae.z_dim), "Var"
 
 
 def active_units(z_loc: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -263,7 +459,10 @@ class Evaluation:
             ``neg_elbo`` when β = 1).
         neg_log_px: IWAE estimate of -log p(x) with K samples (an over-estimate on average).
         neg_log_px_se: Its standard error over images.
-        kl_per_dim: Mean over images of each latent dimension's KL.
+        kl_per_dim: Mean over images of each latent dimension's KL, where it is analytic (the
+            Normal(0, I) prior with the diagonal posterior); None otherwise.
+        kl_sites: Mean KL per latent site (analytic where exact, else the mean of
+            ``log q - log p`` over the K draws).
         active_units: Dimensions with ``Cov_x(E_q[z_d]) > active_threshold``.
         active_threshold: The threshold used.
         bits_per_dim: `bits_per_dim` of ``neg_log_px`` for continuous likelihoods (e.g. Gaussian)
@@ -280,10 +479,11 @@ class Evaluation:
     objective: float
     neg_log_px: float
     neg_log_px_se: float
-    kl_per_dim: list[float]
+    kl_per_dim: list[float] | None
     active_units: int
     active_threshold: float
     bits_per_dim: float | None
+    kl_sites: dict[str, float]
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -340,10 +540,11 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         objective=float((r.recon + vae.beta * r.kl).mean()),
         neg_log_px=nlp,
         neg_log_px_se=se(r.neg_log_px),
-        kl_per_dim=[float(v) for v in r.kl_per_dim.mean(0)],
-        active_units=active_units(r.z_loc, active_threshold),
+        kl_per_dim=None if r.kl_per_dim is None else [float(v) for v in r.kl_per_dim.mean(0)],
+        active_units=0 if r.z_loc is None else active_units(r.z_loc, active_threshold),
         active_threshold=active_threshold,
         bits_per_dim=(None if vae.likelihood.kind == "binary" else
                       nlp / (dims * math.log(2)) if vae.likelihood.kind == "discrete" else
                       bits_per_dim(nlp, dims)),
+        kl_sites={k: float(v.mean()) for k, v in (r.kl_sites or {}).items()},
     )

@@ -27,6 +27,8 @@ from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from vaekit.nets import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
+from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
+from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
 from vaekit.settings import ModelSpec
 
 __all__ = ["Model", "Guide", "VAE"]
@@ -53,21 +55,25 @@ def _kl_weight(beta: float) -> poutine.messenger.Messenger:
 
 
 class Model(nn.Module):
-    """p(x, z) = p(z) p(x|z) with p(z) = Normal(0, I) and p(x|z) = likelihood(decoder(z)).
+    """p(x, z) = p(z) p(x|z) with p(z) = prior (default Normal(0, I)) and p(x|z) =
+    likelihood(decoder(z)).
 
     Args:
         decoder: Maps ``z`` to the likelihood's parameters.
         likelihood: Turns those parameters into a distribution over images.
         z_dim: Latent dimension.
         beta: Weight of the KL term (scales the ``"z"`` site).
+        prior: p(z), a `vaekit.priors.Prior` (default `StandardNormal`).
     """
 
-    def __init__(self, decoder: nn.Module, likelihood: Likelihood, z_dim: int, beta: float = 1.0):
+    def __init__(self, decoder: nn.Module, likelihood: Likelihood, z_dim: int, beta: float = 1.0,
+                 prior: Prior | None = None):
         super().__init__()
         self.decoder = decoder
         self.likelihood = likelihood
         self.z_dim = z_dim
         self.beta = beta
+        self.prior = prior if prior is not None else StandardNormal(z_dim)
 
     # --8<-- [start:model]
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,38 +83,42 @@ class Model(nn.Module):
         """
         _register("decoder", self.decoder)
         _register("likelihood", self.likelihood)
+        _register("prior", self.prior)
         with pyro.plate("data", x.shape[0]):
-            z_loc = x.new_zeros(x.shape[0], self.z_dim)
-            z_scale = x.new_ones(x.shape[0], self.z_dim)
             with _kl_weight(self.beta):
-                z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+                z = pyro.sample("z", self.prior(x.shape[0]))
             out = _call(self.decoder, z, y).float()  # float32 likelihood under mixed precision
             return pyro.sample("x", self.likelihood(out), obs=x)
     # --8<-- [end:model]
 
 
 class Guide(nn.Module):
-    """q(z|x) = Normal(z_loc(x), z_scale(x)) from the encoder.
+    """q(z|x) = posterior(encoder(x)): by default Normal(z_loc(x), z_scale(x)).
 
     Args:
         encoder: Maps images to ``(z_loc, z_scale)``.
         beta: Weight of the KL term; must equal the model's.
+        posterior: q(z|x) from the encoder's output, a `vaekit.posteriors.Posterior` (default
+            `Diagonal`).
     """
 
-    def __init__(self, encoder: nn.Module, beta: float = 1.0):
+    def __init__(self, encoder: nn.Module, beta: float = 1.0, posterior: Posterior | None = None):
         super().__init__()
         self.encoder = encoder
         self.beta = beta
+        self.posterior = posterior if posterior is not None else Diagonal(encoder.z_dim if hasattr(
+            encoder, "z_dim") else 0)
 
     # --8<-- [start:guide]
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Sample ``z`` for each image in ``x`` (and label in ``y``, for a conditional VAE)."""
         _register("encoder", self.encoder)
+        _register("posterior", self.posterior)
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = _call(self.encoder, x, y)
             z_loc, z_scale = z_loc.float(), z_scale.float()  # float32 under mixed precision
             with _kl_weight(self.beta):
-                return pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+                return pyro.sample("z", self.posterior(z_loc, z_scale))
     # --8<-- [end:guide]
 
 
@@ -126,6 +136,10 @@ class VAE(nn.Module):
             class (or ``"module:Class"``) is built as ``Class(image_shape, z_dim, out_channels)``.
         num_classes: Make a conditional VAE, p(x|z, y) q(z|x, y), over this many labels
             (0: unconditional). Its nets take the label as a second argument.
+        prior: p(z): ``"standard"`` (default), ``"mog:K"``, ``"vamp:K"`` or a
+            `vaekit.priors.Prior`.
+        posterior: q(z|x): ``"diagonal"`` (default), ``"iaf:N"`` or a
+            `vaekit.posteriors.Posterior`.
 
     Raises:
         ConfigError: for an unknown likelihood, ``beta < 0``, ``z_dim < 1``, an image size the
@@ -141,6 +155,8 @@ class VAE(nn.Module):
         encoder: nn.Module | type | str | None = None,
         decoder: nn.Module | type | str | None = None,
         num_classes: int = 0,
+        prior: str | Prior = "standard",
+        posterior: str | Posterior = "diagonal",
     ) -> None:
         super().__init__()
         if not (isinstance(z_dim, int) and z_dim >= 1):
@@ -166,8 +182,13 @@ class VAE(nn.Module):
                        else Decoder(self.image_shape, z_dim, out_channels=out_channels))
         self._custom_nets = {"encoder": _net_name(encoder), "decoder": _net_name(decoder)}
         _check_nets(encoder, decoder, self.image_shape, z_dim, out_channels, num_classes)
-        self.model = Model(decoder, lik, z_dim, beta)
-        self.guide = Guide(encoder, beta)
+        prior_mod = get_prior(prior, z_dim, self.image_shape)
+        if prior_mod.name == "vamp" and num_classes:
+            raise ConfigError("the VampPrior passes pseudo-inputs through the encoder, which in a "
+                              "conditional VAE needs labels: use prior standard or mog:K")
+        prior_mod.bind(encoder)
+        self.model = Model(decoder, lik, z_dim, beta, prior_mod)
+        self.guide = Guide(encoder, beta, get_posterior(posterior, z_dim))
 
     # -- parts ------------------------------------------------------------------------------
     @property
@@ -179,6 +200,16 @@ class VAE(nn.Module):
     def decoder(self) -> nn.Module:
         """The network of p(x|z)."""
         return self.model.decoder
+
+    @property
+    def prior(self) -> Prior:
+        """p(z)."""
+        return self.model.prior
+
+    @property
+    def posterior(self) -> Posterior:
+        """q(z|x) as a function of the encoder's output."""
+        return self.guide.posterior
 
     @property
     def likelihood(self) -> Likelihood:
@@ -215,8 +246,17 @@ class VAE(nn.Module):
         return y
 
     def qz(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z_loc, z_scale)`` of q(z|x) (q(z|x, y) when conditional), differentiable."""
+        """The encoder's ``(z_loc, z_scale)`` for ``x`` (and ``y``, when conditional), differentiable.
+
+        With the diagonal posterior these are q(z|x)'s mean and standard deviation; with a flow
+        they are its base distribution's (``vae.posterior(z_loc, z_scale)`` is q(z|x) itself).
+        """
         return _call(self.encoder, x, self._labels(y, x.shape[0]))
+
+    def qz_dist(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """q(z|x) (q(z|x, y) when conditional) as a distribution, differentiable."""
+        z_loc, z_scale = self.qz(x, y)
+        return self.posterior(z_loc.float(), z_scale.float())
 
     def px(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
         """The distribution p(x|z) (p(x|z, y) when conditional) over images, differentiable."""
@@ -226,8 +266,13 @@ class VAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z_loc, z_scale)`` of q(z|x) (q(z|x, y) when conditional) for images in [0, 1]."""
-        return _call(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
+        """Mean and standard deviation of q(z|x) (q(z|x, y) when conditional) per dimension.
+
+        Exact for the diagonal posterior (the encoder's ``(z_loc, z_scale)``); for a flow they are
+        estimated from 64 draws of q(z|x) (`vaekit.posteriors.Posterior.moments`).
+        """
+        z_loc, z_scale = _call(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
+        return self.posterior.moments(z_loc.float(), z_scale.float())
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -238,8 +283,9 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                y: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Mean images of ``n`` draws z ~ p(z) (of label ``y``, when conditional)."""
-        z = torch.randn(n, self.z_dim, generator=generator).to(self.device)
+        """Mean images of ``n`` draws z ~ p(z), the model's prior (of label ``y``, when
+        conditional), reproducible with ``generator``."""
+        z = self.prior.sample(n, generator=generator).to(self.device)
         return self.decode(z, y)
 
     @torch.no_grad()
@@ -254,6 +300,8 @@ class VAE(nn.Module):
         plugin = {} if lik_module == "vaekit.likelihoods" else {"likelihood_module": lik_module}
         return {
             **plugin,
+            "prior": _part_config(self.prior, "vaekit.priors"),
+            "posterior": _part_config(self.posterior, "vaekit.posteriors"),
             "z_dim": self.z_dim,
             "beta": self.beta,
             "image_shape": list(self.image_shape),
@@ -287,6 +335,11 @@ class VAE(nn.Module):
         if name not in LIKELIHOODS and lik_module:
             _import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
         likelihood = get_likelihood(name, **lik_cfg)
+        z_dim, image_shape = cfg["z_dim"], tuple(cfg.get("image_shape", (1, 28, 28)))
+        cfg["prior"] = _build_part(cfg.get("prior"), "prior", PRIORS, trust_plugins,
+                                   z_dim=z_dim, image_shape=image_shape)
+        cfg["posterior"] = _build_part(cfg.get("posterior"), "posterior", POSTERIORS,
+                                       trust_plugins, z_dim=z_dim)
         return cls(likelihood=likelihood, **cfg)
 
     @classmethod
@@ -306,9 +359,16 @@ class VAE(nn.Module):
             options["channels"] = int(image_shape[0])
         nets = {part: None if name is None else _import_net(name, part, trust=trust_plugins)
                 for part, name in (("encoder", spec.encoder), ("decoder", spec.decoder))}
+        prior: str | Prior = spec.prior
+        posterior: str | Posterior = spec.posterior
+        if _is_class_name(spec.prior):
+            prior = _import_net(spec.prior, "prior", trust=trust_plugins)(spec.z_dim)
+        if _is_class_name(spec.posterior):
+            posterior = _import_net(spec.posterior, "posterior", trust=trust_plugins)(spec.z_dim)
         return cls(z_dim=spec.z_dim, likelihood=get_likelihood(spec.likelihood, **options),
                    beta=spec.beta, image_shape=image_shape,
-                   num_classes=num_classes if spec.conditional else 0, **nets)
+                   num_classes=num_classes if spec.conditional else 0, prior=prior,
+                   posterior=posterior, **nets)
 
     def spec(self) -> ModelSpec:
         """The `ModelSpec` of this VAE: what ``config.json`` records under ``"model"``.
@@ -320,7 +380,8 @@ class VAE(nn.Module):
         fields = ("binarize", "scale", "learn_scale", "scale_mode")
         custom = {k: (None if v == "default" else v) for k, v in self._custom_nets.items()}
         return ModelSpec(likelihood=self.likelihood.name, beta=self.beta, z_dim=self.z_dim,
-                         conditional=self.num_classes > 0, **custom,
+                         conditional=self.num_classes > 0, prior=_part_spec(self.prior),
+                         posterior=_part_spec(self.posterior), **custom,
                          **{k: lik[k] for k in fields if k in lik})
 
 
@@ -334,6 +395,42 @@ def _net_name(net: nn.Module) -> str:
     if type(net) in (Encoder, Decoder, ConditionalEncoder, ConditionalDecoder):
         return "default"
     return f"{type(net).__module__}:{type(net).__qualname__}"
+
+
+def _is_class_name(spec: str) -> bool:
+    """True for ``"package.module:Class"``, False for ``"mog:10"`` and plain names."""
+    module, _, name = spec.partition(":")
+    return bool(name) and not name.isdigit()
+
+
+def _part_config(part: Prior | Posterior, builtin_module: str) -> dict[str, Any]:
+    """How `VAE.config` records a prior or posterior: its name and arguments, or its class."""
+    if type(part).__module__ == builtin_module:
+        return {"name": part.name, **part.config()}
+    return {"class": f"{type(part).__module__}:{type(part).__qualname__}", **part.config()}
+
+
+def _part_spec(part: Prior | Posterior) -> str:
+    """The `ModelSpec` string of a prior or posterior: ``"mog:10"``, ``"iaf:2"``, or its class."""
+    if type(part).__module__ not in ("vaekit.priors", "vaekit.posteriors"):
+        return f"{type(part).__module__}:{type(part).__qualname__}"
+    count = part.config().get("k", part.config().get("steps"))
+    return part.name if count is None else f"{part.name}:{count}"
+
+
+def _build_part(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
+                trust: bool, **kwargs: Any) -> Any:
+    """Rebuild a prior or posterior from `_part_config` output (None: the default)."""
+    if cfg is None:
+        return "standard" if part == "prior" else "diagonal"
+    cfg = dict(cfg)
+    if "class" in cfg:
+        cls = _import_net(cfg.pop("class"), part, trust=trust)
+    else:
+        cls = builtin[cfg.pop("name")]
+    if "image_shape" in cfg or (cls is VampPrior):
+        cfg["image_shape"] = tuple(cfg.get("image_shape", kwargs.get("image_shape")))
+    return cls(kwargs["z_dim"], **cfg)
 
 
 def _import_plugin(module: str, what: str, trust: bool) -> Any:

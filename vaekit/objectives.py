@@ -26,7 +26,8 @@ from vaekit.errors import ConfigError
 from vaekit.model import VAE
 from vaekit.settings import parse_beta_schedule
 
-__all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "IWAE", "Capacity", "FreeBits"]
+__all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
+           "FreeBits"]
 
 OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits")
 
@@ -91,12 +92,18 @@ class IWAE(nn.Module):
         self.vae, self.k = vae, num_samples
 
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``log p(x, z_k) - log q(z_k|x)`` for each sample and image: ``[K, N]``."""
+        """``log p(x, z_k) - log q(z_k|x)`` for each sample and image: ``[K, N]``, summed over
+        every sample site of the two programs (any prior, posterior or number of latents)."""
         with pyro.plate("particles", self.k, dim=-2):
             guide_tr, model_tr = _traces(self.vae, x, y)
-        z = guide_tr.nodes["z"]["value"]
-        return (model_tr.nodes["x"]["fn"].log_prob(x) + model_tr.nodes["z"]["fn"].log_prob(z)
-                - guide_tr.nodes["z"]["fn"].log_prob(z))
+        log_w = x.new_zeros(self.k, x.shape[0])
+        for site in model_tr.nodes.values():
+            if site["type"] == "sample":
+                log_w = log_w + site["fn"].log_prob(site["value"])
+        for site in guide_tr.nodes.values():
+            if site["type"] == "sample" and not site["is_observed"]:
+                log_w = log_w - site["fn"].log_prob(site["value"])
+        return log_w
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The negative IWAE bound, summed over the batch."""
@@ -149,6 +156,26 @@ class FreeBits(nn.Module):
         return recon + x.shape[0] * kl_d.clamp_min(self.lam).sum()
 
 
+def check_objective(vae: VAE, name: str) -> None:
+    """Refuse an objective that cannot work with the VAE's prior and posterior.
+
+    The capacity and free-bits objectives use the KL in closed form (per image, per dimension),
+    which exists for the diagonal posterior with the Normal(0, I) prior only.
+
+    Raises:
+        ConfigError: naming the combination.
+    """
+    stock = (type(vae.model.prior).__name__ == "StandardNormal"
+             and type(vae.guide.posterior).__name__ == "Diagonal")
+    if name in ("capacity", "free-bits") and not stock:
+        from vaekit.model import _part_spec
+
+        raise ConfigError(f"the {name} objective needs the closed-form KL of the standard prior "
+                          f"with the diagonal posterior; this model has prior "
+                          f"{_part_spec(vae.model.prior)} and posterior "
+                          f"{_part_spec(vae.guide.posterior)}: use objective elbo or iwae")
+
+
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,
                    capacity: float = 25.0, capacity_steps: int = 10000,
                    free_bits: float = 0.5) -> nn.Module:
@@ -172,6 +199,7 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
     if vae.beta != 1.0:
         raise ConfigError(f"the {name} objective has no β; leave beta at 1 (got {vae.beta:g})")
+    check_objective(vae, name)
     if name == "iwae":
         return IWAE(vae, iwae_samples)
     if name == "capacity":

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -166,6 +167,12 @@ class ModelSpec:
         "channel, or one per pixel predicted by the decoder.",
         choices=("fixed", "global", "channel", "pixel"),
         shown_default="fixed; discretized-logistic pixel")
+    prior: str = setting("standard", "p(z): standard (Normal(0, I)), mog:K (a mixture of K "
+                         "learned Gaussians), vamp:K (VampPrior, K pseudo-inputs) or your own "
+                         "Prior as package.module:Class.")
+    posterior: str = setting("diagonal", "q(z|x): diagonal (Normal) or iaf:N (N inverse "
+                             "autoregressive flow steps), or your own Posterior as "
+                             "package.module:Class.")
     beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0)
     z_dim: int = setting(32, "Latent dimension.", min=1)
     conditional: bool = setting(
@@ -178,6 +185,13 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for key, names, shown in (("prior", "standard|(mog|vamp):[1-9][0-9]*",
+                                   "standard, mog:K, vamp:K"),
+                                  ("posterior", "diagonal|iaf:[1-9][0-9]*", "diagonal, iaf:N")):
+            value = getattr(self, key)
+            if not re.fullmatch(rf"{names}|[\w.]+:[A-Za-z_][\w.]*", value):
+                raise ConfigError(f"bad {key} {value!r}; use {shown} (K, N >= 1) or "
+                                  "package.module:Class")
 
     def likelihood_options(self) -> dict[str, Any]:
         """The likelihood's keyword arguments that were set (the others keep its defaults)."""

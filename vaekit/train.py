@@ -38,7 +38,7 @@ from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, 
 from vaekit.evaluation import evaluate_elbo
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
-from vaekit.objectives import BetaSchedule, Capacity, make_objective
+from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
 from vaekit.settings import DataSpec, ModelSpec, RunOptions, TrainSettings, from_mapping
 
 __all__ = [
@@ -286,6 +286,8 @@ class _Trainer:
         if settings.batch_size % self.dist.world:
             raise ConfigError(f"batch_size {settings.batch_size} does not split over "
                               f"{self.dist.world} processes; use a multiple of {self.dist.world}")
+        if settings.objective != "elbo":
+            check_objective(vae, settings.objective)
         _check_images(vae, train_data, "training")
         if test_data is not None:
             _check_images(vae, test_data, "test")
