@@ -380,13 +380,16 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
                                           "device": str(vae.device), **r.to_dict(),
                                           "seconds": seconds})
 
-    kl = sorted(enumerate(r.kl_per_dim), key=lambda t: -t[1])
-    top = ", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
+    kl = sorted(enumerate(r.kl_per_dim or []), key=lambda t: -t[1])
+    top = (", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
+           if kl else "n/a (no closed form for this prior and posterior)")
     bpd = f"{r.bits_per_dim:.3f}" if r.bits_per_dim is not None else "n/a (binary likelihood)"
     rows = [
         ("-ELBO", f"{r.neg_elbo:.2f} ± {r.neg_elbo_se:.2f}"),
         ("  reconstruction -log p(x|z)", f"{r.recon:.2f}"),
         ("  KL(q(z|x) || p(z))", f"{r.kl:.2f}"),
+        *[(f"    site {site}", f"{value:.2f}") for site, value in r.kl_sites.items()
+          if len(r.kl_sites) > 1],
         (f"β-objective recon + {r.beta:g}·KL", f"{r.objective:.2f}"),
         (f"IWAE -log p(x), K={r.num_samples}", f"{r.neg_log_px:.2f} ± {r.neg_log_px_se:.2f}"),
         ("bits/dim", bpd),

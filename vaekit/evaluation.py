@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
@@ -179,7 +180,7 @@ def site_log_probs(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     discrete = False
     log_p, log_q, kl, values = {}, {}, {}, {}
     for name, site in model_tr.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
             log_lik = log_lik + log_prob(name, site)
@@ -187,7 +188,7 @@ def site_log_probs(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
         elif name in guide_tr.nodes:
             log_p[name] = log_prob(name, site)
     for name, site in guide_tr.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"]:
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
             if name not in log_p:
                 raise ConfigError(f"the guide samples {name!r}, which the model does not")
             log_q[name] = log_prob(name, site)

@@ -19,6 +19,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -98,10 +99,10 @@ class IWAE(nn.Module):
             guide_tr, model_tr = _traces(self.vae, x, y)
         log_w = x.new_zeros(self.k, x.shape[0])
         for site in model_tr.nodes.values():
-            if site["type"] == "sample":
+            if site["type"] == "sample" and not site_is_subsample(site):
                 log_w = log_w + site["fn"].log_prob(site["value"])
         for site in guide_tr.nodes.values():
-            if site["type"] == "sample" and not site["is_observed"]:
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
                 log_w = log_w - site["fn"].log_prob(site["value"])
         return log_w
 
