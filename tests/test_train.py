@@ -169,3 +169,12 @@ def test_corrupt_or_foreign_checkpoints(tmp_path):
     runs.save_checkpoint(tmp_path, {"model": VAE(z_dim=3).state_dict()})
     with pytest.raises(CheckpointError, match="does not match"):
         vaekit.load(tmp_path)
+    state = VAE(z_dim=2).state_dict()
+    state["model.extra"] = state.pop("guide.encoder.net.0.weight")
+    runs.save_checkpoint(tmp_path, {"model": state})
+    with pytest.raises(CheckpointError, match="missing keys guide.encoder.net.0.weight; "
+                                              "unexpected keys model.extra"):
+        vaekit.load(tmp_path)
+    runs.write_config(tmp_path, {"model": {"z_dim": "two"}})
+    with pytest.raises(CheckpointError, match="cannot rebuild the model"):
+        vaekit.load(tmp_path)

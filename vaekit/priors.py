@@ -18,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError
 
 __all__ = ["Prior", "StandardNormal", "MixtureOfGaussians", "VampPrior", "PRIORS", "get_prior",
@@ -112,8 +113,9 @@ class VampPrior(Prior):
 
     ``K`` learnable pseudo-inputs ``u_k`` (images in [0, 1], through a sigmoid) go through the
     VAE's own encoder; the prior is the equal mixture of the diagonal Normals it gives them, with
-    every normalising constant kept (``MixtureSameFamily.log_prob``). The encoder runs in the mode
-    the VAE is in: in training mode its BatchNorm layers see the pseudo-inputs as one batch.
+    every normalising constant kept (``MixtureSameFamily.log_prob``). The encoder runs on them in
+    eval mode, so its BatchNorm layers use (and do not update) their running statistics: the
+    pseudo-inputs are encoded as a test image is.
 
     Args:
         z_dim: Latent dimension.
@@ -138,7 +140,8 @@ class VampPrior(Prior):
         """``(loc, scale)`` of q(z|u_k) for the K pseudo-inputs, each ``[K, z_dim]``."""
         if not self._encoder:
             raise ConfigError("the VampPrior needs the encoder: build it inside vaekit.VAE")
-        loc, scale = self._encoder[0](torch.sigmoid(self.u_logits))
+        with eval_mode(self._encoder[0]):  # BatchNorm: running statistics, left untouched
+            loc, scale = self._encoder[0](torch.sigmoid(self.u_logits))
         return loc.float(), scale.float()
 
     def forward(self, n: int) -> dist.TorchDistribution:

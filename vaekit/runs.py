@@ -46,6 +46,7 @@ __all__ = [
     "is_run_dir",
     "remove_stale_temporaries",
     "load",
+    "load_weights",
 ]
 
 CONFIG = "config.json"
@@ -242,11 +243,33 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
     state = load_checkpoint(run_dir)
     try:
         vae = VAE.from_config(vae_config(config), trust_plugins=trust_plugins)
-        vae.load_state_dict(state["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        lines = str(e).splitlines() or [""]
-        raise CheckpointError(
-            f"the checkpoint in {run_dir} does not match its config.json ({type(e).__name__}: "
-            f"{lines[0]})"
-        ) from None
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{run_dir}/config.json cannot rebuild the model "
+                              f"({type(e).__name__}: {e})") from None
+    load_weights(vae, state, run_dir)
     return vae.to(resolve_device(device)).eval()
+
+
+def load_weights(vae: Any, state: dict[str, Any], run_dir: str | os.PathLike[str]) -> None:
+    """Load a checkpoint's ``"model"`` weights into ``vae``, or say which keys do not match.
+
+    Raises:
+        CheckpointError: listing the missing and unexpected keys (or the shapes that differ).
+    """
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"the checkpoint in {run_dir} holds no model weights")
+    try:
+        result = vae.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise CheckpointError(f"the checkpoint in {run_dir} does not match its config.json: "
+                              f"{detail}") from None
+    if result.missing_keys or result.unexpected_keys:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} does not match its config.json: missing keys "
+            f"{some(result.missing_keys) or 'none'}; unexpected keys "
+            f"{some(result.unexpected_keys) or 'none'}")

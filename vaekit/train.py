@@ -213,14 +213,12 @@ def resume(
     position = None
     if (Path(run_dir) / runs.CHECKPOINT).exists():
         state = runs.load_checkpoint(run_dir)
+        runs.load_weights(vae, state, run_dir)
         try:
-            vae.load_state_dict(state["model"])
             position = Position.from_checkpoint(state)
-        except (KeyError, RuntimeError) as e:
-            raise CheckpointError(
-                f"the checkpoint in {run_dir} does not match its config.json "
-                f"({type(e).__name__})"
-            ) from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"the checkpoint in {run_dir} has no valid training position "
+                                  f"({type(e).__name__}: {e}); delete it to start over") from None
     config = {**config, "train": dataclasses.asdict(settings)}
     trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
                        train_labels, test_labels)
