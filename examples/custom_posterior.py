@@ -39,18 +39,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images")
+    p.add_argument("--limit-test", type=int, default=1000, help="score the first N test images")
+    p.add_argument("--num-samples", type=int, default=100, help="K for the IWAE estimate")
     p.add_argument("--out", default="runs/custom_posterior", help="run folder")
     args = p.parse_args()
 
     train_x, _ = vaekit.load_mnist(train=True, limit=args.limit_train)
-    test_x, _ = vaekit.load_mnist(train=False, limit=1000)
+    test_x, _ = vaekit.load_mnist(train=False, limit=args.limit_test)
     pyro.set_rng_seed(0)
     vae = vaekit.VAE(z_dim=16, posterior=LaplacePlanar(16))
     vaekit.fit(vae, train_x, test_x, epochs=args.epochs, batch_size=min(256, len(train_x)),
                run_dir=args.out, overwrite=True)
-    r = vaekit.evaluate(vae, test_observations(vae.likelihood, test_x), num_samples=100)
+    r = vaekit.evaluate(vae, test_observations(vae.likelihood, test_x), num_samples=args.num_samples)
     print(f"test -ELBO {r.neg_elbo:.2f} (KL {r.kl:.2f} by Monte Carlo), IWAE -log p(x) "
-          f"{r.neg_log_px:.2f} ± {r.neg_log_px_se:.2f} nats (K=100)")
+          f"{r.neg_log_px:.2f} ± {r.neg_log_px_se:.2f} nats (K={args.num_samples})")
 
 
 if __name__ == "__main__":

@@ -173,19 +173,24 @@ def _independent_iwae(vae, x, k):
         return math.log(k) - torch.logsumexp(log_w, 0)
 
 
-@pytest.mark.parametrize("prior, posterior", [("mog:3", "diagonal"), ("vamp:5", "iaf:2")])
-def test_vaekit_evaluate_agrees_with_an_independent_estimator(prior, posterior, mnist_small):
+@pytest.mark.parametrize("prior, posterior, latents", [("mog:3", "diagonal", 1),
+                                                       ("vamp:5", "iaf:2", 1),
+                                                       ("mog:3", "iaf:2", 2)])
+def test_vaekit_evaluate_agrees_with_an_independent_estimator(prior, posterior, latents,
+                                                              mnist_small):
     train_x, test_x = mnist_small
     pyro.set_rng_seed(0)
-    vae = vaekit.fit(vaekit.VAE(z_dim=4, prior=prior, posterior=posterior), train_x, epochs=1,
-                     batch_size=64, device="cpu", progress=False, verbose=False).vae
+    vae = vaekit.VAE(z_dim=4, prior=prior, posterior=posterior, latents=latents)
+    vae = vaekit.fit(vae, train_x, epochs=1, batch_size=64, device="cpu", progress=False,
+                     verbose=False).vae
     x = torch.bernoulli(test_x[:32].float() / 255, generator=torch.Generator().manual_seed(0))
     ours = evaluate(vae, x, num_samples=100)
     with pyro.settings.context(module_local_params=True):
         theirs = _independent_iwae(vae, x, 100)
     se = math.hypot(ours.neg_log_px_se, float(theirs.std()) / math.sqrt(32))
     assert ours.neg_log_px == pytest.approx(float(theirs.mean()), abs=3 * se + 0.05)
-    assert ours.kl_per_dim is None and set(ours.kl_sites) == {"z"}
+    assert ours.kl_per_dim is None
+    assert set(ours.kl_sites) == ({"z"} if latents == 1 else {"z1", "z2"})
     assert ours.neg_elbo >= ours.neg_log_px - 3 * se
 
 
@@ -261,3 +266,14 @@ def test_cli_trains_evaluates_and_resumes_vamp_with_iaf(monkeypatch, mnist_root,
     assert res.exit_code == 2 and "capacity objective needs" in res.output
     res = runner.invoke(cli, [*base, "--prior", "gauss", "--out", "d"])
     assert res.exit_code == 2 and "bad prior 'gauss'" in res.output
+    # two stochastic layers: trains, resumes, evaluates (a KL per latent site), samples
+    res = runner.invoke(cli, [*base, "--epochs", "1", "--latents", "2", "--out", "h"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["fit", "--resume", "h", "--epochs", "2", "--no-progress"])
+    assert res.exit_code == 0 and [r["epoch"] for r in runs.read_metrics("h")] == [1, 2]
+    res = runner.invoke(cli, ["evaluate", "h", "--num-samples", "5", "--device", "cpu",
+                              "--no-progress"])
+    assert res.exit_code == 0 and "site z1" in res.output and "site z2" in res.output
+    assert runner.invoke(cli, ["sample", "h", "--device", "cpu"]).exit_code == 0
+    res = runner.invoke(cli, [*base, "--latents", "2", "--objective", "free-bits", "--out", "e"])
+    assert res.exit_code == 2 and "2 latent layer(s)" in res.output

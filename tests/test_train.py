@@ -178,3 +178,21 @@ def test_corrupt_or_foreign_checkpoints(tmp_path):
     runs.write_config(tmp_path, {"model": {"z_dim": "two"}})
     with pytest.raises(CheckpointError, match="cannot rebuild the model"):
         vaekit.load(tmp_path)
+
+
+def test_hand_edited_run_files_of_the_wrong_type_are_clear_errors(mnist_small, tmp_path):
+    train_x, _ = mnist_small
+    kw = dict(batch_size=128, device="cpu", progress=False, verbose=False)
+    fit(new_vae(z_dim=2), train_x, epochs=1, run_dir=tmp_path / "r", **kw)
+    good = runs.read_config(tmp_path / "r")
+    for edit in ({"image_shape": "abc"}, {"z_dim": "two"}, {"likelihood": ["bernoulli"]}):
+        runs.write_config(tmp_path / "r", {**good, "vae": {**good["vae"], **edit}})
+        with pytest.raises(CheckpointError, match="cannot (rebuild the model|be used to resume)"):
+            vaekit.load(tmp_path / "r")
+        with pytest.raises(CheckpointError):
+            resume(tmp_path / "r", train_x, **kw)
+    runs.write_config(tmp_path / "r", good)
+    state = runs.load_checkpoint(tmp_path / "r")
+    runs.save_checkpoint(tmp_path / "r", {**state, "epoch": "one"})
+    with pytest.raises(CheckpointError, match="no valid training position"):
+        resume(tmp_path / "r", train_x, epochs=2, **kw)

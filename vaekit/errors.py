@@ -1,7 +1,8 @@
 """Errors vaekit raises for bad input (the CLI prints them as one line and exits with code 2),
 and `Interrupted`, which is not an error: training stopped by a signal, its checkpoint written."""
 
-__all__ = ["VaekitError", "ConfigError", "DataError", "CheckpointError", "TrainingError", "Interrupted"]
+__all__ = ["VaekitError", "ConfigError", "PluginError", "DataError", "CheckpointError", "TrainingError",
+           "Interrupted"]
 
 
 class VaekitError(ValueError):
@@ -10,6 +11,11 @@ class VaekitError(ValueError):
 
 class ConfigError(VaekitError):
     """An invalid setting (likelihood, β, z_dim, image size, device ...)."""
+
+
+class PluginError(ConfigError):
+    """Code that a run or a settings file names (a network, likelihood, prior or posterior) that
+    is not trusted (not imported yet, and ``trust_plugins`` not given) or cannot be imported."""
 
 
 class DataError(VaekitError):

@@ -303,8 +303,9 @@ def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_s
                 for site in t.log_q:
                     mc.setdefault(site, []).append(t.log_q[site] - t.log_p[site])
                 analytic = t.kl_analytic
-                if "z" in t.values:
-                    zs = t.values["z"].reshape(-1, b, t.values["z"].shape[-1]).sum(0)
+                first = "z" if "z" in t.values else "z1" if "z1" in t.values else None
+                if first is not None:  # E_q[z] (of the first layer) for the active units
+                    zs = t.values[first].reshape(-1, b, t.values[first].shape[-1]).sum(0)
                     z_sum = zs if z_sum is None else z_sum + zs
             lw = torch.cat(log_w)
             out["iwae"].append(math.log(k) - torch.logsumexp(lw, dim=0))

@@ -24,14 +24,14 @@ from pyro import poutine
 from torch import nn
 
 from vaekit.devices import eval_mode
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, PluginError
 from vaekit.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from vaekit.nets import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
 from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
 from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
 from vaekit.settings import ModelSpec
 
-__all__ = ["Model", "Guide", "VAE"]
+__all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer"]
 
 
 def _register(name: str, module: nn.Module) -> None:
@@ -122,6 +122,87 @@ class Guide(nn.Module):
     # --8<-- [end:guide]
 
 
+class GaussianLayer(nn.Module):
+    """A diagonal Normal whose location and scale an MLP computes from its input:
+    ``(loc, scale) = MLP(h)``, one hidden layer with ELU.
+
+    Args:
+        in_dim: Input size.
+        z_dim: Output size (of ``loc`` and ``scale``).
+        hidden: Hidden units.
+    """
+
+    def __init__(self, in_dim: int, z_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ELU(), nn.Linear(hidden, 2 * z_dim))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` for ``h`` ``[..., in_dim]``."""
+        loc, log_scale = self.net(h).chunk(2, dim=-1)
+        return loc, log_scale.clamp(-7, 5).exp()
+
+
+class HierarchicalModel(nn.Module):
+    """Two stochastic layers: p(z2) p(z1|z2) p(x|z1), with p(z2) = prior and
+    p(z1|z2) = Normal(`GaussianLayer`(z2)); the decoder reads z1.
+
+    Args:
+        decoder: Maps ``z1`` to the likelihood's parameters.
+        likelihood: Turns those parameters into a distribution over images.
+        z_dim: Size of each latent layer.
+        beta: Weight of the KL terms (scales both latent sites).
+        prior: p(z2).
+    """
+
+    def __init__(self, decoder: nn.Module, likelihood: Likelihood, z_dim: int, beta: float,
+                 prior: Prior) -> None:
+        super().__init__()
+        self.decoder, self.likelihood, self.z_dim, self.beta = decoder, likelihood, z_dim, beta
+        self.prior = prior
+        self.p_z1 = GaussianLayer(z_dim, z_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the generative program, observing images ``x``."""
+        for name, part in (("decoder", self.decoder), ("likelihood", self.likelihood),
+                           ("prior", self.prior), ("p_z1", self.p_z1)):
+            _register(name, part)
+        with pyro.plate("data", x.shape[0]):
+            with _kl_weight(self.beta):
+                z2 = pyro.sample("z2", self.prior(x.shape[0]))
+                loc, scale = self.p_z1(z2)
+                z1 = pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
+            out = _call(self.decoder, z1, y).float()
+            return pyro.sample("x", self.likelihood(out), obs=x)
+
+
+class HierarchicalGuide(nn.Module):
+    """q(z1|x) q(z2|z1): q(z1|x) = posterior(encoder(x)), q(z2|z1) = Normal(`GaussianLayer`(z1)).
+
+    Args:
+        encoder: Maps images to ``(z_loc, z_scale)`` of the first layer.
+        beta: Weight of the KL terms; must equal the model's.
+        posterior: q(z1|x) from the encoder's output.
+        z_dim: Size of each latent layer.
+    """
+
+    def __init__(self, encoder: nn.Module, beta: float, posterior: Posterior, z_dim: int) -> None:
+        super().__init__()
+        self.encoder, self.beta, self.posterior = encoder, beta, posterior
+        self.q_z2 = GaussianLayer(z_dim, z_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample ``z1`` and ``z2`` for each image in ``x``."""
+        for name, part in (("encoder", self.encoder), ("posterior", self.posterior),
+                           ("q_z2", self.q_z2)):
+            _register(name, part)
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_scale = _call(self.encoder, x, y)
+            with _kl_weight(self.beta):
+                z1 = pyro.sample("z1", self.posterior(z_loc.float(), z_scale.float()))
+                loc, scale = self.q_z2(z1)
+                return pyro.sample("z2", dist.Normal(loc, scale).to_event(1))
+
+
 class VAE(nn.Module):
     """A variational autoencoder: ``model``, ``guide`` and helpers to encode, decode and sample.
 
@@ -140,6 +221,8 @@ class VAE(nn.Module):
             `vaekit.priors.Prior`.
         posterior: q(z|x): ``"diagonal"`` (default), ``"iaf:N"`` or a
             `vaekit.posteriors.Posterior`.
+        latents: Stochastic layers: 1 (``"z"``) or 2 (`HierarchicalModel`: ``"z2"`` from the
+            prior, ``"z1"`` given ``z2``, the decoder reads ``z1``; the posterior is q(z1|x)).
 
     Raises:
         ConfigError: for an unknown likelihood, ``beta < 0``, ``z_dim < 1``, an image size the
@@ -157,6 +240,7 @@ class VAE(nn.Module):
         num_classes: int = 0,
         prior: str | Prior = "standard",
         posterior: str | Posterior = "diagonal",
+        latents: int = 1,
     ) -> None:
         super().__init__()
         if not (isinstance(z_dim, int) and z_dim >= 1):
@@ -186,9 +270,20 @@ class VAE(nn.Module):
         if prior_mod.name == "vamp" and num_classes:
             raise ConfigError("the VampPrior passes pseudo-inputs through the encoder, which in a "
                               "conditional VAE needs labels: use prior standard or mog:K")
+        if latents not in (1, 2):
+            raise ConfigError(f"latents must be 1 or 2, got {latents!r}")
+        if latents == 2 and prior_mod.name == "vamp":
+            raise ConfigError("the VampPrior is built on q(z|x) of the encoder, which with two "
+                              "latent layers gives z1, not z2: use prior standard or mog:K")
         prior_mod.bind(encoder)
-        self.model = Model(decoder, lik, z_dim, beta, prior_mod)
-        self.guide = Guide(encoder, beta, get_posterior(posterior, z_dim))
+        self.latents = latents
+        post_mod = get_posterior(posterior, z_dim)
+        if latents == 2:
+            self.model: nn.Module = HierarchicalModel(decoder, lik, z_dim, beta, prior_mod)
+            self.guide: nn.Module = HierarchicalGuide(encoder, beta, post_mod, z_dim)
+        else:
+            self.model = Model(decoder, lik, z_dim, beta, prior_mod)
+            self.guide = Guide(encoder, beta, post_mod)
 
     # -- parts ------------------------------------------------------------------------------
     @property
@@ -286,6 +381,10 @@ class VAE(nn.Module):
         """Mean images of ``n`` draws z ~ p(z), the model's prior (of label ``y``, when
         conditional), reproducible with ``generator``."""
         z = self.prior.sample(n, generator=generator).to(self.device)
+        if self.latents == 2:  # z1 ~ p(z1|z2), drawn with the same generator
+            loc, scale = self.model.p_z1(z)
+            eps = torch.randn(loc.shape, generator=generator).to(self.device)
+            z = loc + scale * eps
         return self.decode(z, y)
 
     @torch.no_grad()
@@ -300,6 +399,7 @@ class VAE(nn.Module):
         plugin = {} if lik_module == "vaekit.likelihoods" else {"likelihood_module": lik_module}
         return {
             **plugin,
+            "latents": self.latents,
             "prior": _part_config(self.prior, "vaekit.priors"),
             "posterior": _part_config(self.posterior, "vaekit.posteriors"),
             "z_dim": self.z_dim,
@@ -368,7 +468,7 @@ class VAE(nn.Module):
         return cls(z_dim=spec.z_dim, likelihood=get_likelihood(spec.likelihood, **options),
                    beta=spec.beta, image_shape=image_shape,
                    num_classes=num_classes if spec.conditional else 0, prior=prior,
-                   posterior=posterior, **nets)
+                   posterior=posterior, latents=spec.latents, **nets)
 
     def spec(self) -> ModelSpec:
         """The `ModelSpec` of this VAE: what ``config.json`` records under ``"model"``.
@@ -381,7 +481,7 @@ class VAE(nn.Module):
         custom = {k: (None if v == "default" else v) for k, v in self._custom_nets.items()}
         return ModelSpec(likelihood=self.likelihood.name, beta=self.beta, z_dim=self.z_dim,
                          conditional=self.num_classes > 0, prior=_part_spec(self.prior),
-                         posterior=_part_spec(self.posterior), **custom,
+                         posterior=_part_spec(self.posterior), latents=self.latents, **custom,
                          **{k: lik[k] for k in fields if k in lik})
 
 
@@ -436,14 +536,14 @@ def _build_part(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
 def _import_plugin(module: str, what: str, trust: bool) -> Any:
     """``importlib.import_module(module)``, unless it is not imported yet and not trusted."""
     if not trust and module not in sys.modules:
-        raise ConfigError(
+        raise PluginError(
             f"{what} comes from the module {module!r}, which is not imported; a run's plug-ins "
             f"are code, and vaekit imports none that you did not ask for: import {module} "
             "yourself if you trust it, or pass trust_plugins=True (--trust-plugins)")
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ConfigError(f"cannot import {what} ({e}); make its module importable from here "
+        raise PluginError(f"cannot import {what} ({e}); make its module importable from here "
                           "(install it, or add its folder to PYTHONPATH)") from None
 
 

@@ -167,14 +167,15 @@ def check_objective(vae: VAE, name: str) -> None:
         ConfigError: naming the combination.
     """
     stock = (type(vae.model.prior).__name__ == "StandardNormal"
-             and type(vae.guide.posterior).__name__ == "Diagonal")
+             and type(vae.guide.posterior).__name__ == "Diagonal" and vae.latents == 1)
     if name in ("capacity", "free-bits") and not stock:
         from vaekit.model import _part_spec
 
         raise ConfigError(f"the {name} objective needs the closed-form KL of the standard prior "
                           f"with the diagonal posterior; this model has prior "
                           f"{_part_spec(vae.model.prior)} and posterior "
-                          f"{_part_spec(vae.guide.posterior)}: use objective elbo or iwae")
+                          f"{_part_spec(vae.guide.posterior)} with {vae.latents} latent "
+                          "layer(s): use objective elbo or iwae")
 
 
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vaekit.errors import CheckpointError
+from vaekit.errors import CheckpointError, PluginError
 from vaekit.io import atomic_write, remove_stale_temporaries
 
 __all__ = [
@@ -243,7 +243,9 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
     state = load_checkpoint(run_dir)
     try:
         vae = VAE.from_config(vae_config(config), trust_plugins=trust_plugins)
-    except (KeyError, TypeError) as e:
+    except PluginError:  # names the module to import or trust
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # ConfigError too
         raise CheckpointError(f"{run_dir}/config.json cannot rebuild the model "
                               f"({type(e).__name__}: {e})") from None
     load_weights(vae, state, run_dir)

@@ -173,6 +173,8 @@ class ModelSpec:
     posterior: str = setting("diagonal", "q(z|x): diagonal (Normal) or iaf:N (N inverse "
                              "autoregressive flow steps), or your own Posterior as "
                              "package.module:Class.")
+    latents: int = setting(1, "Stochastic layers: 1 (z) or 2 (z2 from the prior, z1 given z2, "
+                           "the decoder reads z1; the posterior is q(z1|x)).", min=1, max=2)
     beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0)
     z_dim: int = setting(32, "Latent dimension.", min=1)
     conditional: bool = setting(
@@ -246,7 +248,8 @@ class TrainSettings:
     capacity_steps: int = setting(10000, "Steps over which C rises linearly from 0.", min=0)
     free_bits: float = setting(0.5, "λ in nats per latent dimension of the free-bits "
                                "objective.", min=0)
-    seed: int = setting(0, "Seeds Pyro, torch, the shuffling and the initial weights.")
+    seed: int = setting(0, "Seeds Pyro, torch, the shuffling and the initial weights.", min=0,
+                        max=2**32 - 1)
     device: str = setting("auto", "Where to train; auto picks CUDA when there is a GPU.",
                           choices=("auto", "cpu", "cuda"))
     checkpoint_every: int = setting(0, "Also checkpoint every N steps (0: at the end of each "

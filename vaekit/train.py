@@ -28,14 +28,20 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from vaekit import distributed, plots, runs
 from vaekit.data import load_data, resolve_data_root, to_unit
 from vaekit.devices import resolve_device, separate_compile_cache
-from vaekit.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
-from vaekit.evaluation import evaluate_elbo
+from vaekit.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    PluginError,
+    TrainingError,
+)
+from vaekit.evaluation import evaluate_elbo, site_log_probs
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
@@ -208,7 +214,9 @@ def resume(
         settings = from_mapping(TrainSettings, {**config["train"], **changes})
         pyro.set_rng_seed(settings.seed)  # the initial weights, as `vaekit fit` builds them
         vae = VAE.from_config(runs.vae_config(config), trust_plugins=trust_plugins)
-    except (KeyError, TypeError) as e:
+    except PluginError:  # names the module to import or trust
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # ConfigError too
         raise CheckpointError(f"{run_dir}/config.json cannot be used to resume ({e})") from None
     position = None
     if (Path(run_dir) / runs.CHECKPOINT).exists():
@@ -586,13 +594,10 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch:
     where = f"epoch {epoch}" + (f", step {step}" if step else "")
     site = "the parameters (a previous update)"
     if x.shape[0] and all(torch.isfinite(p).all() for p in vae.parameters()):
-        with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
-            args = (x,) if y is None else (x, y)
-            guide_tr = poutine.trace(vae.guide).get_trace(*args)
-            model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(*args)
-            z = guide_tr.nodes["z"]["value"]
-            recon = model_tr.nodes["x"]["fn"].log_prob(x).sum()
-            kl = (guide_tr.nodes["z"]["fn"].log_prob(z) - model_tr.nodes["z"]["fn"].log_prob(z)).sum()
+        with torch.no_grad(), pyro.validation_enabled(False):
+            t = site_log_probs(vae, x, y, 1)
+            recon = t.log_lik.sum()
+            kl = sum((t.log_q[k] - t.log_p[k]).sum() for k in t.log_q)
         if not torch.isfinite(recon):
             site = "the reconstruction term log p(x|z)"
         elif not torch.isfinite(kl):
