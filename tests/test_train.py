@@ -190,9 +190,9 @@ def test_hand_edited_run_files_of_the_wrong_type_are_clear_errors(mnist_small, t
         with pytest.raises(CheckpointError, match="cannot (rebuild the model|be used to resume)"):
             vaekit.load(tmp_path / "r")
         with pytest.raises(CheckpointError):
-            resume(tmp_path / "r", train_x, **kw)
+            resume(tmp_path / "r", train_x, progress=False, verbose=False)
     runs.write_config(tmp_path / "r", good)
     state = runs.load_checkpoint(tmp_path / "r")
     runs.save_checkpoint(tmp_path / "r", {**state, "epoch": "one"})
     with pytest.raises(CheckpointError, match="no valid training position"):
-        resume(tmp_path / "r", train_x, epochs=2, **kw)
+        resume(tmp_path / "r", train_x, epochs=2, progress=False, verbose=False)
