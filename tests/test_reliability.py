@@ -11,8 +11,9 @@ import pyro
 import pytest
 import torch
 
+import vaekit
 from vaekit import VAE, fit, likelihoods, resume, runs
-from vaekit.errors import Interrupted, TrainingError
+from vaekit.errors import ConfigError, Interrupted, TrainingError
 from vaekit.likelihoods import Bernoulli, Gaussian, register_likelihood
 
 # A real `vaekit fit` subprocess: 512 images, 8 steps per epoch, 3 epochs, a checkpoint every 2 steps.
@@ -192,3 +193,74 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(mnist_small, tmp_pat
     (tmp_path / "dead" / "config.json").write_bytes((tmp_path / "ref" / "config.json").read_bytes())
     again = resume(tmp_path / "dead", train_x, test_x, device="cpu", progress=False)
     assert again.final["train_loss"] == ref.final["train_loss"]
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(mnist_small, tmp_path):
+    """While a fit holds its run folder, another fit or resume of it touches nothing there."""
+    train_x, test_x = mnist_small
+    kw = dict(batch_size=128, device="cpu", progress=False, verbose=False)
+    fit(VAE(z_dim=2), train_x, test_x, epochs=1, run_dir=tmp_path / "r", **kw)
+    stale = tmp_path / "r" / ".checkpoint.pt.x1.vaekit.tmp"  # as if the holder were mid-write
+    stale.write_bytes(b"being written")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vaekit.io import FolderLock; "
+         "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"being written by another vaekit process "
+                                              f"\\(PID {holder.pid}\\)"):
+            resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
+        with pytest.raises(ConfigError, match=f"PID {holder.pid}"):
+            fit(VAE(z_dim=2), train_x, test_x, epochs=1, run_dir=tmp_path / "r", overwrite=True,
+                **kw)
+        assert stale.read_bytes() == b"being written"  # nothing of the holder's was touched
+        assert [r["epoch"] for r in runs.read_metrics(tmp_path / "r")] == [1]
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # the holder is gone (killed: the OS released its lock): the folder can be resumed
+    resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
+    assert [r["epoch"] for r in runs.read_metrics(tmp_path / "r")] == [1, 2]
+    assert not stale.exists()  # a killed writer's temporary, cleaned up by the next writer
+
+
+def test_a_diverged_run_resumes_with_a_lower_learning_rate(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    kw = dict(batch_size=128, device="cpu", progress=False, verbose=False)
+    with pytest.raises(TrainingError, match="resume it with a lower lr"):
+        fit(VAE(z_dim=2, likelihood="gaussian"), train_x, test_x, epochs=2, lr=1e30,
+            run_dir=tmp_path / "r", **kw)
+    result = resume(tmp_path / "r", train_x, test_x, lr=1e-3, progress=False, verbose=False)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    state = runs.load_checkpoint(tmp_path / "r")
+    assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {1e-3}  # not the old 1e30
+    assert runs.read_config(tmp_path / "r")["train"]["lr"] == 1e-3
+
+
+def test_skipped_steps_never_change_the_weights(mnist_small, flaky_likelihood):
+    """With skip_nonfinite, a step whose loss or gradients are not finite leaves every weight."""
+    train_x, _ = mnist_small
+    flaky_likelihood.bad = range(1, 10_000)  # every training call NaN: every step skipped
+    pyro.set_rng_seed(0)
+    vae = VAE(z_dim=2, likelihood="test-flaky")
+    before = {k: v.clone() for k, v in vae.state_dict().items() if "running" not in k
+              and "num_batches" not in k}
+    result = fit(vae, train_x, epochs=1, batch_size=64, device="cpu", skip_nonfinite=True,
+                 progress=False, verbose=False)
+    assert result.final["skipped"] == 8
+    after = result.vae.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def test_a_checkpoint_with_nan_weights_is_a_one_line_error(mnist_small, tmp_path):
+    train_x, _ = mnist_small
+    fit(VAE(z_dim=2), train_x, epochs=1, batch_size=128, device="cpu", run_dir=tmp_path / "r",
+        progress=False, verbose=False)
+    state = runs.load_checkpoint(tmp_path / "r")
+    state["model"]["model.decoder.net.0.weight"][0] = float("nan")
+    runs.save_checkpoint(tmp_path / "r", state)
+    with pytest.raises(vaekit.CheckpointError, match="NaN or infinite.*model.decoder.net.0.weight"):
+        vaekit.load(tmp_path / "r")

@@ -39,7 +39,7 @@ def test_run_folder_and_load_round_trip(mnist_small, tmp_path):
     out = tmp_path / "run"
     result = fit(new_vae(z_dim=4, likelihood="gaussian"), train_x, test_x, epochs=2, batch_size=128,
                  device="cpu", run_dir=out, progress=False)
-    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert {p.name for p in out.iterdir()} == RUN_FILES | {".vaekit.lock"}  # the writer's lock
     rows = runs.read_metrics(out)
     assert [r == pytest.approx(h) for r, h in zip(rows, result.history)] == [True, True]
     config = runs.read_config(out)
@@ -84,7 +84,7 @@ def test_resume_matches_uninterrupted_run(mnist_small, tmp_path):
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
     assert strip(resumed.history) == strip(full.history)  # bit for bit: same machine, same kernels
     assert [r["epoch"] for r in runs.read_metrics(tmp_path / "part")] == [1, 2, 3]
-    assert {p.name for p in (tmp_path / "part").iterdir()} == RUN_FILES
+    assert {p.name for p in (tmp_path / "part").iterdir()} == RUN_FILES | {".vaekit.lock"}
     for a, b in zip(full.vae.state_dict().values(), resumed.vae.state_dict().values()):
         assert torch.equal(a, b)
 

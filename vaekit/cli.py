@@ -142,8 +142,9 @@ def _settings_options(f: Any) -> Any:
               "given here override it.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Continue this run folder from its last checkpoint (its "
-              "settings come from its config.json; --epochs, --device, --data-root, "
-              "--download, --progress and --nproc may be given).")
+              "settings come from its config.json; --epochs, --device, --lr, --skip-nonfinite, "
+              "--checkpoint-every, --data-root, --download, --progress and --nproc may be "
+              "given).")
 @click.option("--trust-plugins", is_flag=True, default=False, help=_TRUST_HELP.replace(
     "the run names", "the resumed run or the --config file names"))
 @click.pass_context
@@ -157,6 +158,7 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
     """
     from vaekit.errors import ConfigError, Interrupted, TrainingError, VaekitError
     from vaekit.settings import SECTIONS, from_mapping, read_settings
+    from vaekit.train import RESUME_OVERRIDES
 
     t0 = time.perf_counter()
     given: dict[str, dict[str, Any]] = {k: {} for k in SECTIONS}
@@ -168,14 +170,15 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
     nproc = given["run"].get("nproc", 1)
     try:
         if resume_dir is not None:
-            allowed = {("train", "epochs"), ("train", "device"), ("data", "root"),
-                       ("data", "download"), ("run", "progress"), ("run", "nproc")}
+            allowed = {("train", k) for k in RESUME_OVERRIDES} | {
+                ("data", "root"), ("data", "download"), ("run", "progress"), ("run", "nproc")}
             bad = [_flag(ctx, sec, k) for sec, vals in given.items() for k in vals
                    if (sec, k) not in allowed] + (["--config"] if config_file else [])
             if bad:
                 raise click.UsageError(
                     f"{', '.join(bad)} cannot be combined with --resume: the run's settings "
-                    "come from its config.json (only --epochs, --device and data options can)")
+                    "come from its config.json (only --epochs, --device, --lr, "
+                    "--skip-nonfinite, --checkpoint-every and data options can)")
         if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch torchrun with the same options
             from vaekit.distributed import launch
 
@@ -191,8 +194,7 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
             result = resume_run(resume_dir, root=given["data"].get("root"),
                                 download=given["data"].get("download"),
                                 progress=given["run"].get("progress", True),
-                                epochs=given["train"].get("epochs"),
-                                device=given["train"].get("device"),
+                                **{k: given["train"].get(k) for k in RESUME_OVERRIDES},
                                 trust_plugins=trust_plugins)
         else:
             from vaekit.train import fit_settings

@@ -15,7 +15,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "FolderLock", "FolderBusy", "LOCK_FILE"]
+
+LOCK_FILE = ".vaekit.lock"
+"""The file in a run folder that its writer holds an OS lock on (and writes its PID into)."""
 
 _TMP_SUFFIX = ".vaekit.tmp"  # marks atomic_write's temporaries, so that only they are cleaned up
 
@@ -60,3 +63,60 @@ def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+class FolderLock:
+    """An exclusive OS lock (``fcntl.flock``) on a folder, held by the one process that writes it.
+
+        with FolderLock("runs/a"):      # raises FolderBusy at once if another process holds it
+            ...                         # write the run folder
+
+    The lock is on ``LOCK_FILE`` inside the folder (created, with the folder, if missing), which
+    holds the holder's PID; the OS releases it when the holder exits, however it exits. Readers
+    need no lock.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        """Take the lock, or raise `FolderBusy` naming the holder's PID."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise FolderBusy(self.folder, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (the file stays, empty)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class FolderBusy(OSError):
+    """Another process holds the `FolderLock` of a folder."""
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        self.folder, self.holder = folder, holder
+        super().__init__(f"{folder} is being written by another vaekit process (PID {holder}); "
+                         "wait for it to finish or stop it, or choose another folder")

@@ -267,6 +267,12 @@ def load_weights(vae: Any, state: dict[str, Any], run_dir: str | os.PathLike[str
         detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
         raise CheckpointError(f"the checkpoint in {run_dir} does not match its config.json: "
                               f"{detail}") from None
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"the checkpoint in {run_dir} has weights that are NaN or infinite "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): the run "
+                              "diverged; resume an earlier checkpoint with a lower lr")
     if result.missing_keys or result.unexpected_keys:
         def some(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")

@@ -175,7 +175,7 @@ class ModelSpec:
                              "package.module:Class.")
     latents: int = setting(1, "Stochastic layers: 1 (z) or 2 (z2 from the prior, z1 given z2, "
                            "the decoder reads z1; the posterior is q(z1|x)).", min=1, max=2)
-    beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0)
+    beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0, max=1e4)
     z_dim: int = setting(32, "Latent dimension.", min=1)
     conditional: bool = setting(
         False, "A conditional VAE on the data set's labels: p(x|z,y), q(z|x,y).")

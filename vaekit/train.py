@@ -42,6 +42,7 @@ from vaekit.errors import (
     TrainingError,
 )
 from vaekit.evaluation import evaluate_elbo, site_log_probs
+from vaekit.io import LOCK_FILE, FolderBusy, FolderLock
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
@@ -59,7 +60,7 @@ __all__ = [
     "RESUME_OVERRIDES",
 ]
 
-RESUME_OVERRIDES = ("epochs", "device")
+RESUME_OVERRIDES = ("epochs", "device", "lr", "skip_nonfinite", "checkpoint_every")
 """The training settings a resumed run may change; the others come from its ``config.json``."""
 
 
@@ -198,7 +199,9 @@ def resume(
         trust_plugins: Import the modules the run names (its networks, its likelihood); see
             `vaekit.load`.
         **overrides: New values of the settings in `RESUME_OVERRIDES`: ``epochs`` (a new
-            total) and ``device``; None keeps the run's own.
+            total), ``device``, and, to get past a divergence, ``lr`` (replaces the learning
+            rate in the restored optimizer too), ``skip_nonfinite`` and ``checkpoint_every``;
+            None keeps the run's own.
 
     Raises:
         ConfigError: for a setting that a resumed run cannot change.
@@ -310,13 +313,22 @@ class _Trainer:
         self.verbose = verbose and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.saved: str | None = None  # what the last checkpoint holds, for error messages
+        self.lock: FolderLock | None = None
 
     # -- the table of contents -------------------------------------------------------------------
     def run(self, config: dict[str, Any], overwrite: bool = False, resuming: bool = False,
             position: Position | None = None,
             optimizer_state: dict[str, Any] | None = None) -> FitResult:
         """Train from ``position`` (a checkpoint's) or from the start; see `fit`."""
-        self._prepare_run_dir(config, overwrite, resuming)
+        try:
+            self._prepare_run_dir(config, overwrite, resuming)
+            return self._train(position, optimizer_state)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _train(self, position: Position | None,
+               optimizer_state: dict[str, Any] | None) -> FitResult:
         with _deterministic(self.s.deterministic):
             self._build()
             pos = self._restore(position, optimizer_state)
@@ -330,19 +342,31 @@ class _Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare_run_dir(self, config: dict[str, Any], overwrite: bool, resuming: bool) -> None:
-        """Check and write the run folder on rank 0; its error, if any, stops every rank."""
+        """Lock, check and write the run folder on rank 0; its error, if any, stops every rank.
+
+        The lock (`vaekit.io.FolderLock`) is taken before anything in the folder is touched and
+        held until the fit ends: a second writer is refused with the holder's PID.
+        """
         path = self.run_path
         if path is None:
             return
         error = None
         if self.dist.main:
             try:
+                if not resuming and path.exists() and any(
+                        p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
+                    what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
+                    raise ConfigError(f"{path} already exists and is {what}; pick another "
+                                      "out folder, resume it, or overwrite it")
+                try:
+                    self.lock = FolderLock(path).acquire()
+                except FolderBusy as e:
+                    raise ConfigError(str(e)) from None
+                except OSError as e:
+                    raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); "
+                                      "choose a writable out folder") from None
                 runs.remove_stale_temporaries(path)  # a killed writer's (none if no folder)
-                if not resuming and path.exists() and any(path.iterdir()):
-                    if not overwrite:
-                        what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
-                        raise ConfigError(f"{path} already exists and is {what}; pick another "
-                                          "out folder, resume it, or overwrite it")
+                if not resuming and overwrite:
                     for name in runs.RUN_FILES:
                         (path / name).unlink(missing_ok=True)
                 config = {**config, "run": {**(config.get("run") or {}), "out": str(path)}}
@@ -412,6 +436,8 @@ class _Trainer:
             return Position(rng={"shuffle": self.shuffle.get_state()})
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
+            for group in self.optimizer.param_groups:  # a new lr given to resume wins
+                group["lr"] = self.s.lr
         _set_rng_state(position.rng, self.shuffle, self.dev, self.dist.rank, self.dist.world)
         if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint
             (self.run_path / runs.METRICS).unlink(missing_ok=True)
@@ -456,6 +482,10 @@ class _Trainer:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss * world if world > 1 else loss).backward()
+                if s.skip_nonfinite and not self._finite_gradients():  # a skipped step must
+                    pos.skipped += 1                                   # not touch the weights
+                    bar.update(x.shape[0] * world)
+                    continue
                 self.optimizer.step()
                 acc += loss.detach()
                 bar.update(x.shape[0] * world)
@@ -472,6 +502,14 @@ class _Trainer:
         self.train_loss = self.dist.all_sum(acc).item() / n
         if not math.isfinite(self.train_loss):
             raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self.saved))
+
+    def _finite_gradients(self) -> bool:
+        """Whether every gradient is finite (on every rank)."""
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in self.loss_fn.parameters()
+                     if p.grad is not None)
+        if self.dist.world > 1:
+            finite = not bool(self.dist.all_max(torch.tensor([float(not finite)])).item())
+        return finite
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The objective on this rank's batch; NaN on every rank if it is NaN on any."""
@@ -606,7 +644,7 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch:
             site = "a term that was finite when recomputed (a transient fault)"
     return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
             f"(lr, now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or skip such "
-            "batches (skip_nonfinite)" + (f". {saved}" if saved else ""))
+            "batches (skip_nonfinite)" + (f". {saved}: resume it with a lower lr" if saved else ""))
 
 
 class _deterministic:
