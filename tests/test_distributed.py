@@ -134,3 +134,41 @@ def test_single_process_context_is_a_no_op():
     ctx = Context()
     t = torch.ones(3)
     assert ctx.main and not ctx.active and ctx.all_sum(t) is t and ctx.gather(5) == [5]
+
+
+def _processes_naming(text):
+    """PIDs of live processes whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = next((ln for ln in (proc / "status").read_text().splitlines()
+                              if ln.startswith("State:")), "")
+            except OSError:
+                continue
+            if text in cmdline and "zombie" not in state:
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_die_with_a_killed_launcher(env, tmp_path):
+    """kill -9 of `vaekit fit --nproc 2` leaves no torchrun and no rank training, orphaned."""
+    import signal
+    import time
+
+    out = tmp_path / "orphans"
+    launcher = subprocess.Popen([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *FIT,
+                                 "--epochs", "50", "--out", str(out)], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(_processes_naming(str(out))) >= 3  # the launcher, torchrun and two ranks
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.time() + 60
+    while _processes_naming(str(out)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_naming(str(out)) == []

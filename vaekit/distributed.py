@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -168,4 +169,20 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "vaekit", *argv]
-    return subprocess.call(cmd)
+    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    # Ctrl-C reaches torchrun and the ranks through the terminal's process group; the launcher
+    # waits for them to write their checkpoint and stop, and exits with their code.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _die_with_parent() -> None:
+    """In the torchrun child (Linux): receive SIGTERM when the launcher dies, even by SIGKILL,
+    so that torchrun stops the ranks instead of leaving them training, orphaned."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
