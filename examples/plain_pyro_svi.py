@@ -21,6 +21,7 @@ from pyro.optim import Adam
 from torchvision.utils import save_image
 
 import vaekit
+from vaekit.likelihoods import test_observations
 
 
 def own_program(vae: vaekit.VAE, beta: float = 1.0):
@@ -59,10 +60,10 @@ def main() -> None:
 
     train_x, _ = vaekit.load_mnist(train=True, limit=args.limit_train)
     test_x, _ = vaekit.load_mnist(train=False, limit=args.limit_train)
-    test_obs = torch.bernoulli(test_x.float() / 255, generator=torch.Generator().manual_seed(0))
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = vaekit.VAE(z_dim=32)  # its nets start in training mode (BatchNorm)
+    test_obs = test_observations(vae.likelihood, test_x)  # binarized once, as vaekit's test sets
     if args.model == "vaekit":
         model, guide = vae.model, vae.guide
         prior = lambda n: dist.Normal(torch.zeros(n, vae.z_dim), 1.0).to_event(1)

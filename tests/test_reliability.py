@@ -264,3 +264,14 @@ def test_a_checkpoint_with_nan_weights_is_a_one_line_error(mnist_small, tmp_path
     runs.save_checkpoint(tmp_path / "r", state)
     with pytest.raises(vaekit.CheckpointError, match="NaN or infinite.*model.decoder.net.0.weight"):
         vaekit.load(tmp_path / "r")
+
+
+def test_resume_draws_pictures_a_killed_run_left_empty(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    fit(VAE(z_dim=2), train_x, test_x, epochs=1, batch_size=128, device="cpu",
+        run_dir=tmp_path / "r", progress=False, verbose=False)
+    (tmp_path / "r" / "samples.png").write_bytes(b"")  # killed while drawing the last pictures
+    (tmp_path / "r" / "loss.png").unlink()
+    resume(tmp_path / "r", train_x, test_x, progress=False, verbose=False)  # nothing to train
+    assert (tmp_path / "r" / "samples.png").stat().st_size > 0
+    assert (tmp_path / "r" / "loss.png").stat().st_size > 0

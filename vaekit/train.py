@@ -338,6 +338,11 @@ class _Trainer:
                 while pos.epoch < self.s.epochs:
                     self._train_epoch(pos)
                     self._end_epoch(pos)
+                pictures = (runs.SAMPLES, runs.RECONSTRUCTIONS, runs.LOSS)
+                if self.run_path is not None and self.dist.main and pos.history and any(
+                        not (self.run_path / f).is_file() or not (self.run_path / f).stat().st_size
+                        for f in pictures):  # a run killed while drawing them: draw them again
+                    self._write_pictures(pos.history)
         return self._finish(pos)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -597,6 +602,15 @@ class _Trainer:
                                   f"({e.strerror or e}); free space, then resume") from None
 
     def _write_pictures(self, history: list[dict[str, float]]) -> None:
+        """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
+        try:
+            self._draw(history)
+        except OSError as e:
+            raise CheckpointError(f"could not write the pictures in {self.run_path} "
+                                  f"({e.strerror or e}); the checkpoint is written: free space, "
+                                  "then resume") from None
+
+    def _draw(self, history: list[dict[str, float]]) -> None:
         assert self.run_path is not None
         k = self.vae.num_classes
         plots.save_samples(self.vae, self.run_path / runs.SAMPLES,
