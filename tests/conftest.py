@@ -40,3 +40,13 @@ def mnist_small(mnist_root):
 @pytest.fixture
 def tiny_images():
     return torch.rand(8, 1, 28, 28)
+
+
+@pytest.fixture
+def runner(monkeypatch, mnist_root, tmp_path):
+    """A click CliRunner working in a fresh temporary folder, with VAEKIT_DATA set."""
+    from click.testing import CliRunner
+
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()

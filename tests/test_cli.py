@@ -5,21 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from vaekit import runs
 from vaekit.cli import cli
 
 SMOKE = ["--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--epochs", "2",
          "--z-dim", "4", "--no-progress", "--device", "cpu", "--no-download"]
-
-
-@pytest.fixture
-def runner(monkeypatch, mnist_root, tmp_path):
-    """A CliRunner working in a fresh temporary folder."""
-    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
 
 
 def test_version_and_help(runner):

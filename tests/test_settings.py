@@ -8,7 +8,6 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from click.testing import CliRunner
 
 import vaekit
 from vaekit import runs
@@ -19,13 +18,6 @@ from vaekit.settings import SECTIONS, DataSpec, ModelSpec, TrainSettings, read_s
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "1",
         "--z-dim", "2", "--no-progress", "--device", "cpu", "--no-download"]
-
-
-@pytest.fixture
-def runner(monkeypatch, mnist_root, tmp_path):
-    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
 
 
 def test_every_fit_option_is_a_field_of_exactly_one_settings_class():

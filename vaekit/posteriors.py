@@ -22,6 +22,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from vaekit.errors import ConfigError
+from vaekit.settings import parse_named_count
 
 __all__ = ["Posterior", "Diagonal", "IAF", "POSTERIORS", "get_posterior", "parse_posterior"]
 
@@ -118,11 +119,9 @@ def parse_posterior(spec: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: for a name that is not a built-in posterior or a count below 1.
     """
-    name, _, arg = spec.partition(":")
-    if name == "diagonal" and not arg:
-        return name, {}
-    if name == "iaf" and arg.isdigit() and int(arg) >= 1:
-        return name, {"steps": int(arg)}
+    parsed = parse_named_count(spec, "diagonal", ("iaf",), "steps")
+    if parsed is not None:
+        return parsed
     raise ConfigError(f"bad posterior {spec!r}; use diagonal or iaf:N (N >= 1 flow steps), or a "
                       "Posterior of your own as package.module:Class")
 

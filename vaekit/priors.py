@@ -20,6 +20,7 @@ from torch import nn
 
 from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError
+from vaekit.settings import parse_named_count
 
 __all__ = ["Prior", "StandardNormal", "MixtureOfGaussians", "VampPrior", "PRIORS", "get_prior",
            "parse_prior"]
@@ -168,11 +169,9 @@ def parse_prior(spec: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: for a name that is not a built-in prior or a count below 1.
     """
-    name, _, arg = spec.partition(":")
-    if name == "standard" and not arg:
-        return name, {}
-    if name in ("mog", "vamp") and arg.isdigit() and int(arg) >= 1:
-        return name, {"k": int(arg)}
+    parsed = parse_named_count(spec, "standard", ("mog", "vamp"), "k")
+    if parsed is not None:
+        return parsed
     raise ConfigError(f"bad prior {spec!r}; use standard, mog:K or vamp:K (K >= 1 components), "
                       "or a Prior of your own as package.module:Class")
 

@@ -42,6 +42,7 @@ __all__ = [
     "read_settings",
     "replace",
     "parse_beta_schedule",
+    "parse_named_count",
 ]
 
 
@@ -118,6 +119,18 @@ def check_fields(obj: Any) -> None:
                               f"got {value!r}")
         if hi is not None and value > hi:
             raise ConfigError(f"{f.name} must be <= {hi:g}, got {value!r}")
+
+
+def parse_named_count(spec: str, plain: str, counted: tuple[str, ...],
+                      key: str) -> tuple[str, dict[str, Any]] | None:
+    """``(name, {})`` for ``plain``, ``(name, {key: N})`` for ``"name:N"`` with a name in
+    ``counted`` and N >= 1, None for anything else (e.g. ``"mog:10"`` -> ``("mog", {"k": 10})``)."""
+    name, _, arg = spec.partition(":")
+    if name == plain and not arg:
+        return name, {}
+    if name in counted and arg.isdigit() and int(arg) >= 1:
+        return name, {key: int(arg)}
+    return None
 
 
 def parse_beta_schedule(spec: str) -> tuple[str, int, float]:
