@@ -115,11 +115,14 @@ def test_hand_written_toml_and_json_configs(runner):
 
 def test_resume_refuses_settings_it_cannot_change(runner):
     assert runner.invoke(cli, ["fit", *TINY, "--out", "a"]).exit_code == 0
-    res = runner.invoke(cli, ["fit", "--resume", "a", "--lr", "0.1", "--z-dim", "3"])
-    assert res.exit_code == 2 and "--z-dim, --lr cannot be combined with --resume" in res.output
-    res = runner.invoke(cli, ["fit", "--resume", "a", "--epochs", "2", "--no-progress"])
+    res = runner.invoke(cli, ["fit", "--resume", "a", "--batch-size", "32", "--z-dim", "3"])
+    assert res.exit_code == 2
+    assert "--z-dim, --batch-size cannot be combined with --resume" in res.output
+    res = runner.invoke(cli, ["fit", "--resume", "a", "--epochs", "2", "--lr", "1e-3",
+                              "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert runs.read_config("a")["train"]["epochs"] == 2
+    assert {k: runs.read_config("a")["train"][k] for k in ("epochs", "lr")} == {
+        "epochs": 2, "lr": 1e-3}
 
 
 def test_interruption_is_not_an_input_error():
