@@ -597,9 +597,11 @@ class _Trainer:
             self.saved = (f"The checkpoint after {pos.epoch} epochs and {pos.step} steps is kept "
                           f"in {self.run_path}" if pos.epoch or pos.step else
                           f"The initial weights are kept in {self.run_path}")
-        except OSError as e:
-            raise CheckpointError(f"could not write the checkpoint in {self.run_path} "
-                                  f"({e.strerror or e}); free space, then resume") from None
+        except (OSError, RuntimeError) as e:  # torch.save on a full disk: RuntimeError
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise CheckpointError(f"could not write the checkpoint in {self.run_path} ({why}); "
+                                  "the previous checkpoint is intact: free space, then resume"
+                                  ) from None
 
     def _write_pictures(self, history: list[dict[str, float]]) -> None:
         """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
