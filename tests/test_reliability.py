@@ -14,7 +14,7 @@ import torch
 
 import vaekit
 from vaekit import VAE, fit, likelihoods, resume, runs
-from vaekit.errors import ConfigError, Interrupted, TrainingError
+from vaekit.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from vaekit.likelihoods import Bernoulli, Gaussian, register_likelihood
 
 # A real `vaekit fit` subprocess: 512 images, 8 steps per epoch, 3 epochs, a checkpoint every 2 steps.
@@ -280,3 +280,21 @@ def test_resume_draws_pictures_a_killed_run_left_empty(mnist_small, tmp_path):
     resume(tmp_path / "r", train_x, test_x, progress=False, verbose=False)  # nothing to train
     assert (tmp_path / "r" / "samples.png").stat().st_size > 0
     assert (tmp_path / "r" / "loss.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:672] . "
+                                                "unexpected pos 512 vs 448\nmore lines")])
+def test_a_full_disk_while_checkpointing_is_one_line(mnist_small, tmp_path, monkeypatch, error):
+    train_x, _ = mnist_small
+
+    def full_disk(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(runs, "save_checkpoint", full_disk)
+    with pytest.raises(CheckpointError) as e:
+        fit(VAE(z_dim=2), train_x, epochs=1, batch_size=128, device="cpu",
+            run_dir=tmp_path / "r", progress=False, verbose=False)
+    message = str(e.value)
+    assert "could not write the checkpoint" in message and "free space, then resume" in message
+    assert "\n" not in message
