@@ -117,3 +117,26 @@ def test_a_registered_likelihood_names_its_module(tmp_path, monkeypatch, mnist_s
     assert vae.likelihood.name == name
     vaekit.likelihoods.LIKELIHOODS.pop(name)
     del module
+
+
+def test_a_likelihood_class_from_the_command_line(runner, tmp_path, monkeypatch):
+    """`--likelihood package.module:Class` for a Likelihood that is not registered."""
+    from vaekit.cli import cli
+    from vaekit.errors import PluginError
+
+    name = f"lik_cls_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "from vaekit.likelihoods import Bernoulli\n\nclass Sharp(Bernoulli):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = runner.invoke(cli, ["fit", "--likelihood", f"{name}:Sharp", "--limit-train", "128",
+                              "--limit-test", "64", "--batch-size", "64", "--epochs", "1",
+                              "--z-dim", "2", "--no-progress", "--device", "cpu",
+                              "--no-download", "--out", "s"])
+    assert res.exit_code == 0, res.output
+    config = runs.read_config("s")
+    assert config["model"]["likelihood"] == f"{name}:Sharp"
+    assert config["vae"]["likelihood"] == {"class": f"{name}:Sharp", "binarize": True}
+    monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(PluginError, match=f"module '{name}', which is not imported"):
+        vaekit.load("s")
+    assert type(vaekit.load("s", trust_plugins=True).likelihood).__name__ == "Sharp"

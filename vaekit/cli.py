@@ -26,8 +26,12 @@ class LikelihoodName(click.ParamType):
     name = "likelihood"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        import re
+
         from vaekit.likelihoods import LIKELIHOODS
 
+        if re.fullmatch(r"[\w.]+:[A-Za-z_][\w.]*", str(value)):  # package.module:Class
+            return str(value)
         if value not in LIKELIHOODS:
             self.fail(f"unknown likelihood {value!r}; choose one of: {', '.join(sorted(LIKELIHOODS))}",
                       param, ctx)

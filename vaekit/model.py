@@ -405,7 +405,7 @@ class VAE(nn.Module):
             "z_dim": self.z_dim,
             "beta": self.beta,
             "image_shape": list(self.image_shape),
-            "likelihood": {"name": self.likelihood.name, **self.likelihood.config()},
+            "likelihood": {**_likelihood_id(self.likelihood), **self.likelihood.config()},
             "encoder": self._custom_nets["encoder"],
             "decoder": self._custom_nets["decoder"],
             "num_classes": self.num_classes,
@@ -431,10 +431,15 @@ class VAE(nn.Module):
                 cfg.pop(part, None)
             else:
                 cfg[part] = _import_net(cfg[part], part, trust=trust_plugins)
-        name = lik_cfg.pop("name")
-        if name not in LIKELIHOODS and lik_module:
-            _import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
-        likelihood = get_likelihood(name, **lik_cfg)
+        if "class" in lik_cfg:  # a likelihood class given as module:Class, not registered
+            lik_cls = _import_net(lik_cfg.pop("class"), "likelihood", trust=trust_plugins)
+            lik_cfg.pop("name", None)
+            likelihood = _build_likelihood(lik_cls, lik_cfg)
+        else:
+            name = lik_cfg.pop("name")
+            if name not in LIKELIHOODS and lik_module:
+                _import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
+            likelihood = get_likelihood(name, **lik_cfg)
         z_dim, image_shape = cfg["z_dim"], tuple(cfg.get("image_shape", (1, 28, 28)))
         cfg["prior"] = _build_part(cfg.get("prior"), "prior", PRIORS, trust_plugins,
                                    z_dim=z_dim, image_shape=image_shape)
@@ -465,7 +470,12 @@ class VAE(nn.Module):
             prior = _import_net(spec.prior, "prior", trust=trust_plugins)(spec.z_dim)
         if _is_class_name(spec.posterior):
             posterior = _import_net(spec.posterior, "posterior", trust=trust_plugins)(spec.z_dim)
-        return cls(z_dim=spec.z_dim, likelihood=get_likelihood(spec.likelihood, **options),
+        if _is_class_name(spec.likelihood):
+            lik_cls = _import_net(spec.likelihood, "likelihood", trust=trust_plugins)
+            likelihood = _build_likelihood(lik_cls, options)
+        else:
+            likelihood = get_likelihood(spec.likelihood, **options)
+        return cls(z_dim=spec.z_dim, likelihood=likelihood,
                    beta=spec.beta, image_shape=image_shape,
                    num_classes=num_classes if spec.conditional else 0, prior=prior,
                    posterior=posterior, latents=spec.latents, **nets)
@@ -479,7 +489,9 @@ class VAE(nn.Module):
         lik = self.likelihood.config()
         fields = ("binarize", "scale", "learn_scale", "scale_mode")
         custom = {k: (None if v == "default" else v) for k, v in self._custom_nets.items()}
-        return ModelSpec(likelihood=self.likelihood.name, beta=self.beta, z_dim=self.z_dim,
+        lik_id = _likelihood_id(self.likelihood)
+        return ModelSpec(likelihood=lik_id.get("class", lik_id.get("name")), beta=self.beta,
+                         z_dim=self.z_dim,
                          conditional=self.num_classes > 0, prior=_part_spec(self.prior),
                          posterior=_part_spec(self.posterior), latents=self.latents, **custom,
                          **{k: lik[k] for k in fields if k in lik})
@@ -495,6 +507,24 @@ def _net_name(net: nn.Module) -> str:
     if type(net) in (Encoder, Decoder, ConditionalEncoder, ConditionalDecoder):
         return "default"
     return f"{type(net).__module__}:{type(net).__qualname__}"
+
+
+def _likelihood_id(lik: Likelihood) -> dict[str, str]:
+    """``{"name": ...}`` for a registered likelihood, ``{"class": "module:Class"}`` otherwise."""
+    if LIKELIHOODS.get(lik.name) is type(lik):
+        return {"name": lik.name}
+    return {"class": f"{type(lik).__module__}:{type(lik).__qualname__}"}
+
+
+def _build_likelihood(cls: type, options: dict[str, Any]) -> Likelihood:
+    """``cls(**options)`` for a likelihood class named as module:Class."""
+    if not issubclass(cls, Likelihood):
+        raise ConfigError(f"{cls.__module__}:{cls.__qualname__} is not a vaekit Likelihood")
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ConfigError(f"the likelihood {cls.__qualname__} does not take these options: {e}"
+                          ) from None
 
 
 def _is_class_name(spec: str) -> bool:

@@ -165,7 +165,8 @@ class ModelSpec:
 
     likelihood: str = setting(
         "bernoulli", "p(x|z): bernoulli, continuous-bernoulli, gaussian, laplace, "
-        "discretized-logistic or one you registered.")
+        "discretized-logistic, one you registered, or your own Likelihood as "
+        "package.module:Class.")
     binarize: bool | None = setting(
         None, "Bernoulli only: binarize grayscale images each batch (default), or train on "
         "grayscale targets like the seed notebook's BCE (not a proper likelihood).",
