@@ -1,6 +1,7 @@
 """Priors x posteriors on the same budget: test -ELBO, IWAE -log p(x) and seconds per epoch.
 
-    python benchmarks/ablation.py --epochs 3 --limit-test 2000 --num-samples 100
+    python benchmarks/ablation.py --epochs 5 --limit-test 2000 --num-samples 100
+    python benchmarks/ablation.py --latents 2 ...     # the two-layer model's rows
 
 Each row is `vaekit fit` with the seed's settings (batch 1024, Adam 2e-3, z_dim 32, Bernoulli with
 dynamic binarization) and one prior/posterior pair, then `vaekit.evaluate` on the first
@@ -26,6 +27,7 @@ from vaekit.likelihoods import test_observations  # noqa: E402
 
 ROWS = [("standard", "diagonal"), ("mog:10", "diagonal"), ("vamp:100", "diagonal"),
         ("standard", "iaf:2"), ("mog:10", "iaf:2"), ("vamp:100", "iaf:2")]
+ROWS_2 = [("standard", "diagonal"), ("mog:10", "iaf:2")]  # two latent layers (no VampPrior)
 
 
 def main() -> None:
@@ -33,17 +35,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit-test", type=int, default=2000)
     parser.add_argument("--num-samples", type=int, default=100)
+    parser.add_argument("--latents", type=int, default=1, choices=[1, 2])
     parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "ablation.json"))
+    parser.add_argument("--results", default=None,
+                        help="[default: benchmarks/results/ablation[_latents2].json]")
     args = parser.parse_args()
+    suffix = "" if args.latents == 1 else "_latents2"
+    results = args.results or str(Path(__file__).parent / "results" / f"ablation{suffix}.json")
+    rows_to_run = ROWS if args.latents == 1 else ROWS_2
     train_x, _ = vaekit.load_mnist(train=True, download=False)
     test_x, _ = vaekit.load_mnist(train=False, download=False, limit=args.limit_test)
     rows = []
     print(f"machine: {machine()}", flush=True)
-    for prior, posterior in ROWS:
+    for prior, posterior in rows_to_run:
         pyro.set_rng_seed(0)
-        vae = vaekit.VAE(z_dim=32, prior=prior, posterior=posterior)
-        folder = Path(args.out) / f"{prior}-{posterior}".replace(":", "")
+        vae = vaekit.VAE(z_dim=32, prior=prior, posterior=posterior, latents=args.latents)
+        folder = Path(args.out) / f"{prior}-{posterior}{suffix}".replace(":", "")
         t0 = time.perf_counter()
         result = vaekit.fit(vae, train_x, None, epochs=args.epochs, device="cpu",
                             run_dir=folder, overwrite=True, progress=False, verbose=False)
@@ -51,7 +58,8 @@ def main() -> None:
         x_obs = test_observations(result.vae.likelihood, test_x)
         t1 = time.perf_counter()
         ev = vaekit.evaluate(result.vae, x_obs, num_samples=args.num_samples)
-        row = {"prior": prior, "posterior": posterior, "epochs": args.epochs,
+        row = {"prior": prior, "posterior": posterior, "latents": args.latents,
+               "epochs": args.epochs,
                "params": sum(p.numel() for p in result.vae.parameters()),
                "train_loss": result.final["train_loss"], "neg_elbo": ev.neg_elbo,
                "neg_elbo_se": ev.neg_elbo_se, "neg_log_px": ev.neg_log_px,
@@ -60,12 +68,13 @@ def main() -> None:
                "n_test": len(x_obs), "num_samples": args.num_samples}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    Path(args.results).write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv),
+    Path(results).write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv),
                                               "rows": rows}, indent=2) + "\n")
-    print("\n| prior | posterior | params | test -ELBO | IWAE -log p(x) | KL | active | s/epoch |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| prior | posterior | latents | params | test -ELBO | IWAE -log p(x) | KL | active |"
+          " s/epoch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['prior']} | {r['posterior']} | {r['params']:,} | {r['neg_elbo']:.2f} ± "
+        print(f"| {r['prior']} | {r['posterior']} | {r['latents']} | {r['params']:,} | {r['neg_elbo']:.2f} ± "
               f"{r['neg_elbo_se']:.2f} | {r['neg_log_px']:.2f} ± {r['neg_log_px_se']:.2f} | "
               f"{r['kl']:.2f} | {r['active_units']} | {r['seconds_per_epoch']:.0f} |")
 
