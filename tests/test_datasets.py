@@ -200,3 +200,22 @@ def test_cli_folder_data_and_new_likelihoods(monkeypatch, mnist_root, tmp_path):
                                      "--likelihood", lik, "--out", lik])
         assert r.exit_code == 0, r.output
         assert runs.read_config(lik)["vae"]["likelihood"]["name"] == lik
+
+
+def test_corrupt_mnist_files_are_called_corrupt_not_missing(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(DataError, match="MNIST files in .* are corrupt"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_a_decompression_bomb_in_an_image_folder_is_a_clear_error(tmp_path, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(folder / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: a "bomb"
+    with pytest.raises(DataError, match="too large to decode safely"):
+        load_dataset(f"folder:{folder}")

@@ -185,3 +185,8 @@ def test_manifold_needs_two_latent_dimensions(tmp_path):
     plots.save_manifold(vae, tmp_path / "m.png", n=4)
     assert vae.training and imread(tmp_path / "m.png").shape[:2] == (112, 112)
     assert not np.isnan(imread(tmp_path / "m.png")).any()
+
+
+def test_projection_of_a_single_point_has_two_axes():
+    points, explained = plots.project_2d(torch.randn(1, 5))
+    assert points.shape == (1, 2) and len(explained) == 2

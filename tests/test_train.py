@@ -196,3 +196,10 @@ def test_hand_edited_run_files_of_the_wrong_type_are_clear_errors(mnist_small, t
     runs.save_checkpoint(tmp_path / "r", {**state, "epoch": "one"})
     with pytest.raises(CheckpointError, match="no valid training position"):
         resume(tmp_path / "r", train_x, epochs=2, progress=False, verbose=False)
+
+
+def test_an_out_folder_name_too_long_for_the_file_system(mnist_small, tmp_path):
+    train_x, _ = mnist_small
+    with pytest.raises(ConfigError, match="File name too long"):
+        fit(new_vae(z_dim=2), train_x, epochs=1, batch_size=128, device="cpu",
+            run_dir=tmp_path / ("x" * 300), progress=False, verbose=False)

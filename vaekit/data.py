@@ -78,6 +78,11 @@ def load_mnist(
         ds = MNIST(str(path), train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError ...
         files = ", ".join(MNIST_FILES)
+        raw = path / "MNIST" / "raw"
+        if all((raw / f).is_file() for f in MNIST_FILES):  # there, but torchvision cannot read them
+            raise DataError(f"the MNIST files in {raw} are corrupt ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); delete them to "
+                            "download them again, or copy good ones there") from None
         why = "could not be downloaded" if download else "downloading is off"
         raise DataError(
             f"MNIST not found under {path} and {why} ({type(e).__name__}); put {files} in "
@@ -213,6 +218,9 @@ def _image_folder(path: Path, size: int, channels: int, limit: int | None
                               .reshape(size, size, channels))
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f} is not a readable image ({e}); remove it from {path}") from None
+        except Image.DecompressionBombError:
+            raise DataError(f"{f} is too large to decode safely (PIL's decompression-bomb "
+                            f"limit); shrink it or remove it from {path}") from None
     x = torch.stack(images).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor([i for _, i in files], dtype=torch.long)
 

@@ -183,7 +183,11 @@ def project_2d(z: torch.Tensor) -> tuple[torch.Tensor, list[float] | None]:
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     var = s**2
     explained = (var[:2] / var.sum().clamp_min(1e-12)).tolist()
-    return centred @ vh[:2].T, explained
+    points = centred @ vh[:2].T
+    if points.shape[1] < 2:  # a single image has one component: the second axis is zero
+        points = torch.cat([points, torch.zeros(points.shape[0], 2 - points.shape[1])], dim=1)
+        explained += [0.0] * (2 - len(explained))
+    return points, explained
 
 
 def save_latent_map(points: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike[str],

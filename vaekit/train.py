@@ -383,6 +383,9 @@ class _Trainer:
                                       "choose a writable out folder") from None
             except ConfigError as e:
                 error = str(e)
+            except OSError as e:  # e.g. a name too long for the file system
+                error = (f"cannot use the run folder {path} ({e.strerror or e}); choose another "
+                         "out folder")
         error = self.dist.from_main(error)
         if error:
             raise ConfigError(error)
