@@ -53,10 +53,9 @@ class Posterior(nn.Module):
 
         Exact for a diagonal Normal; otherwise estimated from ``num_samples`` draws.
         """
-        q = self(z_loc, z_scale)
         if self.has_closed_form:
             return z_loc, z_scale
-        z = q.sample((num_samples,))
+        z = self(z_loc, z_scale).sample((num_samples,))
         return z.mean(0), z.std(0)
 
     def config(self) -> dict[str, Any]:
