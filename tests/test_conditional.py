@@ -112,3 +112,70 @@ def test_cli_conditional_sample_label_and_user_nets(monkeypatch, mnist_root, tmp
     assert r.exit_code == 2 and "--label must be below 10" in r.output
     r = CliRunner().invoke(cli, [*base, "--encoder", "nowhere:Enc", "--out", "u"])
     assert r.exit_code == 2 and "cannot import the encoder" in r.output
+
+
+class CondTinyEncoder(TinyEncoder):
+    """A conditional encoder by the contract: Class(image_shape, z_dim, num_classes=K)."""
+
+    def __init__(self, image_shape, z_dim, num_classes):
+        super().__init__(image_shape, z_dim)
+        self.embed = nn.Embedding(num_classes, 2 * z_dim)
+
+    def forward(self, x, y):
+        loc, log_scale = (self.net(x) + self.embed(y)).chunk(2, -1)
+        return loc, log_scale.exp()
+
+
+class CondTinyDecoder(TinyDecoder):
+    """Class(image_shape, z_dim, out_channels=C, num_classes=K), called as decoder(z, y)."""
+
+    def __init__(self, image_shape, z_dim, out_channels, num_classes):
+        super().__init__(image_shape, z_dim, out_channels)
+        self.embed = nn.Embedding(num_classes, z_dim)
+
+    def forward(self, z, y):
+        return super().forward(z + self.embed(y))
+
+
+class NoLabelsEncoder(TinyEncoder):
+    """A conditional encoder that forgot num_classes (the new user's TypeError)."""
+
+    def __init__(self, image_shape, z_dim, hidden):
+        super().__init__(image_shape, z_dim)
+
+
+def test_conditional_user_nets_follow_the_documented_contract():
+    vae = VAE(z_dim=3, num_classes=10, encoder=CondTinyEncoder, decoder=CondTinyDecoder)
+    assert vae.encoder.embed.num_embeddings == 10 and vae.decoder.embed.num_embeddings == 10
+    assert not torch.allclose(vae.decode(torch.zeros(1, 3), 1), vae.decode(torch.zeros(1, 3), 2))
+    # A constructor that does not take the contract's arguments: one line showing the call made.
+    with pytest.raises(ConfigError, match=r"cannot build the encoder NoLabelsEncoder\(image_shape, "
+                                          r"z_dim, num_classes=10\).*conditional encoder class"):
+        VAE(z_dim=3, num_classes=10, encoder=NoLabelsEncoder)
+    with pytest.raises(ConfigError, match=r"cannot build the decoder TinyDecoder\(image_shape, "
+                                          r"z_dim, out_channels=1, num_classes=10\)"):
+        VAE(z_dim=3, num_classes=10, decoder=TinyDecoder)
+    # An unconditional net instance in a conditional VAE: the call it must accept is named.
+    with pytest.raises(ConfigError, match=r"as encoder\(x, y\)"):
+        VAE(z_dim=3, num_classes=10, encoder=TinyEncoder((1, 28, 28), 3))
+    # vaekit's own conditional nets follow the same contract.
+    from vaekit.nets import ConditionalDecoder, ConditionalEncoder
+
+    VAE(z_dim=3, num_classes=10, encoder=ConditionalEncoder, decoder=ConditionalDecoder)
+
+
+def test_cli_conditional_user_nets_and_bad_constructor(monkeypatch, mnist_root, tmp_path):
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32",
+            "--epochs", "1", "--z-dim", "2", "--no-progress", "--device", "cpu", "--no-download",
+            "--conditional"]
+    r = CliRunner().invoke(cli, [*base, "--encoder", f"{__name__}:CondTinyEncoder",
+                                 "--decoder", f"{__name__}:CondTinyDecoder", "--out", "ok"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, [*base, "--encoder", f"{__name__}:NoLabelsEncoder", "--out", "bad"])
+    assert r.exit_code == 2, r.output
+    assert "cannot build the encoder NoLabelsEncoder" in r.output
+    assert "Traceback" not in r.output
+    assert [line for line in r.output.splitlines() if line.startswith("Error")] == \
+        r.output.strip().splitlines()[-1:]

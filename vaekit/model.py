@@ -212,11 +212,14 @@ class VAE(nn.Module):
         beta: Weight of the KL term (β-VAE); 1 is the ELBO.
         image_shape: ``(channels, height, width)`` of the images.
         encoder: A network mapping images to ``(z_loc, z_scale)``; default `Encoder`. A class
-            (or ``"module:Class"``) is built as ``Class(image_shape, z_dim)``.
+            (or ``"module:Class"``) is built as ``Class(image_shape, z_dim)``, in a conditional
+            VAE as ``Class(image_shape, z_dim, num_classes=K)``.
         decoder: A network mapping ``z`` to the likelihood's parameters; default `Decoder`. A
-            class (or ``"module:Class"``) is built as ``Class(image_shape, z_dim, out_channels)``.
+            class (or ``"module:Class"``) is built as ``Class(image_shape, z_dim, out_channels)``,
+            in a conditional VAE as ``Class(image_shape, z_dim, out_channels=C, num_classes=K)``.
         num_classes: Make a conditional VAE, p(x|z, y) q(z|x, y), over this many labels
-            (0: unconditional). Its nets take the label as a second argument.
+            (0: unconditional). Its nets take the integer labels ``y`` ``[batch]`` as a second
+            argument: ``encoder(x, y)``, ``decoder(z, y)``.
         prior: p(z): ``"standard"`` (default), ``"mog:K"``, ``"vamp:K"`` or a
             `vaekit.priors.Prior`.
         posterior: q(z|x): ``"diagonal"`` (default), ``"iaf:N"`` or a
@@ -254,9 +257,11 @@ class VAE(nn.Module):
         lik = get_likelihood(likelihood)
         out_channels = self.image_shape[0] * lik.params_per_channel
         if isinstance(encoder, (str, type)):
-            encoder = _import_net(encoder, "encoder")(self.image_shape, z_dim)
+            encoder = _build_net(_import_net(encoder, "encoder"), "encoder", num_classes,
+                                 self.image_shape, z_dim)
         if isinstance(decoder, (str, type)):
-            decoder = _import_net(decoder, "decoder")(self.image_shape, z_dim, out_channels)
+            decoder = _build_net(_import_net(decoder, "decoder"), "decoder", num_classes,
+                                 self.image_shape, z_dim, out_channels)
         if encoder is None:
             encoder = (ConditionalEncoder(self.image_shape, z_dim, num_classes) if num_classes
                        else Encoder(self.image_shape, z_dim))
@@ -502,6 +507,34 @@ def _call(net: nn.Module, inp: torch.Tensor, y: torch.Tensor | None) -> Any:
     return net(inp) if y is None else net(inp, y)
 
 
+def _build_net(cls: type, part: str, num_classes: int, image_shape: tuple[int, ...], z_dim: int,
+               out_channels: int | None = None) -> nn.Module:
+    """A user's net class built by the documented contract (see `VAE`), or a one-line error.
+
+    Unconditional: ``Class(image_shape, z_dim)`` / ``Class(image_shape, z_dim, out_channels)``;
+    conditional: the same with ``out_channels`` by name and ``num_classes=K`` added.
+    """
+    args: tuple[Any, ...] = (image_shape, z_dim)
+    kwargs: dict[str, Any] = {}
+    if part == "decoder":
+        if num_classes:
+            kwargs["out_channels"] = out_channels
+        else:
+            args += (out_channels,)
+    if num_classes:
+        kwargs["num_classes"] = num_classes
+    shown = ", ".join(["image_shape", "z_dim", *(["out_channels"] if part == "decoder" and
+                                                 not num_classes else []),
+                       *(f"{k}={v!r}" for k, v in kwargs.items())])
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as e:
+        kind = "a conditional " if num_classes else "an "
+        raise ConfigError(f"cannot build the {part} {cls.__qualname__}({shown}) ({e}); "
+                          f"{kind}{part} class must take these arguments (see vaekit.VAE)"
+                          ) from None
+
+
 def _net_name(net: nn.Module) -> str:
     """``"default"`` for vaekit's own nets, else ``module:Class`` of a custom one."""
     if type(net) in (Encoder, Decoder, ConditionalEncoder, ConditionalDecoder):
@@ -603,21 +636,23 @@ def _import_net(spec: str | type, part: str, trust: bool = True) -> type:
 def _check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, ...], z_dim: int,
                 out_channels: int, num_classes: int) -> None:
     """Run both nets once on two blank inputs and check the shapes they give back."""
-    y = torch.zeros(2, dtype=torch.long) if num_classes else None
+    how_e, how_d = (" as encoder(x, y)", " as decoder(z, y)") if num_classes else ("", "")
     with eval_mode(encoder, decoder):
         dev = next(encoder.parameters(), torch.empty(0)).device
+        y = torch.zeros(2, dtype=torch.long, device=dev) if num_classes else None
         x = torch.zeros(2, *image_shape, device=dev)
         try:
             out = _call(encoder, x, y)
         except Exception as e:
-            raise ConfigError(f"the encoder cannot take {image_shape} images: {e}") from None
+            raise ConfigError(f"the encoder cannot take {image_shape} images{how_e}: {e}"
+                              ) from None
         if not (isinstance(out, tuple) and len(out) == 2
                 and all(t.shape == (2, z_dim) for t in out)):
             raise ConfigError(f"the encoder must return (z_loc, z_scale), each [batch, {z_dim}]")
         try:
             img = _call(decoder, torch.zeros(2, z_dim, device=dev), y)
         except Exception as e:
-            raise ConfigError(f"the decoder cannot take z of size {z_dim}: {e}") from None
+            raise ConfigError(f"the decoder cannot take z of size {z_dim}{how_d}: {e}") from None
         want = (2, out_channels, *image_shape[1:])
         if tuple(img.shape) != want:
             raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "

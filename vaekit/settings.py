@@ -194,10 +194,12 @@ class ModelSpec:
     conditional: bool = setting(
         False, "A conditional VAE on the data set's labels: p(x|z,y), q(z|x,y).")
     encoder: str | None = setting(
-        None, "Your own encoder, package.module:Class, built as Class(image_shape, z_dim).")
+        None, "Your own encoder, package.module:Class, built as Class(image_shape, z_dim) "
+        "(--conditional: Class(image_shape, z_dim, num_classes=K), called as encoder(x, y)).")
     decoder: str | None = setting(
         None, "Your own decoder, package.module:Class, built as "
-        "Class(image_shape, z_dim, out_channels).")
+        "Class(image_shape, z_dim, out_channels) (--conditional: Class(image_shape, z_dim, "
+        "out_channels=C, num_classes=K), called as decoder(z, y)).")
 
     def __post_init__(self) -> None:
         check_fields(self)
