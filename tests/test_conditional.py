@@ -179,3 +179,60 @@ def test_cli_conditional_user_nets_and_bad_constructor(monkeypatch, mnist_root, 
     assert "Traceback" not in r.output
     assert [line for line in r.output.splitlines() if line.startswith("Error")] == \
         r.output.strip().splitlines()[-1:]
+
+
+def test_picture_commands_support_conditional_runs(monkeypatch, mnist_root, tmp_path):
+    """interpolate, traverse and latent-map on a conditional run: each image is encoded with its
+    own label and decoded as one class (--label), checked against the model's own numbers."""
+    from torchvision.io import read_image
+    from torchvision.utils import make_grid
+
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["fit", "--limit-train", "128", "--limit-test", "64",
+                                 "--batch-size", "64", "--epochs", "1", "--z-dim", "2",
+                                 "--no-progress", "--device", "cpu", "--no-download",
+                                 "--conditional", "--out", "c"])
+    assert r.exit_code == 0, r.output
+    vae = vaekit.load("c", device="cpu")
+    x, y = runs.load_test_set("c", vae, limit=64)
+    assert y[0] != y[1]
+
+    def expected_row(label):
+        z = vae.encode(x[[0, 1]], y[[0, 1]])[0]
+        t = torch.linspace(0, 1, 4)[:, None]
+        row = torch.cat([x[:1], vae.decode((1 - t) * z[0] + t * z[1], label), x[1:2]])
+        return make_grid(row, nrow=6, padding=2, pad_value=0.5)
+
+    other = (int(y[0]) + 3) % 10
+    for extra, label in (([], int(y[0])), (["--label", str(other)], other)):
+        r = CliRunner().invoke(cli, ["interpolate", "c", "--pair", "0", "1", "--steps", "4",
+                                     "--device", "cpu", *extra])
+        assert r.exit_code == 0, r.output
+        got = read_image("c/interpolate.png")[:1].float() / 255
+        assert (got - expected_row(label)[:1]).abs().max() <= 1 / 255 + 1e-6, extra
+    assert not torch.allclose(expected_row(int(y[0])), expected_row(other))
+
+    r = CliRunner().invoke(cli, ["traverse", "c", "--index", "1", "--dims", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert f"class {int(y[1])}" in r.output and read_image("c/traverse.png").float().std() > 0
+    r = CliRunner().invoke(cli, ["traverse", "c", "--label", "12", "--device", "cpu"])
+    assert r.exit_code == 2 and "--label must be below 10" in r.output
+
+    for label in (None, 3):
+        r = CliRunner().invoke(cli, ["latent-map", "c", "--grid", "3", "--device", "cpu",
+                                     *([] if label is None else ["--label", str(label)])])
+        assert r.exit_code == 0, r.output
+        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([1 / 6, 0.5, 5 / 6]))
+        z1, z0 = torch.meshgrid(q.flip(0), q, indexing="ij")
+        want = make_grid(vae.decode(torch.stack([z0.reshape(-1), z1.reshape(-1)], 1),
+                                    label or 0), nrow=3, padding=0)
+        got = read_image("c/manifold.png")[:1].float() / 255
+        assert (got - want[:1]).abs().max() <= 1 / 255 + 1e-6
+    # An unconditional run refuses --label.
+    r = CliRunner().invoke(cli, ["fit", "--limit-train", "64", "--limit-test", "32",
+                                 "--batch-size", "32", "--epochs", "1", "--z-dim", "2",
+                                 "--no-progress", "--device", "cpu", "--no-download", "--out", "u"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["interpolate", "u", "--label", "1", "--device", "cpu"])
+    assert r.exit_code == 2 and "--label needs a conditional run" in r.output

@@ -311,17 +311,12 @@ class _UserErrors:
         return False
 
 
-def _open_run(run_dir: Path, device: str, conditional_ok: bool = True) -> Any:
+def _open_run(run_dir: Path, device: str) -> Any:
     """The run's VAE in eval mode (`vaekit.load`)."""
-    from vaekit.errors import ConfigError
     from vaekit.runs import load
 
     trust = click.get_current_context().meta.get("vaekit.trust_plugins", False)
-    vae = load(run_dir, device=device, trust_plugins=trust)
-    if vae.num_classes and not conditional_ok:
-        raise ConfigError("this command does not support conditional runs yet; use sample, "
-                          "reconstruct or evaluate, or vaekit.VAE.decode(z, y) in Python")
-    return vae
+    return load(run_dir, device=device, trust_plugins=trust)
 
 
 def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
@@ -331,6 +326,23 @@ def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
 
     return load_test_set(run_dir, vae, None if data_root is None else str(data_root), download,
                          limit)
+
+
+def _label_option(text: str) -> Any:
+    """``--label`` of a picture command: the class a conditional run decodes as."""
+    return click.option("--label", type=click.IntRange(min=0), default=None,
+                        help=f"Conditional runs: {text}")
+
+
+def _check_label(vae: Any, label: int | None) -> int | None:
+    """``label``, checked against the run: refused for an unconditional run or out of range."""
+    from vaekit.errors import ConfigError
+
+    if label is not None and not vae.num_classes:
+        raise ConfigError("--label needs a conditional run (vaekit fit --conditional)")
+    if label is not None and label >= vae.num_classes:
+        raise ConfigError(f"--label must be below {vae.num_classes}, the number of classes")
+    return label
 
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
@@ -415,8 +427,7 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
 @click.option("--nrow", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per row.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draws of z.")
-@click.option("--label", type=click.IntRange(min=0), default=None,
-              help="Conditional runs: draw this class. [default: the classes in turn]")
+@_label_option("draw this class. [default: the classes in turn]")
 @_out_option
 def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int | None,
            out: Path | None) -> None:
@@ -424,15 +435,11 @@ def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int 
     import torch
 
     from vaekit import plots
-    from vaekit.errors import ConfigError
 
     with _UserErrors():
         vae = _open_run(run_dir, device)
         k = vae.num_classes
-        if label is not None and not k:
-            raise ConfigError("--label needs a conditional run (vaekit fit --conditional)")
-        if label is not None and label >= k:
-            raise ConfigError(f"--label must be below {k}, the number of classes")
+        label = _check_label(vae, label)
         labels = (label if label is not None else torch.arange(n) % k) if k else None
         path = plots.save_samples(vae, _out_dir(run_dir, out) / "sample.png", n=n, seed=seed,
                                   nrow=nrow, labels=labels)
@@ -472,24 +479,31 @@ def reconstruct(run_dir: Path, device: str, n: int, start: int, per_row: int,
               help="Two test image indices I J; repeat for more rows.")
 @click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
               help="Decoded points between (and including) the two posterior means.")
+@_label_option("decode every path as this class. [default: each row's image I's class]")
 @_data_options
 @_out_option
 def interpolate(run_dir: Path, device: str, pairs: tuple[tuple[int, int], ...], steps: int,
-                data_root: Path | None, download: bool, out: Path | None) -> None:
+                label: int | None, data_root: Path | None, download: bool,
+                out: Path | None) -> None:
     """Decode the straight line between two test images' posterior means: writes interpolate.png.
 
-    Each row: image I, the decoded path, image J.
+    Each row: image I, the decoded path, image J. In a conditional run each image is encoded
+    with its own label and the path is decoded as one class (--label, else image I's).
     """
     from vaekit import plots
 
     with _UserErrors():
-        vae = _open_run(run_dir, device, conditional_ok=False)
-        x_obs, _ = _test_set(vae, run_dir, data_root, download, None)
+        vae = _open_run(run_dir, device)
+        label = _check_label(vae, label)
+        x_obs, y = _test_set(vae, run_dir, data_root, download, None)
         for i, j in pairs:
             _check_index("--pair", i, x_obs.shape[0])
             _check_index("--pair", j, x_obs.shape[0])
-        path = plots.save_interpolations(vae, [(x_obs[i], x_obs[j]) for i, j in pairs],
-                                         _out_dir(run_dir, out) / "interpolate.png", steps=steps)
+        path = plots.save_interpolations(
+            vae, [(x_obs[i], x_obs[j]) for i, j in pairs],
+            _out_dir(run_dir, out) / "interpolate.png", steps=steps,
+            labels=[(int(y[i]), int(y[j])) for i, j in pairs] if vae.num_classes else None,
+            path_label=label)
     click.echo(f"wrote {path}")
 
 
@@ -507,14 +521,17 @@ def interpolate(run_dir: Path, device: str, pairs: tuple[tuple[int, int], ...], 
               show_default=True, help="Sweep each dimension over [-span, span].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Test images used to rank the dimensions by KL. [default: all]")
+@_label_option("decode every image as this class. [default: the base image's class; "
+               "with --prior-base, 0]")
 @_data_options
 @_out_option
 def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool, steps: int,
-             span: float, limit: int | None, data_root: Path | None, download: bool,
-             out: Path | None) -> None:
+             span: float, limit: int | None, label: int | None, data_root: Path | None,
+             download: bool, out: Path | None) -> None:
     """Sweep one latent dimension per row, ranked by mean KL on the test set: writes traverse.png.
 
-    The other dimensions stay at the base point.
+    The other dimensions stay at the base point. In a conditional run the test images are
+    encoded with their labels and every image is decoded as one class (--label).
     """
     import torch
 
@@ -522,16 +539,23 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
     from vaekit.evaluation import dimension_scores
 
     with _UserErrors():
-        vae = _open_run(run_dir, device, conditional_ok=False)
-        x_obs, _ = _test_set(vae, run_dir, data_root, download, limit)
+        vae = _open_run(run_dir, device)
+        label = _check_label(vae, label)
+        x_obs, y = _test_set(vae, run_dir, data_root, download, limit)
+        y = y if vae.num_classes else None
         _check_index("--index", index, x_obs.shape[0])
-        score, what = dimension_scores(vae, x_obs)
+        score, what = dimension_scores(vae, x_obs, y=y)
         order = torch.argsort(score, descending=True)[: min(dims, vae.z_dim)].tolist()
-        base = torch.zeros(vae.z_dim) if prior_base else vae.encode(x_obs[index : index + 1])[0][0]
-        labels = [f"z{d}  {what} {score[d]:.2f}" for d in order]
+        base = (torch.zeros(vae.z_dim) if prior_base else
+                vae.encode(x_obs[index : index + 1], None if y is None else y[index : index + 1])
+                [0][0])
+        if vae.num_classes and label is None:
+            label = 0 if prior_base else int(y[index])
+        rows = [f"z{d}  {what} {score[d]:.2f}" for d in order]
         path = plots.save_traversals(vae, base, order, _out_dir(run_dir, out) / "traverse.png",
-                                     steps=steps, span=span, labels=labels)
-    click.echo(f"wrote {path} (rows: {', '.join(f'z{d}' for d in order)})")
+                                     steps=steps, span=span, labels=rows, label=label)
+    shown = "" if label is None else f", class {label}"
+    click.echo(f"wrote {path} (rows: {', '.join(f'z{d}' for d in order)}{shown})")
 
 
 @cli.command("latent-map")
@@ -540,26 +564,32 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
               help="Plot only the first N test images. [default: all]")
 @click.option("--grid", type=click.IntRange(min=2), default=20, show_default=True,
               help="Images per side of the manifold picture (z_dim == 2 only).")
+@_label_option("the class the manifold picture is decoded as. [default: 0]")
 @_data_options
 @_out_option
-def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, data_root: Path | None,
-               download: bool, out: Path | None) -> None:
+def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, label: int | None,
+               data_root: Path | None, download: bool, out: Path | None) -> None:
     """Test images' posterior means coloured by digit: writes latent_map.png.
 
     2-D latent spaces are drawn as they are, larger ones on their first two principal
     components. For z_dim == 2 it also writes manifold.png, the images decoded on a grid of
-    Normal quantiles.
+    Normal quantiles. A conditional run encodes each image with its label, so the map shows
+    what z holds besides the class.
     """
     import torch
 
     from vaekit import plots
 
     with _UserErrors():
-        vae = _open_run(run_dir, device, conditional_ok=False)
+        vae = _open_run(run_dir, device)
+        label = _check_label(vae, label)
+        if vae.num_classes and label is None:
+            label = 0
         x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
         folder = _out_dir(run_dir, out)
-        z = torch.cat([vae.encode(x_obs[i : i + 1000])[0].cpu()
-                       for i in range(0, x_obs.shape[0], 1000)])
+        y = labels if vae.num_classes else None
+        z = torch.cat([vae.encode(x_obs[i : i + 1000], None if y is None else y[i : i + 1000])
+                       [0].cpu() for i in range(0, x_obs.shape[0], 1000)])
         points, explained = plots.project_2d(z)
         if explained is None:
             axes = ("z0", "z1") if vae.z_dim == 2 else ("z0", "")
@@ -569,7 +599,8 @@ def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, data_ro
             title = f"posterior means of {len(z)} test images, PCA of z_dim={vae.z_dim}"
         written = [plots.save_latent_map(points, labels, folder / "latent_map.png", axes, title)]
         if vae.z_dim == 2:
-            written.append(plots.save_manifold(vae, folder / "manifold.png", n=grid))
+            written.append(plots.save_manifold(vae, folder / "manifold.png", n=grid,
+                                               label=label))
     for path in written:
         click.echo(f"wrote {path}")
 

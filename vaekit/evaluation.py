@@ -399,18 +399,19 @@ def kl_per_dim(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
 
 
 @torch.no_grad()
-def dimension_scores(vae: VAE, x: torch.Tensor, batch_size: int = 1000
-                     ) -> tuple[torch.Tensor, str]:
+def dimension_scores(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
+                     y: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
     """How much each latent dimension is used, to rank them: ``(scores [z_dim], what)``.
 
     The mean KL per dimension (`kl_per_dim`, ``what == "KL"``) where it is analytic; otherwise
     the variance over images of the posterior mean, ``Cov_x(E_q[z_d])`` (``what == "Var"``),
-    the statistic of `active_units`.
+    the statistic of `active_units`. ``y``: the labels ``[N]``, for a conditional VAE.
     """
     if is_standard_gaussian(vae):
-        return kl_per_dim(vae, x, batch_size), "KL"
+        return kl_per_dim(vae, x, batch_size, y), "KL"
     with eval_mode(vae):
-        means = torch.cat([vae.encode(x[i : i + batch_size])[0].cpu()
+        means = torch.cat([vae.encode(x[i : i + batch_size],
+                                      None if y is None else y[i : i + batch_size])[0].cpu()
                            for i in range(0, x.shape[0], batch_size)])
     return means.var(0) if means.shape[0] > 1 else torch.zeros(vae.z_dim), "Var"
 

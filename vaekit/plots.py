@@ -98,7 +98,9 @@ def _save_grid(images: torch.Tensor, path: str | os.PathLike[str], nrow: int,
 
 @torch.no_grad()
 def save_interpolations(vae: VAE, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                        path: str | os.PathLike[str], steps: int = 10) -> Path:
+                        path: str | os.PathLike[str], steps: int = 10,
+                        labels: Sequence[tuple[int, int]] | None = None,
+                        path_label: int | None = None) -> Path:
     """One row per pair of images: the first image, ``steps`` decodings along the straight line
     between their posterior means (both ends included), the second image.
 
@@ -107,20 +109,30 @@ def save_interpolations(vae: VAE, pairs: Sequence[tuple[torch.Tensor, torch.Tens
         pairs: Pairs of images ``[C, H, W]`` in [0, 1] (e.g. test observations).
         path: The PNG to write.
         steps: Decoded points per row (>= 2).
+        labels: Conditional VAE: the labels of the two images of each pair (to encode them).
+        path_label: Conditional VAE: the label the path is decoded with (default: each pair's
+            first image's label), so that a row morphs style at a fixed class.
     """
+    if vae.num_classes and labels is None:
+        raise ConfigError("a conditional VAE needs the labels of the images to interpolate")
     with eval_mode(vae):
         t = torch.linspace(0, 1, steps, device=vae.device)[:, None]
         rows = []
-        for a, b in pairs:
-            z = vae.encode(torch.stack([a, b]).float())[0]
-            path_images = vae.decode((1 - t) * z[0] + t * z[1]).cpu()
+        for i, (a, b) in enumerate(pairs):
+            ya = yp = None
+            if labels is not None:
+                ya = torch.tensor(labels[i])
+                yp = labels[i][0] if path_label is None else path_label
+            z = vae.encode(torch.stack([a, b]).float(), ya)[0]
+            path_images = vae.decode((1 - t) * z[0] + t * z[1], yp).cpu()
             rows += [a[None].cpu().float(), path_images, b[None].cpu().float()]
     return _save_grid(torch.cat(rows), path, nrow=steps + 2)
 
 
 @torch.no_grad()
 def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | os.PathLike[str],
-                    steps: int = 11, span: float = 3.0, labels: Sequence[str] | None = None) -> Path:
+                    steps: int = 11, span: float = 3.0, labels: Sequence[str] | None = None,
+                    label: int | None = None) -> Path:
     """One row per latent dimension: ``z`` with that dimension swept over ``[-span, span]``.
 
     Args:
@@ -131,6 +143,7 @@ def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | 
         steps: Images per row.
         span: The sweep's half-width, in prior standard deviations.
         labels: A label per row, written left of it (default ``z<d>``).
+        label: Conditional VAE: the class every image is decoded as.
     """
     with eval_mode(vae):
         values = torch.linspace(-span, span, steps, device=vae.device)
@@ -138,7 +151,7 @@ def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | 
         for d in dims:
             zs = z.to(vae.device).float().repeat(steps, 1)
             zs[:, d] = values
-            rows.append(vae.decode(zs).cpu())
+            rows.append(vae.decode(zs, label).cpu())
     grid = make_grid(torch.cat(rows), nrow=steps, padding=2, pad_value=0.5)
     labels = list(labels) if labels is not None else [f"z{d}" for d in dims]
     plt = _pyplot()
@@ -225,7 +238,8 @@ def save_latent_map(points: torch.Tensor, labels: torch.Tensor, path: str | os.P
 
 
 @torch.no_grad()
-def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20) -> Path:
+def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20,
+                  label: int | None = None) -> Path:
     """The decoded manifold of a 2-D latent space: mean images on an ``n x n`` grid of z.
 
     The grid is ``Φ⁻¹`` of ``n`` evenly spaced probabilities in ``(0, 1)`` on each axis, so equal
@@ -236,6 +250,7 @@ def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20) -> Path:
         vae: A model with ``z_dim == 2``.
         path: The PNG to write.
         n: Images per side.
+        label: Conditional VAE: the class every image is decoded as.
 
     Raises:
         ConfigError: if ``z_dim != 2``.
@@ -246,5 +261,5 @@ def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20) -> Path:
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
     z1, z0 = torch.meshgrid(q.flip(0), q, indexing="ij")  # rows top to bottom: z1 decreasing
     with eval_mode(vae):
-        images = vae.decode(torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1))
+        images = vae.decode(torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1), label)
     return _save_grid(images, path, nrow=n, padding=0)
