@@ -198,7 +198,7 @@ def test_gaussian_per_channel_and_per_pixel_scales():
     assert pix.params_per_channel == 2 and list(pix.parameters()) == []
     raw = torch.randn(2, 3, 4, 4)
     s = torch.nn.functional.softplus(raw + pix._bias) + Gaussian.MIN_SCALE
-    out = torch.cat([loc, raw], 1)
+    out = torch.cat([loc, raw], 1)  # the documented layout: loc_R, loc_G, loc_B, scale_R, ...
     torch.testing.assert_close(pix(out).log_prob(x), _normal_log_prob(x, loc, s).sum((1, 2, 3)))
     assert torch.equal(pix.mean(out), loc.clamp(0, 1))
     start = pix(torch.zeros(1, 2, 2, 2)).base_dist.scale

@@ -106,7 +106,13 @@ class Likelihood(nn.Module):
 
     name: ClassVar[str] = ""
     params_per_channel: int = 1
-    """How many decoder output channels this likelihood needs per image channel."""
+    """How many decoder output channels this likelihood needs per image channel (k).
+
+    The decoder then outputs ``k*C`` channels, laid out parameter by parameter: channels
+    ``[j*C, (j+1)*C)`` hold parameter ``j`` of image channels ``0..C-1`` (for RGB with a location
+    and a scale: ``loc_R, loc_G, loc_B, scale_R, scale_G, scale_B``), i.e.
+    ``out.chunk(k, dim=-3)``. vaekit's likelihoods read them so; the decoder is blind to it.
+    """
     kind: ClassVar[str] = "continuous"
     """What its numbers are, for evaluation code: which compare, and how to get bits/dim.
 
