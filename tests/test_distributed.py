@@ -130,6 +130,47 @@ def test_batch_must_split_over_processes(env, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_launcher_stops_every_rank_when_one_fails(env, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *FIT[:-8],
+                        "--batch-size", "63", "--device", "cpu", "--no-download", "--out", "x"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("does not split over 2 processes") == 1 and "Traceback" not in p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupting_the_launcher_stops_every_rank_cleanly(env, tmp_path, how):
+    """Ctrl-C (SIGINT to the terminal's process group) or a SIGTERM to the launcher: every rank
+    writes the checkpoint and stops, one message, no traceback, exit 128 + signal."""
+    import signal
+    import time
+
+    out = tmp_path / "stopped"
+    launcher = subprocess.Popen([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *FIT,
+                                 "--limit-train", "60000", "--epochs", "5", "--out", str(out)],
+                                env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the first epoch
+    sig = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, sig)  # what the terminal does
+    else:
+        launcher.send_signal(sig)
+    stdout, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + sig, stderr
+    assert "Traceback" not in stderr and stderr.count("interrupted by signal") == 1, stderr
+    assert f"vaekit fit --resume {out}" in stderr
+    assert _processes_naming(str(out)) == []
+
+    state = runs.load_checkpoint(out)  # the checkpoint of the step the message names
+    assert f"step {state['step']}," in stderr and len(state["rng"]["ranks"]) == 2
+
+
 def test_single_process_context_is_a_no_op():
     ctx = Context()
     t = torch.ones(3)

@@ -183,7 +183,7 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
                     f"{', '.join(bad)} cannot be combined with --resume: the run's settings "
                     "come from its config.json (only --epochs, --device, --lr, "
                     "--skip-nonfinite, --checkpoint-every and data options can)")
-        if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch torchrun with the same options
+        if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch the ranks with the same options
             from vaekit.distributed import launch
 
             argv = _without_option(sys.argv[1:], "--nproc")

@@ -1,6 +1,6 @@
 """Data-parallel training with ``torch.distributed``: process group, sync BatchNorm, launcher.
 
-    torchrun --nproc-per-node 2 -m vaekit fit --batch-size 1024 ...   # or: vaekit fit --nproc 2
+    vaekit fit --nproc 2 --batch-size 1024 ...   # or: torchrun --nproc-per-node 2 -m vaekit fit ...
 
 Each rank holds the whole model and its own shard of every global batch; DDP all-reduces the
 gradients. NCCL on GPUs, Gloo on CPUs. Only rank 0 writes the run folder.
@@ -11,8 +11,10 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,26 +164,73 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``python -m vaekit ARGV`` in ``nproc`` processes with torchrun on this machine.
+    """Run ``python -m vaekit ARGV`` in ``nproc`` processes on this machine and wait for them.
+
+    Each rank gets the environment ``torchrun --standalone`` would give it (``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` of a free local port, and
+    ``OMP_NUM_THREADS=1`` unless set), so `setup` joins the group the same way and the steps are
+    those of the same torchrun job.
+    Ctrl-C reaches the ranks through the terminal's process group: the launcher ignores it and
+    waits while they write their checkpoint and stop. A SIGTERM to the launcher is passed on to
+    the ranks; a killed launcher (even ``kill -9``) takes them with it (Linux). When a rank
+    fails, the others are stopped (SIGTERM, then SIGKILL after ``grace`` seconds).
 
     Returns:
-        torchrun's exit code (non-zero if any rank failed; torchrun stops the others).
+        0, or the exit code of the first rank that failed (rank 0 first; 128 + the signal number
+        after an interrupt).
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "vaekit", *argv]
-    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    # Ctrl-C reaches torchrun and the ranks through the terminal's process group; the launcher
-    # waits for them to write their checkpoint and stop, and exits with their code.
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several processes
+    ranks = [subprocess.Popen([sys.executable, "-m", "vaekit", *argv],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r), GROUP_RANK="0"),
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+             for r in range(nproc)]
+
+    def pass_on(signum: int, frame: Any) -> None:
+        for p in ranks:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+           signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on)}
     try:
-        return child.wait()
+        return _wait_for_ranks(ranks)
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0) -> int:
+    """Wait until every rank has exited; stop the rest once one fails. Returns the exit code."""
+    stop_at = None
+    while True:
+        codes = [p.poll() for p in ranks]
+        if all(c is not None for c in codes):
+            return next((c for c in codes if c), 0)
+        failed = any(c for c in codes if c is not None)
+        if failed and stop_at is None:  # a rank failed: the others would wait on it forever
+            stop_at = time.monotonic() + grace
+            for p in ranks:
+                if p.poll() is None:
+                    p.terminate()
+        elif stop_at is not None and time.monotonic() > stop_at:
+            for p in ranks:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.1)
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for rank 0's store."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
-    """In the torchrun child (Linux): receive SIGTERM when the launcher dies, even by SIGKILL,
-    so that torchrun stops the ranks instead of leaving them training, orphaned."""
+    """In each rank (Linux): receive SIGTERM when the launcher dies, even by SIGKILL, so that
+    the rank checkpoints and stops instead of training on, orphaned."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
