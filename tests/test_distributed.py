@@ -152,16 +152,22 @@ def test_interrupting_the_launcher_stops_every_rank_cleanly(env, tmp_path, how):
                                  "--limit-train", "60000", "--epochs", "5", "--out", str(out)],
                                 env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a slow, busy machine takes long to start three processes
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
+    assert (out / "checkpoint.pt").exists(), "training did not start"
     time.sleep(1.0)  # into the first epoch
     sig = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
     if how == "ctrl-c":
         os.killpg(launcher.pid, sig)  # what the terminal does
     else:
         launcher.send_signal(sig)
-    stdout, stderr = launcher.communicate(timeout=120)
+    try:
+        stdout, stderr = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:  # leave nothing running, whatever failed
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
     assert launcher.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr and stderr.count("interrupted by signal") == 1, stderr
     assert f"vaekit fit --resume {out}" in stderr

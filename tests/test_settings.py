@@ -143,7 +143,7 @@ LAYERS = [
     {"errors"},
     {"settings", "io", "devices"},
     {"data"},
-    {"likelihoods", "nets", "distributed", "priors", "posteriors"},
+    {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim"},
     {"model"},
     {"objectives", "evaluation", "plots"},
     {"runs"},

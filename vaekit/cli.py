@@ -270,10 +270,20 @@ def _remember_trust(ctx: click.Context, param: Any, value: bool) -> bool:
     return value
 
 
+def _remember_checkpoint(ctx: click.Context, param: Any, value: str) -> str:
+    ctx.meta["vaekit.checkpoint"] = value
+    return value
+
+
 def _run_command(f: Any) -> Any:
-    """RUN_DIR, --device and --trust-plugins, shared by the commands on a run folder."""
+    """RUN_DIR, --device, --checkpoint and --trust-plugins, shared by the commands on a run."""
     f = click.option("--trust-plugins", is_flag=True, default=False, expose_value=False,
                      callback=_remember_trust, help=_TRUST_HELP)(f)
+    f = click.option("--checkpoint", type=click.Choice(["auto", "best", "last"]), default="auto",
+                     show_default=True, expose_value=False, callback=_remember_checkpoint,
+                     help="Which weights: best (best.pt, the best validation epoch), last "
+                          "(checkpoint.pt; its weight average with --ema); auto: best if the "
+                          "run has it.")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Where to run the model.")(f)
     return click.argument("run_dir", type=click.Path(path_type=Path))(f)
@@ -315,8 +325,9 @@ def _open_run(run_dir: Path, device: str) -> Any:
     """The run's VAE in eval mode (`vaekit.load`)."""
     from vaekit.runs import load
 
-    trust = click.get_current_context().meta.get("vaekit.trust_plugins", False)
-    return load(run_dir, device=device, trust_plugins=trust)
+    meta = click.get_current_context().meta
+    return load(run_dir, device=device, trust_plugins=meta.get("vaekit.trust_plugins", False),
+                checkpoint=meta.get("vaekit.checkpoint", "auto"))
 
 
 def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
@@ -393,10 +404,11 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
                          chunk_size=chunk_size, seed=seed, progress=progress,
                          y=labels if vae.num_classes else None)
         seconds = time.perf_counter() - t0
+        which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")
         path = write_evaluation(run_dir, {"run_dir": str(run_dir), "likelihood": vae.likelihood.name,
                                           "z_dim": vae.z_dim, "limit": limit, "seed": seed,
                                           "device": str(vae.device), **r.to_dict(),
-                                          "seconds": seconds})
+                                          "seconds": seconds}, checkpoint=which)
 
     kl = sorted(enumerate(r.kl_per_dim or []), key=lambda t: -t[1])
     top = (", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
@@ -414,7 +426,11 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         (f"active units (Cov > {r.active_threshold:g})", f"{r.active_units} of {vae.z_dim}"),
         ("KL per dimension, largest", top),
     ]
-    click.echo(f"{run_dir}: {r.n_images} test images, nats per image (± standard error)")
+    import json
+
+    measured = json.loads(path.read_text())
+    click.echo(f"{run_dir} ({measured['checkpoint']}, epoch {measured['epoch']}): {r.n_images} "
+               "test images, nats per image (± standard error)")
     for name, value in rows:
         click.echo(f"  {name:<34} {value}")
     click.echo(f"wrote {path} ({seconds:.1f} s)")

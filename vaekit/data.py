@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from vaekit.errors import ConfigError, DataError
 from vaekit.settings import DataSpec
 
-__all__ = ["resolve_data_root", "load_mnist", "load_dataset", "load_data", "DATASETS", "to_unit",
-           "MNIST_FILES"]
+__all__ = ["resolve_data_root", "load_mnist", "load_dataset", "load_data", "load_splits",
+           "Splits", "DATASETS", "to_unit", "MNIST_FILES"]
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -252,3 +253,38 @@ def load_data(spec: DataSpec, train: bool = True) -> tuple[torch.Tensor, torch.T
     return load_dataset(spec.dataset, resolve_data_root(spec.root), train=train,
                         download=spec.download, limit=spec.limit_train if train else spec.limit_test,
                         size=spec.image_size, channels=spec.channels)
+
+
+class Splits(NamedTuple):
+    """Images and labels of the training, validation (None without one) and test splits."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    test: tuple[torch.Tensor, torch.Tensor]
+
+
+def load_splits(spec: DataSpec) -> Splits:
+    """The training, validation and test splits a `DataSpec` describes.
+
+    The validation images are the last ``spec.val_size(n)`` of the n training images (MNIST:
+    the usual 50,000 / 10,000 split), never trained on; ``limit_train`` then keeps the first N
+    of the images left for training, and ``limit_test`` the first N test images.
+
+    Raises:
+        ConfigError: if the validation split would leave no training images.
+    """
+    test = load_data(spec, train=False)
+    if spec.val == 0 or (spec.val is None and spec.limit_train is not None):
+        return Splits(load_data(spec, train=True), None, test)
+    x, y = load_dataset(spec.dataset, resolve_data_root(spec.root), train=True,
+                        download=spec.download, size=spec.image_size, channels=spec.channels)
+    n_val = spec.val_size(len(x))
+    if not n_val:
+        return Splits((x, y), None, test)
+    if n_val >= len(x):
+        raise ConfigError(f"val {n_val} holds out every one of the {len(x)} training images; "
+                          "lower --val (0: no validation split)")
+    train_x, train_y = x[:-n_val], y[:-n_val]
+    if spec.limit_train is not None:
+        train_x, train_y = train_x[: spec.limit_train], train_y[: spec.limit_train]
+    return Splits((train_x, train_y), (x[-n_val:], y[-n_val:]), test)

@@ -26,7 +26,15 @@ from torch import nn
 from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError, PluginError
 from vaekit.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
-from vaekit.nets import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
+from vaekit.nets import (
+    ConditionalDecoder,
+    ConditionalEncoder,
+    Decoder,
+    Encoder,
+    MLPDecoder,
+    MLPEncoder,
+    make_nets,
+)
 from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
 from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
 from vaekit.settings import ModelSpec
@@ -226,6 +234,9 @@ class VAE(nn.Module):
             `vaekit.posteriors.Posterior`.
         latents: Stochastic layers: 1 (``"z"``) or 2 (`HierarchicalModel`: ``"z2"`` from the
             prior, ``"z1"`` given ``z2``, the decoder reads ``z1``; the posterior is q(z1|x)).
+        nets: The network family of the encoder and decoder not given: ``"dcgan"`` (the seed's
+            conv nets) or ``"mlp"`` / ``"mlp:H"`` (two fully connected layers of H = 300 units;
+            `vaekit.nets.make_nets`).
 
     Raises:
         ConfigError: for an unknown likelihood, ``beta < 0``, ``z_dim < 1``, an image size the
@@ -244,6 +255,7 @@ class VAE(nn.Module):
         prior: str | Prior = "standard",
         posterior: str | Posterior = "diagonal",
         latents: int = 1,
+        nets: str = "dcgan",
     ) -> None:
         super().__init__()
         if not (isinstance(z_dim, int) and z_dim >= 1):
@@ -262,14 +274,13 @@ class VAE(nn.Module):
         if isinstance(decoder, (str, type)):
             decoder = _build_net(_import_net(decoder, "decoder"), "decoder", num_classes,
                                  self.image_shape, z_dim, out_channels)
-        if encoder is None:
-            encoder = (ConditionalEncoder(self.image_shape, z_dim, num_classes) if num_classes
-                       else Encoder(self.image_shape, z_dim))
-        if decoder is None:
-            decoder = (ConditionalDecoder(self.image_shape, z_dim, num_classes,
-                                          out_channels=out_channels) if num_classes
-                       else Decoder(self.image_shape, z_dim, out_channels=out_channels))
-        self._custom_nets = {"encoder": _net_name(encoder), "decoder": _net_name(decoder)}
+        if encoder is None or decoder is None:
+            own_enc, own_dec = make_nets(nets, self.image_shape, z_dim, out_channels, num_classes)
+            encoder = own_enc if encoder is None else encoder
+            decoder = own_dec if decoder is None else decoder
+        self.nets = nets
+        self._custom_nets = {"encoder": _net_name(encoder, nets),
+                             "decoder": _net_name(decoder, nets)}
         _check_nets(encoder, decoder, self.image_shape, z_dim, out_channels, num_classes)
         prior_mod = get_prior(prior, z_dim, self.image_shape)
         if prior_mod.name == "vamp" and num_classes:
@@ -414,6 +425,7 @@ class VAE(nn.Module):
             "encoder": self._custom_nets["encoder"],
             "decoder": self._custom_nets["decoder"],
             "num_classes": self.num_classes,
+            "nets": self.nets,
         }
 
     @classmethod
@@ -483,7 +495,7 @@ class VAE(nn.Module):
         return cls(z_dim=spec.z_dim, likelihood=likelihood,
                    beta=spec.beta, image_shape=image_shape,
                    num_classes=num_classes if spec.conditional else 0, prior=prior,
-                   posterior=posterior, latents=spec.latents, **nets)
+                   posterior=posterior, latents=spec.latents, nets=spec.nets, **nets)
 
     def spec(self) -> ModelSpec:
         """The `ModelSpec` of this VAE: what ``config.json`` records under ``"model"``.
@@ -498,7 +510,8 @@ class VAE(nn.Module):
         return ModelSpec(likelihood=lik_id.get("class", lik_id.get("name")), beta=self.beta,
                          z_dim=self.z_dim,
                          conditional=self.num_classes > 0, prior=_part_spec(self.prior),
-                         posterior=_part_spec(self.posterior), latents=self.latents, **custom,
+                         posterior=_part_spec(self.posterior), latents=self.latents,
+                         nets=self.nets, **custom,
                          **{k: lik[k] for k in fields if k in lik})
 
 
@@ -535,9 +548,10 @@ def _build_net(cls: type, part: str, num_classes: int, image_shape: tuple[int, .
                           ) from None
 
 
-def _net_name(net: nn.Module) -> str:
-    """``"default"`` for vaekit's own nets, else ``module:Class`` of a custom one."""
-    if type(net) in (Encoder, Decoder, ConditionalEncoder, ConditionalDecoder):
+def _net_name(net: nn.Module, nets: str) -> str:
+    """``"default"`` for vaekit's own nets of the family ``nets``, else ``module:Class``."""
+    family = (MLPEncoder, MLPDecoder) if nets.startswith("mlp") else (Encoder, Decoder)
+    if type(net) in (*family, ConditionalEncoder, ConditionalDecoder):
         return "default"
     return f"{type(net).__module__}:{type(net).__qualname__}"
 

@@ -5,12 +5,16 @@
     logits = Decoder((1, 28, 28), 32)(z_loc)  # [batch, 1, 28, 28]
 
 The default layers for 1x28x28 reproduce the seed notebook's nets exactly; 32x32 and 64x64
-images (any channel count) get the usual DCGAN stack of stride-2, kernel-4 layers.
+images (any channel count) get the usual DCGAN stack of stride-2, kernel-4 layers. `MLPEncoder`
+and `MLPDecoder` are the fully connected nets of the published MNIST figures; `make_nets` builds
+either family by name (``--nets dcgan|mlp[:H]``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +22,8 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 
-__all__ = ["Block", "Encoder", "Decoder", "ConditionalEncoder", "ConditionalDecoder", "default_layers"]
+__all__ = ["Block", "Encoder", "Decoder", "MLPEncoder", "MLPDecoder", "ConditionalEncoder",
+           "ConditionalDecoder", "default_layers", "make_nets", "NETS"]
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,93 @@ def _out_size(size: Sequence[int], blocks: Sequence[Block], transposed: bool) ->
     return tuple(out)
 
 
+class MLPEncoder(nn.Module):
+    """Fully connected encoder: the flattened image through hidden layers to two heads.
+
+    The nets of the published MNIST VAE figures (Burda et al. 2015: two layers of 200 tanh
+    units; Tomczak & Welling 2018: two of 300), here with SiLU activations.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the input images.
+        z_dim: Latent dimension.
+        hidden: Units of each hidden layer.
+    """
+
+    def __init__(self, image_shape: Sequence[int], z_dim: int,
+                 hidden: Sequence[int] = (300, 300)) -> None:
+        super().__init__()
+        self.image_shape, self.z_dim = tuple(image_shape), z_dim
+        sizes = [math.prod(self.image_shape), *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        layers.append(nn.Linear(sizes[-1], 2 * z_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map images ``[batch, C, H, W]`` to ``(z_loc, z_scale)``, each ``[batch, z_dim]``."""
+        z_loc, z_log_scale = self.net(x).chunk(2, dim=-1)
+        return z_loc, z_log_scale.exp()
+
+
+class MLPDecoder(nn.Module):
+    """Fully connected decoder from ``z`` to the likelihood's parameters for each pixel.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images to generate.
+        z_dim: Latent dimension.
+        hidden: Units of each hidden layer (in the order the data flows).
+        out_channels: Output channels (see `Decoder`).
+    """
+
+    def __init__(self, image_shape: Sequence[int], z_dim: int,
+                 hidden: Sequence[int] = (300, 300), out_channels: int | None = None) -> None:
+        super().__init__()
+        self.image_shape, self.z_dim = tuple(image_shape), z_dim
+        self.out_shape = (out_channels or self.image_shape[0], *self.image_shape[1:])
+        sizes = [z_dim, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        layers.append(nn.Linear(sizes[-1], math.prod(self.out_shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latents ``[..., z_dim]`` to ``[..., out_channels, H, W]``."""
+        return self.net(z).reshape(*z.shape[:-1], *self.out_shape)
+
+
+NETS = ("dcgan", "mlp")
+"""The named network families: ``dcgan`` (the seed's conv nets, the default) and ``mlp``."""
+
+
+def make_nets(name: str, image_shape: Sequence[int], z_dim: int, out_channels: int,
+              num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder of a named family: ``"dcgan"``, ``"mlp"`` or ``"mlp:H"``.
+
+    ``mlp:H`` has two hidden layers of H units (default 300) in each net. With
+    ``num_classes`` the conditional versions (`ConditionalEncoder`, `ConditionalDecoder`).
+
+    Raises:
+        ConfigError: for another name.
+    """
+    family, _, arg = name.partition(":")
+    if family == "dcgan" and not arg:
+        enc: Callable[..., nn.Module] = Encoder
+        dec: Callable[..., nn.Module] = Decoder
+    elif family == "mlp" and (not arg or (arg.isdigit() and int(arg) >= 1)):
+        hidden = (int(arg),) * 2 if arg else (300, 300)
+        enc = functools.partial(MLPEncoder, hidden=hidden)
+        dec = functools.partial(MLPDecoder, hidden=hidden[::-1])
+    else:
+        raise ConfigError(f"unknown nets {name!r}; use dcgan, mlp or mlp:H (H hidden units)")
+    if num_classes:
+        return (ConditionalEncoder(image_shape, z_dim, num_classes, base=enc),
+                ConditionalDecoder(image_shape, z_dim, num_classes, out_channels=out_channels,
+                                   base=dec))
+    return enc(image_shape, z_dim), dec(image_shape, z_dim, out_channels=out_channels)
+
+
 class ConditionalEncoder(nn.Module):
     """Encoder of q(z|x, y): the label's one-hot code enters as constant extra input channels.
 
@@ -184,14 +276,18 @@ class ConditionalEncoder(nn.Module):
         z_dim: Latent dimension.
         num_classes: Number of labels.
         blocks: Layers to use instead of `default_layers`.
+        base: The encoder it wraps, built as ``base(image_shape_with_label_channels, z_dim)``
+            (default `Encoder` with ``blocks``).
     """
 
     def __init__(self, image_shape: Sequence[int], z_dim: int, num_classes: int,
-                 blocks: Sequence[Block] | None = None) -> None:
+                 blocks: Sequence[Block] | None = None,
+                 base: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
         c, h, w = image_shape
         self.num_classes = num_classes
-        self.inner = Encoder((c + num_classes, h, w), z_dim, blocks)
+        base = base or functools.partial(Encoder, blocks=blocks)
+        self.inner = base((c + num_classes, h, w), z_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_loc, z_scale)`` for images ``x`` with integer labels ``y`` (``[batch]``)."""
@@ -209,14 +305,19 @@ class ConditionalDecoder(nn.Module):
         num_classes: Number of labels.
         blocks: Layers to use instead of `default_layers`.
         out_channels: Output channels (see `Decoder`).
+        base: The decoder it wraps, built as ``base(image_shape, z_dim + num_classes,
+            out_channels=out_channels)`` (default `Decoder` with ``blocks``).
     """
 
     def __init__(self, image_shape: Sequence[int], z_dim: int, num_classes: int,
-                 blocks: Sequence[Block] | None = None, out_channels: int | None = None) -> None:
+                 blocks: Sequence[Block] | None = None, out_channels: int | None = None,
+                 base: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
-        blocks = blocks if blocks is not None else default_layers(image_shape, z_dim)[1]
-        self.inner = Decoder(image_shape, z_dim + num_classes, blocks, out_channels)
+        if base is None:
+            blocks = blocks if blocks is not None else default_layers(image_shape, z_dim)[1]
+            base = functools.partial(Decoder, blocks=blocks)
+        self.inner = base(image_shape, z_dim + num_classes, out_channels=out_channels)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Likelihood parameters for latents ``z`` (``[..., batch, z_dim]``) and labels ``y``."""

@@ -1,6 +1,6 @@
-"""The run folder: ``config.json``, ``checkpoint.pt``, ``metrics.csv`` and pictures.
+"""The run folder: ``config.json``, ``checkpoint.pt``, ``best.pt``, ``metrics.csv`` and pictures.
 
-    vae = load("runs/mnist")            # the trained VAE, in eval mode
+    vae = load("runs/mnist")            # the trained VAE (its best epoch), in eval mode
     rows = read_metrics("runs/mnist")   # one dict per epoch
 
 Every file is written atomically (a temporary file in the same folder, fsync, rename), so a run
@@ -24,6 +24,7 @@ from vaekit.io import atomic_write, remove_stale_temporaries
 __all__ = [
     "CONFIG",
     "CHECKPOINT",
+    "BEST",
     "METRICS",
     "SAMPLES",
     "RECONSTRUCTIONS",
@@ -47,16 +48,18 @@ __all__ = [
     "remove_stale_temporaries",
     "load",
     "load_weights",
+    "model_checkpoint",
 ]
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 METRICS = "metrics.csv"
 SAMPLES = "samples.png"
 RECONSTRUCTIONS = "reconstructions.png"
 LOSS = "loss.png"
 EVALUATION = "eval.json"
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS)
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS)
 """The files a fit writes (and removes first with ``overwrite``)."""
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1
@@ -79,16 +82,20 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt ({e}); restore it or start a new run") from None
 
 
-def save_checkpoint(run_dir: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Save a checkpoint (``model``, ``optimizer``, ``epoch`` ...) atomically."""
+def save_checkpoint(run_dir: str | os.PathLike[str], state: dict[str, Any],
+                    name: str = CHECKPOINT) -> None:
+    """Save a checkpoint (``model``, ``optimizer``, ``epoch`` ...) atomically as ``name``."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
+    atomic_write(Path(run_dir) / name, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(run_dir: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(run_dir: str | os.PathLike[str], map_location: Any = "cpu",
+                    name: str = CHECKPOINT) -> dict[str, Any]:
     """Load a checkpoint saved by `save_checkpoint`, with a clear error for anything else."""
-    path = Path(run_dir) / CHECKPOINT
+    path = Path(run_dir) / name
     if not path.exists():
+        if name != CHECKPOINT:
+            raise CheckpointError(f"no {name} in {run_dir}: the run has no validation epoch yet")
         raise CheckpointError(f"no checkpoint in {run_dir}: the run has not started training yet")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -203,15 +210,17 @@ def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = 
     return test_observations(vae.likelihood, x).to(vae.device), labels
 
 
-def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> Path:
-    """Write ``eval.json`` (atomically), with the epoch and step of the checkpoint it measured.
+def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any],
+                     checkpoint: str = "auto") -> Path:
+    """Write ``eval.json`` (atomically), with the checkpoint, epoch and step it measured.
 
     Non-finite numbers are written as ``null``.
     """
     import math
 
-    state = load_checkpoint(run_dir)
-    record = {"epoch": int(state["epoch"]), "step": int(state.get("step", 0)), **record}
+    name, state, _ = model_checkpoint(run_dir, checkpoint)
+    record = {"checkpoint": name, "epoch": int(state["epoch"]),
+              "step": int(state.get("step", 0)), **record}
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
               for k, v in record.items()}
     text = json.dumps(record, indent=2) + "\n"
@@ -220,9 +229,32 @@ def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any]) ->
     return path
 
 
+def model_checkpoint(run_dir: str | os.PathLike[str], which: str = "auto"
+                     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Which weights are the run's model: ``(file name, checkpoint, weights)``.
+
+    ``"best"``: ``best.pt``, the epoch with the best validation -ELBO. ``"last"``:
+    ``checkpoint.pt``, its weight average (``ema``) if it keeps one, else its weights.
+    ``"auto"``: best when the run has a ``best.pt``, else last.
+    """
+    if which not in ("auto", "best", "last"):
+        raise CheckpointError(f"checkpoint must be auto, best or last, got {which!r}")
+    if which == "best" or (which == "auto" and (Path(run_dir) / BEST).is_file()):
+        state = load_checkpoint(run_dir, name=BEST)
+        return BEST, state, state.get("model")
+    state = load_checkpoint(run_dir)
+    ema = state.get("ema")
+    weights = ema.get("weights") if isinstance(ema, dict) else state.get("model")
+    return CHECKPOINT, state, weights
+
+
 def load(run_dir: str | os.PathLike[str], device: str = "cpu",
-         trust_plugins: bool = False) -> VAE:  # noqa: F821
+         trust_plugins: bool = False, checkpoint: str = "auto") -> VAE:  # noqa: F821
     """Rebuild the trained VAE of a run folder, in eval mode, ready to encode, decode and sample.
+
+    The weights are those of ``checkpoint``: ``"auto"`` (the default) takes ``best.pt``, the
+    epoch with the best validation -ELBO, when the run has one, else the last checkpoint's (its
+    weight average, with ``ema``); ``"best"`` or ``"last"`` choose (see `model_checkpoint`).
 
     A run folder whose model names code (your networks as ``module:Class``, a likelihood you
     registered) is code too: those modules are imported only if they already are, or with
@@ -232,6 +264,7 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
         run_dir: A folder written by `vaekit.fit` / ``vaekit fit``.
         device: Where to put it (``"cpu"``, ``"cuda"`` or ``"auto"``).
         trust_plugins: Import the modules the run names.
+        checkpoint: ``"auto"``, ``"best"`` or ``"last"``.
 
     Raises:
         CheckpointError: if the folder, its config or its checkpoint cannot be read or do not match.
@@ -240,7 +273,7 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
     from vaekit.model import VAE
 
     config = read_config(run_dir)
-    state = load_checkpoint(run_dir)
+    name, _, weights = model_checkpoint(run_dir, checkpoint)
     try:
         vae = VAE.from_config(vae_config(config), trust_plugins=trust_plugins)
     except PluginError:  # names the module to import or trust
@@ -248,7 +281,7 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # ConfigError too
         raise CheckpointError(f"{run_dir}/config.json cannot rebuild the model "
                               f"({type(e).__name__}: {e})") from None
-    load_weights(vae, state, run_dir)
+    load_weights(vae, {"model": weights}, run_dir if name == CHECKPOINT else Path(run_dir) / name)
     return vae.to(resolve_device(device)).eval()
 
 

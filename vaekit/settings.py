@@ -42,6 +42,8 @@ __all__ = [
     "read_settings",
     "replace",
     "parse_beta_schedule",
+    "parse_lr_schedule",
+    "DEFAULT_VAL",
     "parse_named_count",
 ]
 
@@ -133,6 +135,21 @@ def parse_named_count(spec: str, plain: str, counted: tuple[str, ...],
     return None
 
 
+def parse_lr_schedule(spec: str) -> tuple[str, int]:
+    """``(kind, patience)`` of ``"constant"``, ``"cosine"`` or ``"plateau[:PATIENCE]"``.
+
+    Raises:
+        ConfigError: for anything else.
+    """
+    found = parse_named_count(spec, "plateau", ("plateau",), "patience")
+    if spec in ("constant", "cosine"):
+        return spec, 0
+    if found is not None:
+        return "plateau", found[1].get("patience", 5)
+    raise ConfigError(f"bad lr_schedule {spec!r}; use constant, cosine or plateau[:PATIENCE] "
+                      "(PATIENCE >= 1 epochs)")
+
+
 def parse_beta_schedule(spec: str) -> tuple[str, int, float]:
     """``(kind, steps, ratio)`` of ``"constant"``, ``"linear:STEPS"`` or ``"cyclical:STEPS[:RATIO]"``.
 
@@ -193,6 +210,9 @@ class ModelSpec:
     z_dim: int = setting(32, "Latent dimension.", min=1)
     conditional: bool = setting(
         False, "A conditional VAE on the data set's labels: p(x|z,y), q(z|x,y).")
+    nets: str = setting("dcgan", "Encoder and decoder: dcgan (the seed's conv nets) or mlp[:H] "
+                        "(two fully connected layers of H units, default 300, as in the "
+                        "published MNIST figures).")
     encoder: str | None = setting(
         None, "Your own encoder, package.module:Class, built as Class(image_shape, z_dim) "
         "(--conditional: Class(image_shape, z_dim, num_classes=K), called as encoder(x, y)).")
@@ -210,12 +230,18 @@ class ModelSpec:
             if not re.fullmatch(rf"{names}|[\w.]+:[A-Za-z_][\w.]*", value):
                 raise ConfigError(f"bad {key} {value!r}; use {shown} (K, N >= 1) or "
                                   "package.module:Class")
+        if not re.fullmatch(r"dcgan|mlp(:[1-9][0-9]*)?", self.nets):
+            raise ConfigError(f"bad nets {self.nets!r}; use dcgan, mlp or mlp:H (H >= 1)")
 
     def likelihood_options(self) -> dict[str, Any]:
         """The likelihood's keyword arguments that were set (the others keep its defaults)."""
         return {k: v for k, v in (("binarize", self.binarize), ("scale", self.scale),
                                   ("learn_scale", self.learn_scale),
                                   ("scale_mode", self.scale_mode)) if v is not None}
+
+
+DEFAULT_VAL = 10000
+"""Training images held out for validation by default (MNIST's usual 50,000 / 10,000 split)."""
 
 
 @dataclass(frozen=True)
@@ -238,11 +264,23 @@ class DataSpec:
     limit_train: int | None = setting(None, "Use only the first N training images (smoke runs).",
                                       min=1)
     limit_test: int | None = setting(None, "Use only the first N test images.", min=1)
+    val: int | None = setting(
+        None, "Hold out the last N training images for validation: their -ELBO every epoch, "
+        "the best checkpoint, early stopping and the LR plateau follow it; 0: none. "
+        "--limit-train limits the images left for training.", min=0,
+        shown_default="a sixth, at most 10000; 0 with --limit-train")
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+
+    def val_size(self, n_images: int) -> int:
+        """How many of ``n_images`` training images are held out: ``val``; by default a sixth,
+        at most 10000 (MNIST: 10000 of 60000), and none with ``limit_train``."""
+        if self.val is not None:
+            return self.val
+        return 0 if self.limit_train is not None else min(DEFAULT_VAL, n_images // 6)
 
 
 @dataclass(frozen=True)
@@ -264,6 +302,19 @@ class TrainSettings:
     capacity_steps: int = setting(10000, "Steps over which C rises linearly from 0.", min=0)
     free_bits: float = setting(0.5, "λ in nats per latent dimension of the free-bits "
                                "objective.", min=0)
+    lr_schedule: str = setting(
+        "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
+        "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "
+        "improved for more than PATIENCE epochs, default 5; needs --val).")
+    lr_min: float = setting(0.0, "Lowest learning rate of the cosine and plateau schedules.",
+                            min=0)
+    clip_grad: float = setting(0.0, "Clip the gradients' global norm to this (0: no clipping).",
+                               min=0)
+    ema: float = setting(0.0, "Decay of an exponential moving average of the weights, which "
+                         "is what is validated, tested, saved and loaded (0: none; e.g. 0.999).",
+                         min=0)
+    patience: int = setting(0, "Early stopping: stop after N epochs without a better "
+                            "validation -ELBO (0: never; needs --val).", min=0)
     seed: int = setting(0, "Seeds Pyro, torch, the shuffling and the initial weights.", min=0,
                         max=2**32 - 1)
     device: str = setting("auto", "Where to train; auto picks CUDA when there is a GPU.",
@@ -284,6 +335,11 @@ class TrainSettings:
     def __post_init__(self) -> None:
         check_fields(self)
         parse_beta_schedule(self.beta_schedule)
+        parse_lr_schedule(self.lr_schedule)
+        if self.ema >= 1:
+            raise ConfigError(f"ema must be below 1 (a decay such as 0.999), got {self.ema!r}")
+        if self.lr_min >= self.lr and self.lr_schedule != "constant":
+            raise ConfigError(f"lr_min ({self.lr_min:g}) must be below lr ({self.lr:g})")
         if self.beta_schedule != "constant" and self.objective != "elbo":
             raise ConfigError("beta_schedule only applies to the elbo objective")
 

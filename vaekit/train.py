@@ -6,9 +6,12 @@
     result.history[-1]["test_neg_elbo"]
 
 Each epoch shuffles the training tensor by index, turns each batch into observations with the
-likelihood (e.g. a fresh binarization) and takes one Adam step on the β-weighted -ELBO. After each
-epoch the test -ELBO is computed and, with a ``run_dir``, the checkpoint, ``metrics.csv`` and the
-pictures are written (atomically). SIGINT/SIGTERM finish the current step, write a checkpoint and
+likelihood (e.g. a fresh binarization of every batch) and takes one Adam step on the β-weighted
+-ELBO (learning-rate schedule, gradient clipping and a weight average as the settings say; see
+`vaekit.optim`). After each epoch the validation and test -ELBO are computed (of the averaged
+weights, with ``ema``) and, with a ``run_dir``, the checkpoint, ``best.pt`` (the best validation
+-ELBO so far), ``metrics.csv`` and the pictures are written (atomically); ``patience`` stops
+early. SIGINT/SIGTERM finish the current step, write a checkpoint and
 raise `Interrupted`; `resume` continues a run folder from its last checkpoint, bit for bit on the CPU
 of the same machine (other CPU kernels, e.g. AVX2 against AVX-512, round differently).
 """
@@ -31,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaekit import distributed, plots, runs
-from vaekit.data import load_data, resolve_data_root, to_unit
+from vaekit.data import load_splits, resolve_data_root, to_unit
 from vaekit.devices import resolve_device, separate_compile_cache
 from vaekit.errors import (
     CheckpointError,
@@ -46,6 +49,7 @@ from vaekit.io import LOCK_FILE, FolderBusy, FolderLock
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
+from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
 from vaekit.settings import DataSpec, ModelSpec, RunOptions, TrainSettings, from_mapping
 
 __all__ = [
@@ -60,7 +64,8 @@ __all__ = [
     "RESUME_OVERRIDES",
 ]
 
-RESUME_OVERRIDES = ("epochs", "device", "lr", "skip_nonfinite", "checkpoint_every")
+RESUME_OVERRIDES = ("epochs", "device", "lr", "skip_nonfinite", "checkpoint_every", "clip_grad",
+                    "patience")
 """The training settings a resumed run may change; the others come from its ``config.json``."""
 
 
@@ -71,14 +76,21 @@ class FitResult:
     Attributes:
         vae: The trained model (on the training device, in eval mode).
         history: One dict per epoch: ``epoch``, ``train_loss`` (mean β-weighted objective per
-            image), ``test_neg_elbo``, ``test_recon``, ``test_kl`` (nats per image; NaN without
-            test data), ``beta``, ``skipped`` (non-finite batches skipped) and ``seconds``.
+            image), ``test_neg_elbo``, ``test_recon``, ``test_kl``, ``val_neg_elbo``,
+            ``val_recon``, ``val_kl`` (nats per image; NaN without test data, absent without
+            validation data),
+            ``beta``, ``lr``, ``skipped`` (non-finite batches skipped) and ``seconds``.
         run_dir: The run folder, if one was written.
+        best_epoch: The epoch with the best validation -ELBO (None without validation data);
+            ``vae`` then holds that epoch's weights.
+        stopped_early: Whether ``patience`` ended the run before its last epoch.
     """
 
     vae: VAE
     history: list[dict[str, float]] = field(default_factory=list)
     run_dir: Path | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     @property
     def final(self) -> dict[str, float]:
@@ -125,6 +137,8 @@ def fit(
     overwrite: bool = False,
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
+    val_data: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
     progress: bool = True,
     verbose: bool = True,
     model_spec: ModelSpec | None = None,
@@ -144,6 +158,10 @@ def fit(
         overwrite: Write into a ``run_dir`` that already has files (old run files are removed).
         train_labels: Integer labels of the training images, for a conditional VAE.
         test_labels: Integer labels of the test images, for a conditional VAE.
+        val_data: Validation images, held out of ``train_data``: their -ELBO every epoch picks
+            the best epoch (``best.pt``, the returned model) and drives ``patience`` and the
+            ``plateau`` learning-rate schedule.
+        val_labels: Integer labels of the validation images, for a conditional VAE.
         progress: Show a progress bar.
         verbose: Print one line per epoch (train loss, test -ELBO, seconds), flushed at once.
         model_spec: The `ModelSpec` that built ``vae``, for ``config.json`` (default:
@@ -168,7 +186,7 @@ def fit(
                      progress=progress)
     config = runs.make_config(vae, settings, model_spec, data_spec, run, data_info)
     trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
-                       train_labels, test_labels)
+                       train_labels, test_labels, val_data, val_labels)
     return trainer.run(config, overwrite=overwrite)
 
 
@@ -181,6 +199,8 @@ def resume(
     verbose: bool = True,
     train_labels: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
+    val_data: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
     trust_plugins: bool = False,
     **overrides: Any,
 ) -> FitResult:
@@ -196,12 +216,14 @@ def resume(
         verbose: Print one line per epoch.
         train_labels: The training labels, for a conditional VAE.
         test_labels: The test labels, for a conditional VAE.
+        val_data: The same validation images, if the run had them.
+        val_labels: Their labels, for a conditional VAE.
         trust_plugins: Import the modules the run names (its networks, its likelihood); see
             `vaekit.load`.
         **overrides: New values of the settings in `RESUME_OVERRIDES`: ``epochs`` (a new
-            total), ``device``, and, to get past a divergence, ``lr`` (replaces the learning
-            rate in the restored optimizer too), ``skip_nonfinite`` and ``checkpoint_every``;
-            None keeps the run's own.
+            total), ``device``, ``patience``, and, to get past a divergence, ``lr`` (replaces
+            the learning rate in the restored optimizer too), ``clip_grad``, ``skip_nonfinite``
+            and ``checkpoint_every``; None keeps the run's own.
 
     Raises:
         ConfigError: for a setting that a resumed run cannot change.
@@ -221,7 +243,7 @@ def resume(
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # ConfigError too
         raise CheckpointError(f"{run_dir}/config.json cannot be used to resume ({e})") from None
-    position = None
+    position, state = None, {}
     if (Path(run_dir) / runs.CHECKPOINT).exists():
         state = runs.load_checkpoint(run_dir)
         runs.load_weights(vae, state, run_dir)
@@ -232,9 +254,9 @@ def resume(
                                   f"({type(e).__name__}: {e}); delete it to start over") from None
     config = {**config, "train": dataclasses.asdict(settings)}
     trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
-                       train_labels, test_labels)
-    return trainer.run(config, resuming=True, position=position,
-                       optimizer_state=state["optimizer"] if position is not None else None)
+                       train_labels, test_labels, val_data, val_labels)
+    trainer.new_lr = "lr" in changes
+    return trainer.run(config, resuming=True, position=position, state=state)
 
 
 def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: RunOptions,
@@ -245,16 +267,18 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
     ``runs/<timestamp>`` when it is None. With ``trust_plugins=False`` (settings read from a
     file), networks named ``module:Class`` are imported only if their module already is.
     """
-    train_x, train_y = load_data(data, train=True)
-    test_x, test_y = load_data(data, train=False)
+    splits = load_splits(data)
+    (train_x, train_y), (test_x, test_y) = splits.train, splits.test
+    val_x, val_y = splits.val if splits.val is not None else (None, None)
     pyro.set_rng_seed(train.seed)  # the initial weights too
     vae = VAE.from_spec(model, tuple(train_x.shape[1:]), int(train_y.max()) + 1,
                         trust_plugins=trust_plugins)
     out = Path(run.out) if run.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     info = {"root": str(resolve_data_root(data.root)), "n_train": len(train_x),
-            "n_test": len(test_x)}
+            "n_val": 0 if val_x is None else len(val_x), "n_test": len(test_x)}
     config = runs.make_config(vae, train, model, data, run, info)
-    trainer = _Trainer(vae, train_x, test_x, train, out, run.progress, verbose, train_y, test_y)
+    trainer = _Trainer(vae, train_x, test_x, train, out, run.progress, verbose, train_y, test_y,
+                       val_x, val_y)
     return trainer.run(config, overwrite=run.overwrite)
 
 
@@ -272,12 +296,15 @@ def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
         trust_plugins: Import the modules the run names (see `vaekit.load`).
         **overrides: As for `resume`.
     """
-    spec = runs.run_data_spec(runs.read_config(run_dir), root=root, download=download)
-    train_x, train_y = load_data(spec, train=True)
-    test_x, test_y = load_data(spec, train=False)
+    config = runs.read_config(run_dir)
+    if config.get("data") and "val" not in config["data"]:  # a run of vaekit <= 0.1: no split
+        config = {**config, "data": {**config["data"], "val": 0}}
+    splits = load_splits(runs.run_data_spec(config, root=root, download=download))
+    (train_x, train_y), (test_x, test_y) = splits.train, splits.test
+    val_x, val_y = splits.val if splits.val is not None else (None, None)
     return resume(run_dir, train_x, test_x, progress=progress, verbose=verbose,
-                  train_labels=train_y, test_labels=test_y, trust_plugins=trust_plugins,
-                  **overrides)
+                  train_labels=train_y, test_labels=test_y, val_data=val_x, val_labels=val_y,
+                  trust_plugins=trust_plugins, **overrides)
 
 
 class _Trainer:
@@ -286,7 +313,8 @@ class _Trainer:
     def __init__(self, vae: VAE, train_data: torch.Tensor, test_data: torch.Tensor | None,
                  settings: TrainSettings, run_dir: str | os.PathLike[str] | None,
                  progress: bool, verbose: bool, train_labels: torch.Tensor | None = None,
-                 test_labels: torch.Tensor | None = None) -> None:
+                 test_labels: torch.Tensor | None = None, val_data: torch.Tensor | None = None,
+                 val_labels: torch.Tensor | None = None) -> None:
         # -- check everything before touching the disk --------------------------------------
         if settings.batch_size > train_data.shape[0]:
             raise ConfigError(f"batch_size {settings.batch_size} is larger than the "
@@ -297,45 +325,56 @@ class _Trainer:
                               f"{self.dist.world} processes; use a multiple of {self.dist.world}")
         if settings.objective != "elbo":
             check_objective(vae, settings.objective)
+        wants_val = [what for what, on in (("patience", settings.patience),
+                                           ("lr_schedule plateau",
+                                            settings.lr_schedule.startswith("plateau")))
+                     if on]
+        if wants_val and val_data is None:
+            raise ConfigError(f"{' and '.join(wants_val)} needs validation images: hold some "
+                              "out (--val N; val_data in Python)")
         _check_images(vae, train_data, "training")
-        if test_data is not None:
-            _check_images(vae, test_data, "test")
+        for data, what in ((test_data, "test"), (val_data, "validation")):
+            if data is not None:
+                _check_images(vae, data, what)
         if vae.num_classes:
             _check_labels(vae, train_data, train_labels, "training")
-            if test_data is not None:
-                _check_labels(vae, test_data, test_labels, "test")
+            for data, lab, what in ((test_data, test_labels, "test"),
+                                    (val_data, val_labels, "validation")):
+                if data is not None:
+                    _check_labels(vae, data, lab, what)
         else:
-            train_labels = test_labels = None
+            train_labels = test_labels = val_labels = None
         self.vae, self.s = vae, settings
-        self.train_data, self.test_data = train_data, test_data
-        self.train_labels, self.test_labels = train_labels, test_labels
+        self.train_data, self.test_data, self.val_data = train_data, test_data, val_data
+        self.train_labels, self.test_labels, self.val_labels = train_labels, test_labels, val_labels
         self.progress = progress and self.dist.main
         self.verbose = verbose and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.saved: str | None = None  # what the last checkpoint holds, for error messages
         self.lock: FolderLock | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
+        self.new_lr = False  # resume was given a learning rate
 
     # -- the table of contents -------------------------------------------------------------------
     def run(self, config: dict[str, Any], overwrite: bool = False, resuming: bool = False,
             position: Position | None = None,
-            optimizer_state: dict[str, Any] | None = None) -> FitResult:
-        """Train from ``position`` (a checkpoint's) or from the start; see `fit`."""
+            state: dict[str, Any] | None = None) -> FitResult:
+        """Train from ``position`` (and the rest of checkpoint ``state``) or from the start."""
         try:
             self._prepare_run_dir(config, overwrite, resuming)
-            return self._train(position, optimizer_state)
+            return self._train(position, state or {})
         finally:
             if self.lock is not None:
                 self.lock.release()
 
-    def _train(self, position: Position | None,
-               optimizer_state: dict[str, Any] | None) -> FitResult:
+    def _train(self, position: Position | None, state: dict[str, Any]) -> FitResult:
         with _deterministic(self.s.deterministic):
             self._build()
-            pos = self._restore(position, optimizer_state)
+            pos = self._restore(position, state)
             with _stop_on_signals() as self.stop:
                 if position is None:
                     self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
-                while pos.epoch < self.s.epochs:
+                while pos.epoch < self.s.epochs and not self._out_of_patience(pos.history):
                     self._train_epoch(pos)
                     self._end_epoch(pos)
                 pictures = (runs.SAMPLES, runs.RECONSTRUCTIONS, runs.LOSS)
@@ -409,10 +448,13 @@ class _Trainer:
         lik = vae.likelihood
         self.train_x = self.train_data.to(dev)
         self.labels = self.train_labels.to(dev) if self.train_labels is not None else None
-        self.test_y = self.test_lab = None
+        self.test_y = self.test_lab = self.val_y = self.val_lab = None
         if self.test_data is not None:
             self.test_y = test_observations(lik, self.test_data).to(dev)
             self.test_lab = self.test_labels.to(dev) if self.test_labels is not None else None
+        if self.val_data is not None:
+            self.val_y = test_observations(lik, self.val_data).to(dev)
+            self.val_lab = self.val_labels.to(dev) if self.val_labels is not None else None
         # the pictures' images: test observations, else 32 training images
         self.show = self.test_y if self.test_y is not None else lik.targets(to_unit(self.train_x[:32]))
         self.show_lab = self.test_lab if self.test_y is not None else (
@@ -434,17 +476,27 @@ class _Trainer:
                 self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
         n, bs = self.train_x.shape[0], s.batch_size
         self.steps = n // bs + (1 if n % bs >= world else 0)  # a last batch too small to split: dropped
+        self.lr = LearningRate(self.optimizer, s.lr_schedule, s.lr, s.lr_min, s.epochs * self.steps)
+        self.ema = make_ema(vae, s.ema) if s.ema else None
         # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
         self.check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
 
-    def _restore(self, position: Position | None,
-                 optimizer_state: dict[str, Any] | None) -> Position:
-        """The position to start from: a checkpoint's (optimizer and RNG too), or the start."""
+    def _restore(self, position: Position | None, state: dict[str, Any]) -> Position:
+        """The position to start from: a checkpoint's (optimizer, schedule, average and RNG
+        too), or the start."""
         if position is None:
             return Position(rng={"shuffle": self.shuffle.get_state()})
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-            for group in self.optimizer.param_groups:  # a new lr given to resume wins
+        try:
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.lr.load_state_dict(state.get("lr_schedule") or {})
+            if self.ema is not None and state.get("ema"):
+                load_ema_state(self.ema, state["ema"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the checkpoint in {self.run_path} does not fit this run's "
+                                  f"settings ({type(e).__name__}: {e})") from None
+        if self.new_lr or "optimizer" not in state:  # a new lr given to resume wins; else the
+            for group in self.optimizer.param_groups:  # restored one (where a plateau took it)
                 group["lr"] = self.s.lr
         _set_rng_state(position.rng, self.shuffle, self.dev, self.dist.rank, self.dist.world)
         if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint
@@ -480,6 +532,7 @@ class _Trainer:
                     vae.beta = self.schedule(global_step)
                 if isinstance(self.loss_fn, Capacity):
                     self.loss_fn.set_step(global_step)
+                self.lr.at_step(global_step)
                 loss = self._loss(x, y)
                 if step % self.check_every == 0 and not torch.isfinite(loss):
                     if not s.skip_nonfinite:
@@ -494,7 +547,11 @@ class _Trainer:
                     pos.skipped += 1                                   # not touch the weights
                     bar.update(x.shape[0] * world)
                     continue
+                if s.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.loss_fn.parameters(), s.clip_grad)
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(vae)
                 acc += loss.detach()
                 bar.update(x.shape[0] * world)
                 if self.progress and step % 10 == 0:
@@ -536,47 +593,96 @@ class _Trainer:
                 loss = loss * float("nan")
         return loss
 
+    @property
+    def model(self) -> VAE:
+        """The weights that are evaluated, drawn and saved as the run's model: the average's
+        (``ema``), else the trained ones."""
+        return self.ema.module if self.ema is not None else self.vae  # type: ignore[return-value]
+
     def _end_epoch(self, pos: Position) -> None:
-        """Evaluate, then checkpoint, write metrics.csv and the pictures, and print the line."""
+        """Evaluate, then checkpoint (best.pt first), write metrics.csv and the pictures, print."""
         epoch = pos.epoch + 1
         row: dict[str, float] = {"epoch": epoch, "train_loss": self.train_loss}
-        test = self._evaluate() if self.test_y is not None else {}
-        for key in ("neg_elbo", "recon", "kl"):
-            row[f"test_{key}"] = test.get(key, float("nan"))
+        for split, obs, lab in (("test", self.test_y, self.test_lab),
+                                ("val", self.val_y, self.val_lab)):
+            if split == "val" and obs is None:
+                continue  # no validation columns without validation images
+            m = self._evaluate(obs, lab) if obs is not None else {}
+            for key in ("neg_elbo", "recon", "kl"):
+                row[f"{split}_{key}"] = m.get(key, float("nan"))
         row["beta"] = self.vae.beta
+        row["lr"] = self.lr.current
         row["skipped"] = pos.skipped
         row["seconds"] = time.perf_counter() - self.t0
+        improved = self.val_y is not None and row["val_neg_elbo"] < _best_val(pos.history)[1]
         pos.history.append(row)
         pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
+        self.lr.at_epoch_end(row.get("val_neg_elbo"))
+        if improved:  # before the checkpoint: a kill between the two redoes this epoch
+            self._save_best(epoch, row["val_neg_elbo"])
         self._checkpoint(pos, row)
         if self.run_path is not None and self.dist.main:
             self._write_pictures(pos.history)
         if self.verbose:
+            val = (f"  val -ELBO {row['val_neg_elbo']:.2f}{' *' if improved else ''}"
+                   if self.val_y is not None else "")
             tqdm.write(
-                f"epoch {epoch}/{self.s.epochs}  train loss {self.train_loss:.2f}  test -ELBO "
+                f"epoch {epoch}/{self.s.epochs}  train loss {self.train_loss:.2f}{val}  test -ELBO "
                 f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
                 + (f"  skipped {row['skipped']} batches" if row["skipped"] else "")
             )
+            if self._out_of_patience(pos.history) and epoch < self.s.epochs:
+                tqdm.write(f"early stop: no better validation -ELBO in {self.s.patience} epochs "
+                           f"(best: epoch {_best_val(pos.history)[0]})")
             sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
         if self.stop.signum:
             raise Interrupted(self.stop.signum, epoch, 0, self.run_path)
 
-    def _evaluate(self) -> dict[str, float]:
-        """Test -ELBO and its parts, each rank on its shard of the test set, summed over ranks."""
-        assert self.test_y is not None
+    def _out_of_patience(self, history: list[dict[str, float]]) -> bool:
+        """Whether ``patience`` epochs have passed since the best validation -ELBO."""
+        if not (self.s.patience and self.val_y is not None and history):
+            return False
+        return history[-1]["epoch"] - _best_val(history)[0] >= self.s.patience
+
+    def _evaluate(self, obs: torch.Tensor, lab: torch.Tensor | None) -> dict[str, float]:
+        """-ELBO and its parts of `model` on ``obs``, each rank on its shard, summed over ranks."""
         rank, world = self.dist.rank, self.dist.world
-        shard = self.test_y[rank::world]
-        lab = None if self.test_lab is None else self.test_lab[rank::world]
-        m = evaluate_elbo(self.vae, shard, self.s.batch_size, lab)
+        shard = obs[rank::world]
+        lab = None if lab is None else lab[rank::world]
+        m = evaluate_elbo(self.model, shard, self.s.batch_size, lab)
         sums = torch.tensor([m["recon"] * len(shard), m["kl"] * len(shard)], dtype=torch.float64)
-        recon, kl = (self.dist.all_sum(sums) / len(self.test_y)).tolist()
+        recon, kl = (self.dist.all_sum(sums) / len(obs)).tolist()
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
+    def _save_best(self, epoch: int, value: float) -> None:
+        """Keep `model`'s weights as the best so far: in memory, and as best.pt in the folder."""
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.best_weights = weights
+        if self.run_path is None or not self.dist.main:
+            return
+        try:
+            runs.save_checkpoint(self.run_path, {"model": weights, "epoch": epoch, "step": 0,
+                                                 "val_neg_elbo": value}, name=runs.BEST)
+        except (OSError, RuntimeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise CheckpointError(f"could not write {runs.BEST} in {self.run_path} ({why}); "
+                                  "free space, then resume") from None
+
     def _finish(self, pos: Position) -> FitResult:
-        """Hand back the model as `vaekit.load` builds it, so both compute the same numbers."""
+        """Hand back the model as `vaekit.load` builds it, so both compute the same numbers:
+        the best validation epoch's weights, else the average's, else the trained ones."""
+        best_epoch = _best_val(pos.history)[0] if self.val_y is not None else None
+        weights = self.best_weights
+        if best_epoch and weights is None and self.run_path is not None:  # best before a resume
+            weights = runs.load_checkpoint(self.run_path, name=runs.BEST)["model"]
+        if weights is None and self.ema is not None:
+            weights = self.ema.module.state_dict()
+        if weights is not None:
+            self.vae.load_state_dict(weights)
         self.vae.beta = self.base_beta
         self.vae.to(memory_format=torch.contiguous_format).eval()
-        return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path)
+        return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path,
+                         best_epoch=best_epoch, stopped_early=pos.epoch < self.s.epochs)
 
     # -- saving ---------------------------------------------------------------------------------
     def _checkpoint(self, pos: Position, row: dict[str, float] | None = None) -> None:
@@ -592,9 +698,10 @@ class _Trainer:
         shuffle = self.shuffle.get_state() if pos.step == 0 else pos.rng["shuffle"]
         pos.rng = {**ranks[0], "shuffle": shuffle, "ranks": ranks}
         try:
+            extra = {"ema": ema_state(self.ema)} if self.ema is not None else {}
             runs.save_checkpoint(self.run_path, {
                 "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                **dataclasses.asdict(pos)})
+                "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)})
             if row is not None:
                 runs.append_metrics(self.run_path, row)
             self.saved = (f"The checkpoint after {pos.epoch} epochs and {pos.step} steps is kept "
@@ -618,11 +725,22 @@ class _Trainer:
     def _draw(self, history: list[dict[str, float]]) -> None:
         assert self.run_path is not None
         k = self.vae.num_classes
-        plots.save_samples(self.vae, self.run_path / runs.SAMPLES,
+        plots.save_samples(self.model, self.run_path / runs.SAMPLES,
                            labels=torch.arange(64) % k if k else None)
-        plots.save_reconstructions(self.vae, self.show[:32], self.run_path / runs.RECONSTRUCTIONS,
+        plots.save_reconstructions(self.model, self.show[:32],
+                                   self.run_path / runs.RECONSTRUCTIONS,
                                    labels=None if self.show_lab is None else self.show_lab[:32])
         plots.save_loss_curve(history, self.run_path / runs.LOSS)
+
+
+def _best_val(history: list[dict[str, float]]) -> tuple[int, float]:
+    """``(epoch, value)`` of the lowest finite validation -ELBO in ``history`` (``(0, inf)``)."""
+    best = (0, math.inf)
+    for row in history:
+        v = row.get("val_neg_elbo", math.nan)
+        if math.isfinite(v) and v < best[1]:
+            best = (int(row["epoch"]), v)
+    return best
 
 
 def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
