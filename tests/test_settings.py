@@ -146,8 +146,8 @@ LAYERS = [
     {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim"},
     {"model"},
     {"objectives", "evaluation", "plots"},
-    {"runs"},
-    {"train"},
+    {"runs", "tracking"},
+    {"train", "comparison"},
     {"cli"},
     {"__main__", "__init__"},
 ]

@@ -86,6 +86,9 @@ def _setting_option(section: str, cls: type, f: Any) -> click.Option:
     help_text += f" [config: {section}.{f.name}]"
     kw: dict[str, Any] = {"default": f.default, "help": help_text,
                           "show_default": f.default is not None and not m.get("shown_default")}
+    if tp is tuple:  # given any number of times: --logger a --logger b
+        return click.Option([flag, name], multiple=True, type=click.Choice(m["choices"]),
+                            **{**kw, "show_default": False})
     if tp is bool:
         if m.get("negatable"):
             return click.Option([f"{flag}/--no-{flag[2:]}", name], **kw)
@@ -619,6 +622,28 @@ def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, label: 
                                                label=label))
     for path in written:
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("compare.png"),
+              show_default=True, help="The picture of the curves overlaid.")
+def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Compare run folders: a table of the settings that differ and the final and best metrics,
+    and a picture of their -ELBO curves (from config.json and metrics.csv alone)."""
+    from vaekit.comparison import compare_runs, save_curves
+
+    with _UserErrors():
+        table = compare_runs(run_dirs)
+        path = save_curves(run_dirs, out, names=table.names)
+    rows = table.rows()
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    if not table.settings:
+        click.echo("(the runs' settings are the same)")
+    click.echo(f"wrote {path}")
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:

@@ -8,8 +8,9 @@ latent traversals, a map of the latent space and the decoded manifold of a 2-D l
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,16 +60,44 @@ def save_reconstructions(
 
 
 def save_loss_curve(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> Path:
-    """Plot the training objective and test -ELBO per epoch."""
+    """Plot the training objective, the test and (if any) validation -ELBO per epoch."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (objective)")
     ax.plot(epochs, [r["test_neg_elbo"] for r in history], "s-", label="test -ELBO")
+    if any(math.isfinite(r.get("val_neg_elbo", math.nan)) for r in history):
+        ax.plot(epochs, [r.get("val_neg_elbo", math.nan) for r in history], "^--",
+                label="validation -ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def save_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
+                path: str | os.PathLike[str]) -> Path:
+    """Several runs' curves overlaid: test -ELBO per epoch (solid) and validation -ELBO
+    (dashed), one colour per run.
+
+    Args:
+        histories: ``{name: rows of metrics.csv}``.
+        path: The PNG to write.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
+    for label, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        (line,) = ax.plot(epochs, [r["test_neg_elbo"] for r in rows], "-", label=f"{label} test")
+        if any(math.isfinite(r.get("val_neg_elbo", math.nan)) for r in rows):
+            ax.plot(epochs, [r.get("val_neg_elbo", math.nan) for r in rows], "--",
+                    color=line.get_color(), label=f"{label} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("-ELBO, nats per image")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save_fig(fig, path)
 

@@ -73,11 +73,14 @@ def setting(default: Any, help: str, *, flag: str | None = None, group: str | No
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
-    """``(type, optional)`` of an annotation such as ``int``, ``int | None`` or ``str | None``."""
+    """``(type, optional)`` of an annotation such as ``int``, ``int | None`` or ``str | None``;
+    ``(tuple, False)`` for ``tuple[str, ...]`` (a setting given any number of times)."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return rest[0], True
+    if typing.get_origin(tp) is tuple:
+        return tuple, False
     return tp, False
 
 
@@ -87,7 +90,8 @@ def field_type(cls: type, name: str) -> tuple[type, bool]:
 
 
 def _type_name(tp: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            tuple: "a list of strings"}[tp]
 
 
 def check_fields(obj: Any) -> None:
@@ -104,12 +108,22 @@ def check_fields(obj: Any) -> None:
             if optional:
                 continue
             raise ConfigError(f"{f.name} must be {_type_name(tp)}, got None")
+        if tp is tuple and isinstance(value, list):  # from JSON
+            value = tuple(value)
+            object.__setattr__(obj, f.name, value)
         ok = (isinstance(value, bool) if tp is bool else
               isinstance(value, int) and not isinstance(value, bool) if tp is int else
               isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
-              isinstance(value, tp))
+              isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+              if tp is tuple else isinstance(value, tp))
         if not ok:
             raise ConfigError(f"{f.name} must be {_type_name(tp)}, got {value!r}")
+        if tp is tuple:
+            bad = [v for v in value if f.metadata.get("choices") and v not in f.metadata["choices"]]
+            if bad or len(set(value)) != len(value):
+                raise ConfigError(f"{f.name} must be distinct values of "
+                                  f"{', '.join(f.metadata.get('choices') or ())}; got {value!r}")
+            continue
         if tp is float and not math.isfinite(value):
             raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         m = f.metadata
@@ -355,6 +369,12 @@ class RunOptions:
                          "torchrun would); --batch-size stays the global batch.", min=1)
     progress: bool = setting(True, "Show a progress bar (the per-epoch lines are printed "
                              "either way).", negatable=True)
+    logger: tuple[str, ...] = setting(
+        (), "Also log to TensorBoard (RUN/tensorboard) or MLflow; repeat for both. Needs "
+        'pip install "vaekit[tracking]".', choices=("tensorboard", "mlflow"),
+        group="Tracking")
+    mlflow_uri: str | None = setting(
+        None, "MLflow tracking URI.", shown_default="sqlite:///<the run folder's parent>/mlflow.db")
 
     def __post_init__(self) -> None:
         check_fields(self)

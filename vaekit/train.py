@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
 from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
 from vaekit.settings import DataSpec, ModelSpec, RunOptions, TrainSettings, from_mapping
+from vaekit.tracking import Logger, RunInfo, flat_params, make_loggers
 
 __all__ = [
     "TrainSettings",
@@ -144,6 +146,7 @@ def fit(
     model_spec: ModelSpec | None = None,
     data_spec: DataSpec | None = None,
     data_info: dict[str, Any] | None = None,
+    loggers: Sequence[Logger] | None = None,
     **overrides: Any,
 ) -> FitResult:
     """Train ``vae`` by maximising the (β-weighted) ELBO with ``Trace_ELBO`` and Adam.
@@ -168,6 +171,8 @@ def fit(
             ``vae.spec()``).
         data_spec: The `DataSpec` of the data, for ``config.json``.
         data_info: Facts about the data for ``config.json`` (root used, image counts).
+        loggers: Experiment trackers (`vaekit.tracking.Logger`), e.g.
+            ``[TensorBoardLogger(), MLflowLogger()]`` or your own.
         **overrides: `TrainSettings` fields that replace those of ``settings`` (e.g.
             ``epochs=2, lr=1e-3``).
 
@@ -186,7 +191,7 @@ def fit(
                      progress=progress)
     config = runs.make_config(vae, settings, model_spec, data_spec, run, data_info)
     trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
-                       train_labels, test_labels, val_data, val_labels)
+                       train_labels, test_labels, val_data, val_labels, loggers)
     return trainer.run(config, overwrite=overwrite)
 
 
@@ -202,6 +207,7 @@ def resume(
     val_data: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
     trust_plugins: bool = False,
+    loggers: Sequence[Logger] | None = None,
     **overrides: Any,
 ) -> FitResult:
     """Continue a run folder from its last checkpoint (model, optimizer, position, RNG state).
@@ -220,6 +226,7 @@ def resume(
         val_labels: Their labels, for a conditional VAE.
         trust_plugins: Import the modules the run names (its networks, its likelihood); see
             `vaekit.load`.
+        loggers: Experiment trackers, continued where the run stopped (see `fit`).
         **overrides: New values of the settings in `RESUME_OVERRIDES`: ``epochs`` (a new
             total), ``device``, ``patience``, and, to get past a divergence, ``lr`` (replaces
             the learning rate in the restored optimizer too), ``clip_grad``, ``skip_nonfinite``
@@ -254,7 +261,7 @@ def resume(
                                   f"({type(e).__name__}: {e}); delete it to start over") from None
     config = {**config, "train": dataclasses.asdict(settings)}
     trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
-                       train_labels, test_labels, val_data, val_labels)
+                       train_labels, test_labels, val_data, val_labels, loggers)
     trainer.new_lr = "lr" in changes
     return trainer.run(config, resuming=True, position=position, state=state)
 
@@ -268,6 +275,7 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
     file), networks named ``module:Class`` are imported only if their module already is.
     """
     splits = load_splits(data)
+    loggers = make_loggers(run.logger, run.mlflow_uri)  # a missing library: before anything
     (train_x, train_y), (test_x, test_y) = splits.train, splits.test
     val_x, val_y = splits.val if splits.val is not None else (None, None)
     pyro.set_rng_seed(train.seed)  # the initial weights too
@@ -278,7 +286,7 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
             "n_val": 0 if val_x is None else len(val_x), "n_test": len(test_x)}
     config = runs.make_config(vae, train, model, data, run, info)
     trainer = _Trainer(vae, train_x, test_x, train, out, run.progress, verbose, train_y, test_y,
-                       val_x, val_y)
+                       val_x, val_y, loggers)
     return trainer.run(config, overwrite=run.overwrite)
 
 
@@ -299,12 +307,14 @@ def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
     config = runs.read_config(run_dir)
     if config.get("data") and "val" not in config["data"]:  # a run of vaekit <= 0.1: no split
         config = {**config, "data": {**config["data"], "val": 0}}
+    recorded = config.get("run") or {}
+    loggers = make_loggers(tuple(recorded.get("logger") or ()), recorded.get("mlflow_uri"))
     splits = load_splits(runs.run_data_spec(config, root=root, download=download))
     (train_x, train_y), (test_x, test_y) = splits.train, splits.test
     val_x, val_y = splits.val if splits.val is not None else (None, None)
     return resume(run_dir, train_x, test_x, progress=progress, verbose=verbose,
                   train_labels=train_y, test_labels=test_y, val_data=val_x, val_labels=val_y,
-                  trust_plugins=trust_plugins, **overrides)
+                  trust_plugins=trust_plugins, loggers=loggers, **overrides)
 
 
 class _Trainer:
@@ -314,7 +324,8 @@ class _Trainer:
                  settings: TrainSettings, run_dir: str | os.PathLike[str] | None,
                  progress: bool, verbose: bool, train_labels: torch.Tensor | None = None,
                  test_labels: torch.Tensor | None = None, val_data: torch.Tensor | None = None,
-                 val_labels: torch.Tensor | None = None) -> None:
+                 val_labels: torch.Tensor | None = None,
+                 loggers: Sequence[Logger] | None = None) -> None:
         # -- check everything before touching the disk --------------------------------------
         if settings.batch_size > train_data.shape[0]:
             raise ConfigError(f"batch_size {settings.batch_size} is larger than the "
@@ -354,15 +365,22 @@ class _Trainer:
         self.lock: FolderLock | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
         self.new_lr = False  # resume was given a learning rate
+        self.loggers = list(loggers or []) if self.dist.main else []  # only rank 0 logs
+        self.pending: list[tuple[int, dict[str, float]]] = []  # step metrics not yet handed over
 
     # -- the table of contents -------------------------------------------------------------------
     def run(self, config: dict[str, Any], overwrite: bool = False, resuming: bool = False,
             position: Position | None = None,
             state: dict[str, Any] | None = None) -> FitResult:
         """Train from ``position`` (and the rest of checkpoint ``state``) or from the start."""
+        self.config = config
         try:
             self._prepare_run_dir(config, overwrite, resuming)
             return self._train(position, state or {})
+        except BaseException as e:
+            self._finish_loggers({}, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt))
+                                 else "FAILED")
+            raise
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -371,6 +389,7 @@ class _Trainer:
         with _deterministic(self.s.deterministic):
             self._build()
             pos = self._restore(position, state)
+            self._start_loggers(pos, resumed=position is not None)
             with _stop_on_signals() as self.stop:
                 if position is None:
                     self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
@@ -553,6 +572,10 @@ class _Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(vae)
                 acc += loss.detach()
+                if self.loggers and step % self.check_every == 0:
+                    self.pending.append((global_step + 1, {
+                        "train/loss": loss.item() / x.shape[0], "train/lr": self.lr.current,
+                        "train/beta": float(vae.beta)}))
                 bar.update(x.shape[0] * world)
                 if self.progress and step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
@@ -623,6 +646,7 @@ class _Trainer:
         self._checkpoint(pos, row)
         if self.run_path is not None and self.dist.main:
             self._write_pictures(pos.history)
+        self._log_epoch(row, epoch * self.steps)
         if self.verbose:
             val = (f"  val -ELBO {row['val_neg_elbo']:.2f}{' *' if improved else ''}"
                    if self.val_y is not None else "")
@@ -637,6 +661,48 @@ class _Trainer:
             sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
         if self.stop.signum:
             raise Interrupted(self.stop.signum, epoch, 0, self.run_path)
+
+    # -- experiment tracking (rank 0) -------------------------------------------------------------
+    def _start_loggers(self, pos: Position, resumed: bool) -> None:
+        if not self.loggers:
+            return
+        model = self.config.get("model") or {}
+        tags = {k: str(model.get(k)) for k in ("likelihood", "prior", "posterior", "nets")}
+        tags["vaekit_version"] = str(self.config.get("vaekit_version"))
+        name = self.run_path.name if self.run_path is not None else "vaekit"
+        info = RunInfo(self.run_path, name, flat_params(self.config), tags,
+                       step=pos.epoch * self.steps + pos.step, resumed=resumed)
+        for logger in self.loggers:
+            logger.start(info)
+
+    def _flush_logs(self) -> None:
+        """Hand the buffered step metrics to the loggers (called once a checkpoint is safe)."""
+        pending, self.pending = self.pending, []
+        for step, metrics in pending:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step)
+
+    def _log_epoch(self, row: dict[str, float], step: int) -> None:
+        """The epoch's row of metrics.csv (``epoch/...``) and its pictures, at its last step."""
+        if not self.loggers:
+            return
+        metrics = {f"epoch/{k}": float(v) for k, v in row.items()}
+        metrics["epoch/images_per_second"] = self.train_x.shape[0] / max(row["seconds"], 1e-9)
+        images = {}
+        if self.run_path is not None:
+            from torchvision.io import read_image
+
+            for key, name in (("samples", runs.SAMPLES), ("reconstructions", runs.RECONSTRUCTIONS)):
+                images[key] = read_image(str(self.run_path / name))[:3].float() / 255
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
+            if images:
+                logger.log_images(images, step)
+
+    def _finish_loggers(self, summary: dict[str, float], status: str) -> None:
+        loggers, self.loggers = self.loggers, []  # finish each once
+        for logger in loggers:
+            logger.finish(summary, status)
 
     def _out_of_patience(self, history: list[dict[str, float]]) -> bool:
         """Whether ``patience`` epochs have passed since the best validation -ELBO."""
@@ -681,6 +747,11 @@ class _Trainer:
             self.vae.load_state_dict(weights)
         self.vae.beta = self.base_beta
         self.vae.to(memory_format=torch.contiguous_format).eval()
+        summary = {k: v for k, v in (pos.history[-1] if pos.history else {}).items()
+                   if k.startswith(("test_", "val_", "train_"))}
+        if best_epoch:
+            summary["best_epoch"], summary["best_val_neg_elbo"] = best_epoch, _best_val(pos.history)[1]
+        self._finish_loggers(summary, "FINISHED")
         return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path,
                          best_epoch=best_epoch, stopped_early=pos.epoch < self.s.epochs)
 
@@ -688,6 +759,7 @@ class _Trainer:
     def _checkpoint(self, pos: Position, row: dict[str, float] | None = None) -> None:
         """Save ``pos`` with the weights and optimizer (and ``row`` into metrics.csv)."""
         if self.run_path is None:
+            self._flush_logs()  # nothing to resume from: hand them over now
             return
         own = {"torch": torch.get_rng_state()}
         if self.dev.type == "cuda":
@@ -704,6 +776,7 @@ class _Trainer:
                 "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)})
             if row is not None:
                 runs.append_metrics(self.run_path, row)
+            self._flush_logs()
             self.saved = (f"The checkpoint after {pos.epoch} epochs and {pos.step} steps is kept "
                           f"in {self.run_path}" if pos.epoch or pos.step else
                           f"The initial weights are kept in {self.run_path}")

@@ -1,0 +1,59 @@
+"""What a finished recipe run measured: training time, time to quality, best epoch, and the
+IWAE estimate in its eval.json.
+
+    python benchmarks/recipe_report.py runs/mnist-bernoulli-best
+
+Times are the sums of metrics.csv's per-epoch ``seconds`` (training and the per-epoch
+validation and test evaluation); "time to N nats" is when the test -ELBO first fell below N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from vaekit import runs  # noqa: E402
+
+
+def report(run_dir: str, targets: tuple[float, ...] = (100.0, 90.0)) -> dict:
+    """The figures of one run folder, as a dict."""
+    rows = runs.read_metrics(run_dir)
+    elapsed, reached = 0.0, {}
+    for r in rows:
+        elapsed += r["seconds"]
+        for t in targets:
+            if t not in reached and r["test_neg_elbo"] <= t:
+                reached[t] = (r["epoch"], elapsed)
+    vals = [(r["val_neg_elbo"], r["epoch"]) for r in rows
+            if math.isfinite(r.get("val_neg_elbo", math.nan))]
+    out = {"run_dir": run_dir, "epochs": len(rows), "train_seconds": round(elapsed, 1),
+           "final_test_neg_elbo": rows[-1]["test_neg_elbo"],
+           "best_val": min(vals) if vals else None,
+           "time_to": {f"{t:g} nats": ({"epoch": reached[t][0], "seconds": round(reached[t][1])}
+                                       if t in reached else "not reached") for t in targets},
+           "machine": machine()}
+    path = Path(run_dir) / runs.EVALUATION
+    if path.exists():
+        ev = json.loads(path.read_text())
+        out["evaluation"] = {k: ev.get(k) for k in ("checkpoint", "epoch", "neg_elbo",
+                                                    "neg_elbo_se", "neg_log_px", "neg_log_px_se",
+                                                    "num_samples", "n_images", "active_units",
+                                                    "seconds")}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    a = p.parse_args()
+    print(json.dumps(report(a.run_dir), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Experiment tracking: a small `Logger` protocol, and loggers for TensorBoard and MLflow.
+
+    fit(vae, train_x, test_x, run_dir="runs/a", loggers=[TensorBoardLogger(), MLflowLogger()])
+    vaekit fit --logger tensorboard --logger mlflow      # the same from the command line
+
+The trainer calls, on rank 0 only: `Logger.start` once (also when a run resumes, with the step
+it resumes from), `Logger.log_metrics` for every training step and, at each epoch's end, the
+epoch's metrics (the columns of ``metrics.csv`` under ``epoch/``), `Logger.log_images` with the
+epoch's sample and reconstruction grids, and `Logger.finish` at the end (status ``FINISHED``) or
+when the run stops early (``KILLED`` on an interrupt, ``FAILED`` on an error). Step metrics are
+handed over when a checkpoint is written, never before, so that a resumed run, which starts again
+from its checkpoint, logs no step twice. Every step number is the global training step.
+
+Both libraries are optional extras: ``pip install "vaekit[tensorboard]"``, ``"vaekit[mlflow]"``
+or ``"vaekit[tracking]"`` for both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from vaekit.errors import ConfigError
+
+__all__ = ["Logger", "RunInfo", "TensorBoardLogger", "MLflowLogger", "make_loggers",
+           "check_installed", "flat_params", "TRACKING_FILE"]
+
+TRACKING_FILE = "tracking.json"
+"""What a run folder records of its trackers (the MLflow run id), so that resume continues them."""
+
+_EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+
+
+@dataclass
+class RunInfo:
+    """What a logger learns when a run starts.
+
+    Attributes:
+        run_dir: The run folder (None for a fit without one).
+        name: The run's name: its folder's name.
+        params: The settings, flattened: ``{"model.z_dim": 32, "train.lr": 0.002, ...}``.
+        tags: ``likelihood``, ``prior``, ``posterior``, ``nets``, ``vaekit_version``.
+        step: The global step training starts from (the checkpoint's, when resuming).
+        resumed: Whether this continues an earlier start of the same run.
+    """
+
+    run_dir: Path | None
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    step: int = 0
+    resumed: bool = False
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What the trainer calls; write your own with these four methods (see the docs)."""
+
+    def start(self, run: RunInfo) -> None:
+        """The run starts (or resumes at ``run.step``)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Scalars at a global step: ``train/loss`` ... per step, ``epoch/...`` per epoch."""
+
+    def log_images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
+        """Pictures ``[C, H, W]`` in [0, 1] (``samples``, ``reconstructions``) at a step."""
+
+    def finish(self, summary: Mapping[str, float], status: str = "FINISHED") -> None:
+        """The run ends: its final and best metrics, and ``FINISHED``, ``KILLED`` or ``FAILED``."""
+
+
+def check_installed(names: Sequence[str]) -> None:
+    """Refuse, before anything starts, a logger whose library is not installed.
+
+    Raises:
+        ConfigError: naming the pip command that installs it.
+    """
+    for name in names:
+        module, extra = _EXTRAS[name]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"--logger {name} needs the {module} package, which is not "
+                              f'installed: pip install "vaekit[{extra}]"') from None
+
+
+def make_loggers(names: Sequence[str], mlflow_uri: str | None = None) -> list[Logger]:
+    """The loggers of ``RunOptions.logger`` (``"tensorboard"``, ``"mlflow"``), checked."""
+    check_installed(names)
+    return [TensorBoardLogger() if n == "tensorboard" else MLflowLogger(mlflow_uri) for n in names]
+
+
+def flat_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"section.key": value}`` of a ``config.json``'s settings sections."""
+    out: dict[str, Any] = {}
+    for section in ("model", "data", "train", "run"):
+        for key, value in (config.get(section) or {}).items():
+            out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _tracking_record(run_dir: Path | None) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / TRACKING_FILE).read_text()) if run_dir else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class TensorBoardLogger:
+    """Event files for TensorBoard, with ``torch.utils.tensorboard`` (package ``tensorboard``).
+
+    Scalars and images go to ``RUN/tensorboard`` (or ``log_dir``); at the end the settings are
+    written as hparams with the final metrics. A resumed run purges events from its restart
+    step on, so no step appears twice.
+
+    Args:
+        log_dir: Where to write (default: ``RUN/tensorboard``).
+    """
+
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.writer: Any = None
+        self.params: dict[str, Any] = {}
+
+    def start(self, run: RunInfo) -> None:
+        """See `Logger.start`."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = self.log_dir or (run.run_dir / "tensorboard" if run.run_dir else None)
+        # Resumed at step S (its checkpoint's): events after S that the stopped run wrote are
+        # hidden; S's own are the checkpoint's and stay.
+        self.writer = SummaryWriter(log_dir=None if log_dir is None else str(log_dir),
+                                    purge_step=run.step + 1 if run.resumed else None)
+        self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                       for k, v in run.params.items()}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """See `Logger.log_metrics`."""
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def log_images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
+        """See `Logger.log_images`."""
+        for key, image in images.items():
+            self.writer.add_image(key, image, step)
+
+    def finish(self, summary: Mapping[str, float], status: str = "FINISHED") -> None:
+        """See `Logger.finish`: hparams with the final metrics (finished runs only)."""
+        if self.writer is None:
+            return
+        if status == "FINISHED":
+            self.writer.add_hparams(self.params, {f"hparam/{k}": v for k, v in summary.items()},
+                                    run_name=".")
+        self.writer.close()
+
+
+class MLflowLogger:
+    """An MLflow run per run folder, through ``mlflow.MlflowClient`` (no server needed).
+
+    Params are the settings, metrics are logged by step, pictures, ``config.json``,
+    ``metrics.csv`` and ``best.pt`` (else ``checkpoint.pt``) are artifacts, the run is named
+    after the run folder and tagged with the model's parts and vaekit's version. Its id is kept
+    in ``RUN/tracking.json``: a resumed run continues the same MLflow run.
+
+    Args:
+        tracking_uri: Where MLflow stores runs (default: ``sqlite:///<the run folder's
+            parent>/mlflow.db``, e.g. ``runs/mlflow.db``; view with ``mlflow ui
+            --backend-store-uri sqlite:///runs/mlflow.db``).
+        experiment: The MLflow experiment's name.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "vaekit") -> None:
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.run_dir: Path | None = None
+
+    def start(self, run: RunInfo) -> None:
+        """See `Logger.start`."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        self.run_dir = run.run_dir
+        uri = self.tracking_uri
+        if uri is None:
+            parent = (run.run_dir.parent if run.run_dir else Path("runs")).resolve()
+            parent.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{parent / 'mlflow.db'}"
+        self.client = MlflowClient(tracking_uri=uri)
+        known = _tracking_record(run.run_dir).get("mlflow_run_id") if run.resumed else None
+        if known is not None:
+            self.run_id = known
+            self.client.update_run(known, status="RUNNING")
+            return
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        self.run_id = self.client.create_run(exp_id, run_name=run.name, tags=run.tags).info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in run.params.items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        if run.run_dir is not None:
+            from vaekit.io import atomic_write
+
+            text = json.dumps({**_tracking_record(run.run_dir), "mlflow_run_id": self.run_id,
+                               "mlflow_uri": uri}, indent=2) + "\n"
+            atomic_write(run.run_dir / TRACKING_FILE, lambda f: f.write(text.encode()))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """See `Logger.log_metrics`."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
+        """See `Logger.log_images`: ``pictures/<name>/step_<step>.png`` artifacts."""
+        for key, image in images.items():
+            array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            self.client.log_image(self.run_id, array, artifact_file=f"pictures/{key}/"
+                                  f"step_{step:08d}.png")
+
+    def finish(self, summary: Mapping[str, float], status: str = "FINISHED") -> None:
+        """See `Logger.finish`: the run's files as artifacts, then the status."""
+        if self.client is None or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        if summary:
+            self.client.log_batch(self.run_id, metrics=[Metric(f"final/{k}", float(v), now, 0)
+                                                        for k, v in summary.items()])
+        if self.run_dir is not None:
+            for name in ("config.json", "metrics.csv"):
+                if (self.run_dir / name).is_file():
+                    self.client.log_artifact(self.run_id, str(self.run_dir / name))
+            best = self.run_dir / "best.pt"
+            model = best if best.is_file() else self.run_dir / "checkpoint.pt"
+            if status == "FINISHED" and model.is_file():
+                self.client.log_artifact(self.run_id, str(model), artifact_path="model")
+        self.client.set_terminated(self.run_id, status=status)
