@@ -103,11 +103,13 @@ def test_fit_two_processes_matches_one_within_noise(env, tmp_path):
 
 
 def test_launcher_writes_one_run_folder_and_resumes(env, tmp_path):
-    _run([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *FIT, "--epochs", "1"], env,
-         tmp_path)
+    _run([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *FIT, "--epochs", "1",
+          "--logger", "tensorboard"], env, tmp_path)
     folders = list((tmp_path / "runs").iterdir())
     assert len(folders) == 1 and [p.name for p in tmp_path.iterdir()] == ["runs"]
     run = folders[0]
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))  # ...<host>.<pid>.<n>
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1  # one process: rank 0
     assert runs.read_config(run)["train"]["batch_size"] == 64
     state = runs.load_checkpoint(run)
     assert len(state["rng"]["ranks"]) == 2  # each rank's random state, for resume
