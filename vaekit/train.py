@@ -390,6 +390,7 @@ class _Trainer:
             self._build()
             pos = self._restore(position, state)
             self._start_loggers(pos, resumed=position is not None)
+            self.stopping = 0  # the signal every rank agreed to stop on (see `_agreed_stop`)
             with _stop_on_signals() as self.stop:
                 if position is None:
                     self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
@@ -582,11 +583,13 @@ class _Trainer:
                 pos.step = step + 1
                 done = pos.epoch * self.steps + pos.step
                 every = s.checkpoint_every and done % s.checkpoint_every == 0
-                if self.stop.signum or (every and pos.step < self.steps):
+                # `self.stopping`, not the flag itself: every rank must take the same branch,
+                # and a signal handled after this step's agreement waits for the next step
+                if self.stopping or (every and pos.step < self.steps):
                     pos.total = self.dist.all_sum(acc.clone()).item()
                     self._checkpoint(pos)
-                if self.stop.signum:
-                    raise Interrupted(self.stop.signum, epoch, pos.step, self.run_path)
+                if self.stopping:
+                    raise Interrupted(self.stopping, epoch, pos.step, self.run_path)
         self.train_loss = self.dist.all_sum(acc).item() / n
         if not math.isfinite(self.train_loss):
             raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self.saved))
@@ -599,8 +602,21 @@ class _Trainer:
             finite = not bool(self.dist.all_max(torch.tensor([float(not finite)])).item())
         return finite
 
+    def _agreed_stop(self) -> int:
+        """The signal that stops training, the same on every rank (0: none so far).
+
+        Read at one point of the loop on every rank (an all-reduce with several processes), so
+        that a signal handled by one rank a moment later than by another cannot send them down
+        different branches (and into different collectives, which would hang).
+        """
+        flag = torch.tensor([float(self.stop.signum)])
+        self.stopping = int(self.dist.all_max(flag).item()) if self.dist.world > 1 else \
+            int(flag.item())
+        return self.stopping
+
     def _loss(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The objective on this rank's batch; NaN on every rank if it is NaN on any."""
+        """The objective on this rank's batch; NaN on every rank if it is NaN on any. Also
+        agrees on whether a signal stops training (`self.stopping`)."""
         dev = self.dev
         try:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.s.amp):
@@ -610,10 +626,12 @@ class _Trainer:
                 raise
             loss = torch.tensor(float("nan"), device=dev)
         if self.dist.world > 1:  # every rank learns of a signal or a bad loss on any rank
-            flags = torch.tensor([self.stop.signum, float(not torch.isfinite(loss))])
-            self.stop.signum, bad = (int(v) for v in self.dist.all_max(flags).tolist())
+            flags = torch.tensor([float(self.stop.signum), float(not torch.isfinite(loss))])
+            self.stopping, bad = (int(v) for v in self.dist.all_max(flags).tolist())
             if bad:
                 loss = loss * float("nan")
+        else:
+            self.stopping = self.stop.signum
         return loss
 
     @property
@@ -659,8 +677,8 @@ class _Trainer:
                 tqdm.write(f"early stop: no better validation -ELBO in {self.s.patience} epochs "
                            f"(best: epoch {_best_val(pos.history)[0]})")
             sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
-        if self.stop.signum:
-            raise Interrupted(self.stop.signum, epoch, 0, self.run_path)
+        if self._agreed_stop():
+            raise Interrupted(self.stopping, epoch, 0, self.run_path)
 
     # -- experiment tracking (rank 0) -------------------------------------------------------------
     def _start_loggers(self, pos: Position, resumed: bool) -> None:
