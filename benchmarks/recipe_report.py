@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,11 +29,10 @@ def report(run_dir: str, targets: tuple[float, ...] = (100.0, 90.0)) -> dict:
         for t in targets:
             if t not in reached and r["test_neg_elbo"] <= t:
                 reached[t] = (r["epoch"], elapsed)
-    vals = [(r["val_neg_elbo"], r["epoch"]) for r in rows
-            if math.isfinite(r.get("val_neg_elbo", math.nan))]
+    best_epoch, best_val = runs.best_validation(rows)
     out = {"run_dir": run_dir, "epochs": len(rows), "train_seconds": round(elapsed, 1),
            "final_test_neg_elbo": rows[-1]["test_neg_elbo"],
-           "best_val": min(vals) if vals else None,
+           "best_val": {"epoch": best_epoch, "val_neg_elbo": best_val} if best_epoch else None,
            "time_to": {f"{t:g} nats": ({"epoch": reached[t][0], "seconds": round(reached[t][1])}
                                        if t in reached else "not reached") for t in targets},
            "machine": machine()}

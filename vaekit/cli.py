@@ -408,10 +408,10 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
                          y=labels if vae.num_classes else None)
         seconds = time.perf_counter() - t0
         which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")
-        path = write_evaluation(run_dir, {"run_dir": str(run_dir), "likelihood": vae.likelihood.name,
-                                          "z_dim": vae.z_dim, "limit": limit, "seed": seed,
-                                          "device": str(vae.device), **r.to_dict(),
-                                          "seconds": seconds}, checkpoint=which)
+        record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
+                  "limit": limit, "seed": seed, "device": str(vae.device), **r.to_dict(),
+                  "seconds": seconds}
+        path, measured = write_evaluation(run_dir, record, checkpoint=which)
 
     kl = sorted(enumerate(r.kl_per_dim or []), key=lambda t: -t[1])
     top = (", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
@@ -429,9 +429,6 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         (f"active units (Cov > {r.active_threshold:g})", f"{r.active_units} of {vae.z_dim}"),
         ("KL per dimension, largest", top),
     ]
-    import json
-
-    measured = json.loads(path.read_text())
     click.echo(f"{run_dir} ({measured['checkpoint']}, epoch {measured['epoch']}): {r.n_images} "
                "test images, nats per image (± standard error)")
     for name, value in rows:

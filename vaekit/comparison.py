@@ -57,9 +57,7 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
     except (OSError, ValueError):
         rows = []
     last = rows[-1] if rows else {}
-    vals = [(r["val_neg_elbo"], r["epoch"]) for r in rows
-            if math.isfinite(r.get("val_neg_elbo", math.nan))]
-    best = min(vals) if vals else (None, None)
+    epoch, value = runs.best_validation(rows)
     iwae = None
     try:
         import json
@@ -68,8 +66,8 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
     except (OSError, ValueError):
         pass
     return {"epochs": last.get("epoch"), "final train loss": last.get("train_loss"),
-            "final val -ELBO": last.get("val_neg_elbo"), "best val -ELBO": best[0],
-            "best epoch": best[1], "final test -ELBO": last.get("test_neg_elbo"),
+            "final val -ELBO": last.get("val_neg_elbo"), "best val -ELBO": value if epoch else None,
+            "best epoch": epoch or None, "final test -ELBO": last.get("test_neg_elbo"),
             "IWAE -log p(x) (eval.json)": iwae}
 
 

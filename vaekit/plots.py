@@ -66,9 +66,7 @@ def save_loss_curve(history: Sequence[dict[str, float]], path: str | os.PathLike
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (objective)")
     ax.plot(epochs, [r["test_neg_elbo"] for r in history], "s-", label="test -ELBO")
-    if any(math.isfinite(r.get("val_neg_elbo", math.nan)) for r in history):
-        ax.plot(epochs, [r.get("val_neg_elbo", math.nan) for r in history], "^--",
-                label="validation -ELBO")
+    _plot_val(ax, history, "^--", label="validation -ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.grid(alpha=0.3)
@@ -91,15 +89,20 @@ def save_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
     for label, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         (line,) = ax.plot(epochs, [r["test_neg_elbo"] for r in rows], "-", label=f"{label} test")
-        if any(math.isfinite(r.get("val_neg_elbo", math.nan)) for r in rows):
-            ax.plot(epochs, [r.get("val_neg_elbo", math.nan) for r in rows], "--",
-                    color=line.get_color(), label=f"{label} val")
+        _plot_val(ax, rows, "--", color=line.get_color(), label=f"{label} val")
     ax.set_xlabel("epoch")
     ax.set_ylabel("-ELBO, nats per image")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save_fig(fig, path)
+
+
+def _plot_val(ax: Any, rows: Sequence[Mapping[str, float]], fmt: str, **style: Any) -> None:
+    """The validation -ELBO per epoch on ``ax``, if the rows have any."""
+    if any(math.isfinite(r.get("val_neg_elbo", math.nan)) for r in rows):
+        ax.plot([r["epoch"] for r in rows], [r.get("val_neg_elbo", math.nan) for r in rows], fmt,
+                **style)
 
 
 # -- looking inside: interpolations, traversals, the latent map, the manifold ------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,24 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
             for r in rows]
 
 
+def best_validation(history: list[dict[str, float]]) -> tuple[int, float]:
+    """The best validation epoch of a run's metrics rows.
+
+    Args:
+        history: Rows of metrics.csv (`read_metrics`, or a trainer's history).
+
+    Returns:
+        ``(epoch, value)`` of the lowest finite ``val_neg_elbo``; ``(0, inf)`` when no row has
+        one (a run without validation images).
+    """
+    best = (0, math.inf)
+    for row in history:
+        v = row.get("val_neg_elbo", math.nan)
+        if math.isfinite(v) and v < best[1]:
+            best = (int(row["epoch"]), v)
+    return best
+
+
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` holds a vaekit ``config.json``."""
     return (Path(path) / CONFIG).is_file()
@@ -211,10 +230,13 @@ def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = 
 
 
 def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any],
-                     checkpoint: str = "auto") -> Path:
+                     checkpoint: str = "auto") -> tuple[Path, dict[str, Any]]:
     """Write ``eval.json`` (atomically), with the checkpoint, epoch and step it measured.
 
     Non-finite numbers are written as ``null``.
+
+    Returns:
+        The file's path and the record written to it.
     """
     import math
 
@@ -226,7 +248,7 @@ def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any],
     text = json.dumps(record, indent=2) + "\n"
     path = Path(run_dir) / EVALUATION
     atomic_write(path, lambda f: f.write(text.encode()))
-    return path
+    return path, record
 
 
 def model_checkpoint(run_dir: str | os.PathLike[str], which: str = "auto"

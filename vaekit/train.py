@@ -655,7 +655,8 @@ class _Trainer:
         row["lr"] = self.lr.current
         row["skipped"] = pos.skipped
         row["seconds"] = time.perf_counter() - self.t0
-        improved = self.val_y is not None and row["val_neg_elbo"] < _best_val(pos.history)[1]
+        best = runs.best_validation(pos.history)[1]
+        improved = self.val_y is not None and row["val_neg_elbo"] < best
         pos.history.append(row)
         pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
         self.lr.at_epoch_end(row.get("val_neg_elbo"))
@@ -675,7 +676,7 @@ class _Trainer:
             )
             if self._out_of_patience(pos.history) and epoch < self.s.epochs:
                 tqdm.write(f"early stop: no better validation -ELBO in {self.s.patience} epochs "
-                           f"(best: epoch {_best_val(pos.history)[0]})")
+                           f"(best: epoch {runs.best_validation(pos.history)[0]})")
             sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
         if self._agreed_stop():
             raise Interrupted(self.stopping, epoch, 0, self.run_path)
@@ -726,7 +727,7 @@ class _Trainer:
         """Whether ``patience`` epochs have passed since the best validation -ELBO."""
         if not (self.s.patience and self.val_y is not None and history):
             return False
-        return history[-1]["epoch"] - _best_val(history)[0] >= self.s.patience
+        return history[-1]["epoch"] - runs.best_validation(history)[0] >= self.s.patience
 
     def _evaluate(self, obs: torch.Tensor, lab: torch.Tensor | None) -> dict[str, float]:
         """-ELBO and its parts of `model` on ``obs``, each rank on its shard, summed over ranks."""
@@ -755,7 +756,8 @@ class _Trainer:
     def _finish(self, pos: Position) -> FitResult:
         """Hand back the model as `vaekit.load` builds it, so both compute the same numbers:
         the best validation epoch's weights, else the average's, else the trained ones."""
-        best_epoch = _best_val(pos.history)[0] if self.val_y is not None else None
+        best_epoch, best_value = runs.best_validation(pos.history)
+        best_epoch = best_epoch if self.val_y is not None else None
         weights = self.best_weights
         if best_epoch and weights is None and self.run_path is not None:  # best before a resume
             weights = runs.load_checkpoint(self.run_path, name=runs.BEST)["model"]
@@ -768,7 +770,7 @@ class _Trainer:
         summary = {k: v for k, v in (pos.history[-1] if pos.history else {}).items()
                    if k.startswith(("test_", "val_", "train_"))}
         if best_epoch:
-            summary["best_epoch"], summary["best_val_neg_elbo"] = best_epoch, _best_val(pos.history)[1]
+            summary["best_epoch"], summary["best_val_neg_elbo"] = best_epoch, best_value
         self._finish_loggers(summary, "FINISHED")
         return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path,
                          best_epoch=best_epoch, stopped_early=pos.epoch < self.s.epochs)
@@ -822,16 +824,6 @@ class _Trainer:
                                    self.run_path / runs.RECONSTRUCTIONS,
                                    labels=None if self.show_lab is None else self.show_lab[:32])
         plots.save_loss_curve(history, self.run_path / runs.LOSS)
-
-
-def _best_val(history: list[dict[str, float]]) -> tuple[int, float]:
-    """``(epoch, value)`` of the lowest finite validation -ELBO in ``history`` (``(0, inf)``)."""
-    best = (0, math.inf)
-    for row in history:
-        v = row.get("val_neg_elbo", math.nan)
-        if math.isfinite(v) and v < best[1]:
-            best = (int(row["epoch"]), v)
-    return best
 
 
 def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
