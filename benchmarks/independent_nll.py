@@ -1,6 +1,6 @@
 """An importance-sampling estimate of -log p(x) written without Pyro, to check `vaekit evaluate`.
 
-    python benchmarks/independent_nll.py runs/recipe --num-samples 1000
+    python benchmarks/independent_nll.py runs/recipe --num-samples 1000 [--checkpoint last]
 
 For a run with a Bernoulli likelihood, the diagonal Normal posterior and the standard Normal
 prior, with one or two latent layers, it computes
@@ -66,8 +66,11 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
     p.add_argument("--batch", type=int, default=20, help="images per pass")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto",
+                   help="which weights, as vaekit evaluate --checkpoint (default: auto)")
     a = p.parse_args()
-    vae = vaekit.load(a.run_dir)
+    vae = vaekit.load(a.run_dir, checkpoint=a.checkpoint)
+    name, state, _ = runs.model_checkpoint(a.run_dir, a.checkpoint)
     config = vaekit.runs.vae_config(runs.read_config(a.run_dir))
     ok = (config["likelihood"].get("name") == "bernoulli" and vae.prior.name == "standard"
           and vae.posterior.name == "diagonal" and not vae.num_classes)
@@ -78,7 +81,8 @@ def main() -> None:
     torch.manual_seed(a.seed)
     t0 = time.perf_counter()
     mean, se = estimate(vae, x, a.num_samples, a.batch)
-    print(json.dumps({"run_dir": a.run_dir, "num_samples": a.num_samples, "n_images": len(x),
+    print(json.dumps({"run_dir": a.run_dir, "checkpoint": name, "epoch": int(state["epoch"]),
+                      "num_samples": a.num_samples, "n_images": len(x),
                       "neg_log_px": mean, "neg_log_px_se": se,
                       "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
 
