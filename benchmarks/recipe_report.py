@@ -33,7 +33,8 @@ def report(run_dir: str, targets: tuple[float, ...] = (100.0, 90.0)) -> dict:
     best_epoch, best_val = runs.best_validation(rows)
     out = {"run_dir": run_dir, "epochs": len(rows), "train_seconds": round(elapsed, 1),
            "final_test_neg_elbo": rows[-1]["test_neg_elbo"],
-           "best_val": {"epoch": best_epoch, "val_neg_elbo": best_val} if best_epoch else None,
+           "best_val": ({"epoch": best_epoch, runs.validation_key(rows): best_val}
+                        if best_epoch else None),
            "time_to": {f"{t:g} nats": ({"epoch": reached[t][0], "seconds": round(reached[t][1])}
                                        if t in reached else "not reached") for t in targets},
            "machine": machine()}
@@ -63,6 +64,9 @@ def plot(run_dir: str, path: str) -> None:
                  if train.get("objective") == "iwae" else "train loss")
     ax.plot(epochs, [r["train_loss"] for r in rows], label=objective + " (epoch mean)")
     ax.plot(epochs, [r.get("val_neg_elbo", math.nan) for r in rows], "--", label="validation -ELBO")
+    if any(math.isfinite(r.get("val_neg_iwae", math.nan)) for r in rows):
+        ax.plot(epochs, [r.get("val_neg_iwae", math.nan) for r in rows], ":",
+                label=f"validation -IWAE bound, k={train.get('iwae_samples')}")
     ax.plot(epochs, [r["test_neg_elbo"] for r in rows], label="test -ELBO")
     low = min(r["train_loss"] for r in rows)
     ev = Path(run_dir) / runs.EVALUATION

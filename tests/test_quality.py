@@ -258,3 +258,38 @@ def test_independent_estimator_agrees_with_evaluate(split, tmp_path, latents):
     # far below the standard error over images.
     assert abs(mine - theirs.neg_log_px) < 0.2 < mine_se
     assert mine < theirs.neg_elbo  # the bound is looser than the K-sample estimate
+
+
+def test_an_iwae_run_selects_on_the_validation_iwae_bound(split, tmp_path):
+    """Trained with IWAE, the best epoch is the one with the best validation IWAE bound (the
+    trained bound), which metrics.csv records as ``val_neg_iwae`` and best.pt keeps."""
+    from vaekit.evaluation import iwae_bound
+
+    train_x, val_x, test_x = split
+    r = vaekit.fit(_vae(), train_x, test_x, epochs=3, lr=3e-3, val_data=val_x, objective="iwae",
+                   iwae_samples=3, run_dir=tmp_path / "r", **SMALL)
+    rows = runs.read_metrics(tmp_path / "r")
+    iw = [row["val_neg_iwae"] for row in rows]
+    assert [row["val_neg_iwae"] for row in r.history] == iw and all(map(math.isfinite, iw))
+    assert r.best_epoch == 1 + iw.index(min(iw)) and runs.validation_key(rows) == "val_neg_iwae"
+    best = runs.load_checkpoint(tmp_path / "r", name=runs.BEST)
+    assert best["epoch"] == r.best_epoch and best["val_neg_iwae"] == min(iw)
+    # The recorded value is the IWAE-3 bound of best.pt's weights on the validation images ...
+    loaded = vaekit.load(tmp_path / "r")
+    obs = observations_of(loaded.likelihood, val_x)
+    again = iwae_bound(loaded, obs, 3, 64, seed=0).mean().item()
+    assert again == pytest.approx(min(iw), rel=1e-5)
+    # ... and it is a tighter bound than the -ELBO of the same weights (Burda et al.).
+    assert sum(iw) < sum(row["val_neg_elbo"] for row in rows)
+    # An ELBO run keeps selecting on the -ELBO and writes no IWAE column.
+    r = vaekit.fit(_vae(), train_x, test_x, epochs=1, val_data=val_x, **SMALL)
+    assert "val_neg_iwae" not in r.history[0] and runs.validation_key(r.history) == "val_neg_elbo"
+
+
+def test_metrics_written_before_a_new_column_still_read(tmp_path):
+    """A run resumed by a vaekit that writes a new column: the old rows read it as NaN."""
+    runs.append_metrics(tmp_path, {"epoch": 1, "val_neg_elbo": 90.0})
+    runs.append_metrics(tmp_path, {"epoch": 2, "val_neg_elbo": 91.0, "val_neg_iwae": 85.0})
+    rows = runs.read_metrics(tmp_path)
+    assert math.isnan(rows[0]["val_neg_iwae"]) and rows[1]["val_neg_iwae"] == 85.0
+    assert runs.best_validation(rows) == (2, 85.0)

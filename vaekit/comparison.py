@@ -30,7 +30,8 @@ class Comparison:
         names: One column name per run (its folder's name, or its path if names repeat).
         settings: ``(setting, values)`` for each setting whose value differs between the runs.
         metrics: ``(metric, values)``: epochs, final train loss, final and best validation
-            -ELBO (and its epoch), final test -ELBO, and the IWAE -log p(x) of ``eval.json``.
+            -ELBO, best validation IWAE bound (IWAE-trained runs), the epoch ``best.pt`` holds,
+            final test -ELBO, and the IWAE -log p(x) of ``eval.json``.
     """
 
     names: list[str]
@@ -57,7 +58,12 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
     except (OSError, ValueError):
         rows = []
     last = rows[-1] if rows else {}
-    epoch, value = runs.best_validation(rows)
+    epoch, _ = runs.best_validation(rows)  # the epoch best.pt holds
+
+    def lowest(key: str) -> float | None:
+        values = [r[key] for r in rows if math.isfinite(r.get(key, math.nan))]
+        return min(values) if values else None
+
     iwae = None
     try:
         import json
@@ -66,8 +72,9 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
     except (OSError, ValueError):
         pass
     return {"epochs": last.get("epoch"), "final train loss": last.get("train_loss"),
-            "final val -ELBO": last.get("val_neg_elbo"), "best val -ELBO": value if epoch else None,
-            "best epoch": epoch or None, "final test -ELBO": last.get("test_neg_elbo"),
+            "final val -ELBO": last.get("val_neg_elbo"), "best val -ELBO": lowest("val_neg_elbo"),
+            "best val -IWAE bound": lowest("val_neg_iwae"), "best epoch": epoch or None,
+            "final test -ELBO": last.get("test_neg_elbo"),
             "IWAE -log p(x) (eval.json)": iwae}
 
 

@@ -60,13 +60,15 @@ def save_reconstructions(
 
 
 def save_loss_curve(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> Path:
-    """Plot the training objective, the test and (if any) validation -ELBO per epoch."""
+    """Plot the training objective, the test and (if any) validation -ELBO (and validation IWAE
+    bound) per epoch."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (objective)")
     ax.plot(epochs, [r["test_neg_elbo"] for r in history], "s-", label="test -ELBO")
     _plot_val(ax, history, "^--", label="validation -ELBO")
+    _plot_val(ax, history, "v:", key="val_neg_iwae", label="validation -IWAE bound")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.grid(alpha=0.3)
@@ -98,11 +100,11 @@ def save_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
     return _save_fig(fig, path)
 
 
-def _plot_val(ax: Any, rows: Sequence[Mapping[str, float]], fmt: str, **style: Any) -> None:
-    """The validation -ELBO per epoch on ``ax``, if the rows have any."""
-    if any(math.isfinite(r.get("val_neg_elbo", math.nan)) for r in rows):
-        ax.plot([r["epoch"] for r in rows], [r.get("val_neg_elbo", math.nan) for r in rows], fmt,
-                **style)
+def _plot_val(ax: Any, rows: Sequence[Mapping[str, float]], fmt: str, key: str = "val_neg_elbo",
+              **style: Any) -> None:
+    """A validation column per epoch on ``ax``, if the rows have any."""
+    if any(math.isfinite(r.get(key, math.nan)) for r in rows):
+        ax.plot([r["epoch"] for r in rows], [r.get(key, math.nan) for r in rows], fmt, **style)
 
 
 # -- looking inside: interpolations, traversals, the latent map, the manifold ------------------

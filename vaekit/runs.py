@@ -38,6 +38,8 @@ __all__ = [
     "run_data_spec",
     "load_test_set",
     "write_evaluation",
+    "best_validation",
+    "validation_key",
     "atomic_write",
     "write_config",
     "read_config",
@@ -126,8 +128,23 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
     """Rows of ``metrics.csv`` as dicts of floats (``epoch`` and ``skipped`` as ints)."""
     with open(Path(run_dir) / METRICS, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: (int(float(v)) if k in ("epoch", "skipped") else float(v)) for k, v in r.items()}
-            for r in rows]
+    def number(key: str, value: str) -> float:
+        if value == "":  # a column that an earlier row did not have (a run resumed by a newer vaekit)
+            return math.nan
+        return int(float(value)) if key in ("epoch", "skipped") else float(value)
+
+    return [{k: number(k, v) for k, v in r.items()} for r in rows]
+
+
+def validation_key(history: list[dict[str, float]]) -> str:
+    """The metrics column that picks the best epoch: ``val_neg_iwae`` (the validation IWAE bound,
+    written when the run trains the IWAE objective) if any row has it, else ``val_neg_elbo``.
+
+    Model selection follows the bound being trained: an IWAE-trained model improves its IWAE
+    bound while its ELBO may get worse, so its ELBO would pick the wrong epoch.
+    """
+    has_iwae = any(math.isfinite(row.get("val_neg_iwae", math.nan)) for row in history)
+    return "val_neg_iwae" if has_iwae else "val_neg_elbo"
 
 
 def best_validation(history: list[dict[str, float]]) -> tuple[int, float]:
@@ -137,12 +154,13 @@ def best_validation(history: list[dict[str, float]]) -> tuple[int, float]:
         history: Rows of metrics.csv (`read_metrics`, or a trainer's history).
 
     Returns:
-        ``(epoch, value)`` of the lowest finite ``val_neg_elbo``; ``(0, inf)`` when no row has
-        one (a run without validation images).
+        ``(epoch, value)`` of the lowest finite value of `validation_key`'s column; ``(0, inf)``
+        when no row has one (a run without validation images).
     """
+    key = validation_key(history)
     best = (0, math.inf)
     for row in history:
-        v = row.get("val_neg_elbo", math.nan)
+        v = row.get(key, math.nan)
         if math.isfinite(v) and v < best[1]:
             best = (int(row["epoch"]), v)
     return best
@@ -255,7 +273,7 @@ def model_checkpoint(run_dir: str | os.PathLike[str], which: str = "auto"
                      ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Which weights are the run's model: ``(file name, checkpoint, weights)``.
 
-    ``"best"``: ``best.pt``, the epoch with the best validation -ELBO. ``"last"``:
+    ``"best"``: ``best.pt``, the epoch with the best validation bound (`validation_key`). ``"last"``:
     ``checkpoint.pt``, its weight average (``ema``) if it keeps one, else its weights.
     ``"auto"``: best when the run has a ``best.pt``, else last.
     """

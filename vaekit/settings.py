@@ -279,8 +279,9 @@ class DataSpec:
                                       min=1)
     limit_test: int | None = setting(None, "Use only the first N test images.", min=1)
     val: int | None = setting(
-        None, "Hold out the last N training images for validation: their -ELBO every epoch, "
-        "the best checkpoint, early stopping and the LR plateau follow it; 0: none. "
+        None, "Hold out the last N training images for validation: their -ELBO (and IWAE bound "
+        "when training IWAE) every epoch, the best checkpoint, early stopping and the LR "
+        "plateau follow it; 0: none. "
         "--limit-train limits the images left for training.", min=0,
         shown_default="a sixth, at most 10000; 0 with --limit-train")
 

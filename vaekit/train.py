@@ -10,10 +10,11 @@ likelihood (e.g. a fresh binarization of every batch) and takes one Adam step on
 -ELBO (learning-rate schedule, gradient clipping and a weight average as the settings say; see
 `vaekit.optim`). After each epoch the validation and test -ELBO are computed (of the averaged
 weights, with ``ema``) and, with a ``run_dir``, the checkpoint, ``best.pt`` (the best validation
--ELBO so far), ``metrics.csv`` and the pictures are written (atomically); ``patience`` stops
-early. SIGINT/SIGTERM finish the current step, write a checkpoint and
-raise `Interrupted`; `resume` continues a run folder from its last checkpoint, bit for bit on the CPU
-of the same machine (other CPU kernels, e.g. AVX2 against AVX-512, round differently).
+bound so far: the -ELBO, or the IWAE bound when the objective is ``iwae``), ``metrics.csv``
+and the pictures are written (atomically); ``patience`` stops early. SIGINT/SIGTERM finish the
+current step, write a checkpoint and raise `Interrupted`; `resume` continues a run folder from its
+last checkpoint, bit for bit on the CPU of the same machine (other CPU kernels, e.g. AVX2
+against AVX-512, round differently).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from vaekit.errors import (
     PluginError,
     TrainingError,
 )
-from vaekit.evaluation import evaluate_elbo, site_log_probs
+from vaekit.evaluation import evaluate_elbo, iwae_bound, site_log_probs
 from vaekit.io import LOCK_FILE, FolderBusy, FolderLock
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
@@ -79,11 +80,13 @@ class FitResult:
         vae: The trained model (on the training device, in eval mode).
         history: One dict per epoch: ``epoch``, ``train_loss`` (mean β-weighted objective per
             image), ``test_neg_elbo``, ``test_recon``, ``test_kl``, ``val_neg_elbo``,
-            ``val_recon``, ``val_kl`` (nats per image; NaN without test data, absent without
-            validation data),
+            ``val_recon``, ``val_kl``, and ``val_neg_iwae`` (the IWAE bound with the training's
+            K) when the objective is ``iwae`` (nats per image; NaN without test data, absent
+            without validation data),
             ``beta``, ``lr``, ``skipped`` (non-finite batches skipped) and ``seconds``.
         run_dir: The run folder, if one was written.
-        best_epoch: The epoch with the best validation -ELBO (None without validation data);
+        best_epoch: The epoch with the best validation bound, `runs.validation_key` (None
+            without validation data);
             ``vae`` then holds that epoch's weights.
         stopped_early: Whether ``patience`` ended the run before its last epoch.
     """
@@ -651,31 +654,38 @@ class _Trainer:
             m = self._evaluate(obs, lab) if obs is not None else {}
             for key in ("neg_elbo", "recon", "kl"):
                 row[f"{split}_{key}"] = m.get(key, float("nan"))
+        if self.val_y is not None and self.s.objective == "iwae":  # select on the trained bound
+            row["val_neg_iwae"] = self._evaluate_iwae(self.val_y, self.val_lab)
         row["beta"] = self.vae.beta
         row["lr"] = self.lr.current
         row["skipped"] = pos.skipped
         row["seconds"] = time.perf_counter() - self.t0
         best = runs.best_validation(pos.history)[1]
-        improved = self.val_y is not None and row["val_neg_elbo"] < best
+        key = runs.validation_key([row])  # val_neg_iwae when training IWAE, else val_neg_elbo
+        improved = self.val_y is not None and row[key] < best
         pos.history.append(row)
         pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
-        self.lr.at_epoch_end(row.get("val_neg_elbo"))
+        self.lr.at_epoch_end(row.get(key))
         if improved:  # before the checkpoint: a kill between the two redoes this epoch
-            self._save_best(epoch, row["val_neg_elbo"])
+            self._save_best(epoch, key, row[key])
         self._checkpoint(pos, row)
         if self.run_path is not None and self.dist.main:
             self._write_pictures(pos.history)
         self._log_epoch(row, epoch * self.steps)
         if self.verbose:
-            val = (f"  val -ELBO {row['val_neg_elbo']:.2f}{' *' if improved else ''}"
+            mark = " *" if improved else ""
+            val = (f"  val -ELBO {row['val_neg_elbo']:.2f}{mark if key == 'val_neg_elbo' else ''}"
                    if self.val_y is not None else "")
+            if "val_neg_iwae" in row:
+                val += f"  val -IWAE{self.s.iwae_samples} {row['val_neg_iwae']:.2f}{mark}"
             tqdm.write(
                 f"epoch {epoch}/{self.s.epochs}  train loss {self.train_loss:.2f}{val}  test -ELBO "
                 f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
                 + (f"  skipped {row['skipped']} batches" if row["skipped"] else "")
             )
             if self._out_of_patience(pos.history) and epoch < self.s.epochs:
-                tqdm.write(f"early stop: no better validation -ELBO in {self.s.patience} epochs "
+                what = "IWAE bound" if key == "val_neg_iwae" else "-ELBO"
+                tqdm.write(f"early stop: no better validation {what} in {self.s.patience} epochs "
                            f"(best: epoch {runs.best_validation(pos.history)[0]})")
             sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
         if self._agreed_stop():
@@ -739,7 +749,18 @@ class _Trainer:
         recon, kl = (self.dist.all_sum(sums) / len(obs)).tolist()
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
-    def _save_best(self, epoch: int, value: float) -> None:
+    def _evaluate_iwae(self, obs: torch.Tensor, lab: torch.Tensor | None) -> float:
+        """The IWAE bound of `model` with the training's K, as -nats per image (fixed draws, so
+        epochs compare on the same noise; global RNGs untouched, so resume stays exact)."""
+        rank, world = self.dist.rank, self.dist.world
+        shard = obs[rank::world]
+        lab = None if lab is None else lab[rank::world]
+        per_image = iwae_bound(self.model, shard, self.s.iwae_samples, self.s.batch_size,
+                               seed=rank, y=lab)
+        total = self.dist.all_sum(per_image.double().sum().reshape(1).cpu())
+        return float(total[0]) / len(obs)
+
+    def _save_best(self, epoch: int, key: str, value: float) -> None:
         """Keep `model`'s weights as the best so far: in memory, and as best.pt in the folder."""
         weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.best_weights = weights
@@ -747,7 +768,7 @@ class _Trainer:
             return
         try:
             runs.save_checkpoint(self.run_path, {"model": weights, "epoch": epoch, "step": 0,
-                                                 "val_neg_elbo": value}, name=runs.BEST)
+                                                 key: value}, name=runs.BEST)
         except (OSError, RuntimeError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
             raise CheckpointError(f"could not write {runs.BEST} in {self.run_path} ({why}); "
@@ -770,7 +791,8 @@ class _Trainer:
         summary = {k: v for k, v in (pos.history[-1] if pos.history else {}).items()
                    if k.startswith(("test_", "val_", "train_"))}
         if best_epoch:
-            summary["best_epoch"], summary["best_val_neg_elbo"] = best_epoch, best_value
+            summary["best_epoch"] = best_epoch
+            summary[f"best_{runs.validation_key(pos.history)}"] = best_value
         self._finish_loggers(summary, "FINISHED")
         return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path,
                          best_epoch=best_epoch, stopped_early=pos.epoch < self.s.epochs)
