@@ -221,3 +221,22 @@ def test_ranks_die_with_a_killed_launcher(env, tmp_path):
     while _processes_naming(str(out)) and time.time() < deadline:
         time.sleep(0.5)
     assert _processes_naming(str(out)) == []
+
+
+def test_the_launcher_exits_with_the_first_failure_not_the_ranks_it_stopped():
+    """Rank 1 fails with 2 while rank 0 runs on: the launcher stops rank 0 (which then dies of
+    SIGTERM, code -15) and exits 2, whatever the rank order; a death by signal N is 128 + N."""
+    import subprocess
+    import sys
+
+    from vaekit.distributed import _wait_for_ranks
+
+    def rank(code: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    ranks = [rank("import time; time.sleep(60)"), rank("import time, sys; time.sleep(0.5); sys.exit(2)")]
+    assert _wait_for_ranks(ranks) == 2 and ranks[0].returncode == -15
+    ranks = [rank("import time; time.sleep(60)"),
+             rank("import os, signal, time; time.sleep(0.5); os.kill(os.getpid(), signal.SIGKILL)")]
+    assert _wait_for_ranks(ranks) == 128 + 9
+    assert _wait_for_ranks([rank("pass"), rank("pass")]) == 0

@@ -202,13 +202,20 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
 
 def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0) -> int:
-    """Wait until every rank has exited; stop the rest once one fails. Returns the exit code."""
-    stop_at = None
+    """Wait until every rank has exited; stop the rest once one fails.
+
+    Returns the exit code of the first rank that failed (a code the rank chose before one it
+    died of, among those seen at the same moment; death by signal N as 128 + N), else 0. The
+    ranks stopped because of it die of the launcher's SIGTERM: their codes say nothing.
+    """
+    stop_at, first = None, 0
     while True:
         codes = [p.poll() for p in ranks]
+        failed = sorted((c for c in codes if c), key=lambda c: c < 0)  # chosen codes first
+        if failed and not first:
+            first = failed[0] if failed[0] > 0 else 128 - failed[0]
         if all(c is not None for c in codes):
-            return next((c for c in codes if c), 0)
-        failed = any(c for c in codes if c is not None)
+            return first
         if failed and stop_at is None:  # a rank failed: the others would wait on it forever
             stop_at = time.monotonic() + grace
             for p in ranks:
