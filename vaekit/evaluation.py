@@ -10,10 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
@@ -22,6 +19,7 @@ from vaekit.errors import ConfigError, DataError
 from vaekit.model import VAE, Guide, Model
 from vaekit.posteriors import Diagonal
 from vaekit.priors import StandardNormal
+from vaekit.traces import SiteLogProbs, site_log_probs
 
 __all__ = [
     "elbo_terms",
@@ -64,9 +62,7 @@ def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
     """
     if not is_standard_gaussian(vae):
         t = site_log_probs(vae, x, y, 1)
-        kl = sum((t.kl_analytic[s] if s in t.kl_analytic else (t.log_q[s] - t.log_p[s])[0])
-                 for s in t.log_q)
-        return -t.log_lik[0], torch.as_tensor(kl, device=x.device).expand(x.shape[0])
+        return -t.log_lik[0], t.kl_total[0]
     z_loc, z_scale = vae.qz(x, y)
     q = Normal(z_loc, z_scale)
     recon = -vae.px(q.sample(), y).log_prob(x)
@@ -107,96 +103,6 @@ def is_standard_gaussian(vae: VAE) -> bool:
     posterior, where the KL is exact in closed form and the direct computation applies."""
     return (type(vae.model) is Model and type(vae.guide) is Guide
             and type(vae.model.prior) is StandardNormal and type(vae.guide.posterior) is Diagonal)
-
-
-@dataclass
-class SiteLogProbs:
-    """Log-densities read off the model's and guide's traces, each ``[particles, batch]``.
-
-    Attributes:
-        log_lik: Sum over the observed sites of log p(x|z).
-        log_p: Per latent site, log p(z) (the model's density at the guide's draw).
-        log_q: Per latent site, log q(z|x).
-        kl_analytic: Per latent site whose q and p are both diagonal Normals, the exact
-            ``KL(q || p)`` ``[batch]``.
-        values: Per latent site, the draws ``[particles, batch, ...]``.
-        discrete: The observed sites' support is discrete.
-    """
-
-    log_lik: torch.Tensor
-    log_p: dict[str, torch.Tensor]
-    log_q: dict[str, torch.Tensor]
-    kl_analytic: dict[str, torch.Tensor]
-    values: dict[str, torch.Tensor]
-    discrete: bool
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """``log p(x, z) - log q(z|x)`` per particle and image."""
-        out = self.log_lik
-        for site in self.log_q:
-            out = out + self.log_p[site] - self.log_q[site]
-        return out
-
-
-def _diagonal_normal(fn: object) -> torch.distributions.Normal | None:
-    """The Normal inside ``Normal(...).to_event(1)``, else None."""
-    if (isinstance(fn, torch.distributions.Independent) and fn.reinterpreted_batch_ndims == 1
-            and type(fn.base_dist) in (Normal, pyro.distributions.Normal)):
-        return fn.base_dist
-    return None
-
-
-def site_log_probs(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
-                   particles: int = 1) -> SiteLogProbs:
-    """Run ``vae.guide`` and ``vae.model`` (replayed on the guide's draws) under a plate of
-    ``particles`` draws per image, and read every site's log-density off their traces.
-
-    Works for any model/guide pair whose sites lie in the ``"data"`` plate (one value per
-    image), whatever the prior, posterior or number of latent sites; β plays no part (the
-    densities are read unscaled). Uses the global random state.
-
-    Raises:
-        ConfigError: for a site whose log-density is not one number per image.
-    """
-    args = (x,) if y is None else (x, y)
-    with pyro.settings.context(module_local_params=True), poutine.block(), \
-            pyro.plate("particles", particles, dim=-2):
-        guide_tr = poutine.trace(vae.guide).get_trace(*args)
-        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(*args)
-    want = (particles, x.shape[0])
-
-    def log_prob(name: str, site: dict) -> torch.Tensor:
-        lp = site["fn"].log_prob(site["value"])
-        try:
-            return lp.expand(want)
-        except RuntimeError:
-            raise ConfigError(f"the site {name!r} has log-densities of shape {tuple(lp.shape)}, "
-                              f"not one per image {want}: vaekit's per-image numbers need "
-                              "every sample site inside the model's and guide's 'data' plate"
-                              ) from None
-
-    log_lik = x.new_zeros(want)
-    discrete = False
-    log_p, log_q, kl, values = {}, {}, {}, {}
-    for name, site in model_tr.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if site["is_observed"]:
-            log_lik = log_lik + log_prob(name, site)
-            discrete = bool(site["fn"].support.is_discrete)
-        elif name in guide_tr.nodes:
-            log_p[name] = log_prob(name, site)
-    for name, site in guide_tr.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            if name not in log_p:
-                raise ConfigError(f"the guide samples {name!r}, which the model does not")
-            log_q[name] = log_prob(name, site)
-            values[name] = site["value"]
-            q, p = _diagonal_normal(site["fn"]), _diagonal_normal(model_tr.nodes[name]["fn"])
-            if q is not None and p is not None:
-                kl[name] = kl_divergence(q, p).sum(-1).reshape(-1, x.shape[0])[0]
-    return SiteLogProbs(log_lik, log_p, log_q, kl, values, discrete)
 
 
 @dataclass
@@ -293,16 +199,14 @@ def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_s
             yb = None if y is None else y[i : i + batch_size].to(dev)
             b = xb.shape[0]
             per = max(1, chunk_size // b)
-            log_w, log_lik, mc, z_sum = [], [], {}, None
-            analytic: dict[str, torch.Tensor] = {}
+            log_w, log_lik, kls, z_sum = [], [], {}, None
             for j in range(0, k, per):
                 t = site_log_probs(vae, xb, yb, min(per, k - j))
                 discrete = t.discrete
                 log_w.append(t.log_weights)
                 log_lik.append(t.log_lik)
                 for site in t.log_q:
-                    mc.setdefault(site, []).append(t.log_q[site] - t.log_p[site])
-                analytic = t.kl_analytic
+                    kls.setdefault(site, []).append(t.kl(site))
                 first = "z" if "z" in t.values else "z1" if "z1" in t.values else None
                 if first is not None:  # E_q[z] (of the first layer) for the active units
                     zs = t.values[first].reshape(-1, b, t.values[first].shape[-1]).sum(0)
@@ -310,8 +214,7 @@ def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_s
             lw = torch.cat(log_w)
             out["iwae"].append(math.log(k) - torch.logsumexp(lw, dim=0))
             out["recon"].append(-torch.cat(log_lik).mean(0))
-            sites = {s: analytic[s] if s in analytic else torch.cat(v).mean(0)
-                     for s, v in mc.items()}
+            sites = {s: torch.cat(v).mean(0) for s, v in kls.items()}
             out["sites"].append(sites)
             out["kl"].append(sum(sites.values()))
             out["loc"].append(None if z_sum is None else z_sum / k)

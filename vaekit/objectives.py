@@ -15,17 +15,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.poutine.util import site_is_subsample
 from torch import nn
-from torch.distributions import kl_divergence
 
 from vaekit.errors import ConfigError
 from vaekit.model import VAE
 from vaekit.settings import parse_beta_schedule
+from vaekit.traces import kl_per_dimension, site_log_probs
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
            "FreeBits"]
@@ -67,15 +64,6 @@ class BetaSchedule:
         return cls(kind, beta, steps, ratio)
 
 
-def _traces(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
-            ) -> tuple[pyro.poutine.Trace, pyro.poutine.Trace]:
-    """The guide's trace and the model's trace replayed on it (``y``: labels, if conditional)."""
-    args = (x,) if y is None else (x, y)
-    guide_tr = poutine.trace(vae.guide).get_trace(*args)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(*args)
-    return guide_tr, model_tr
-
-
 class IWAE(nn.Module):
     """The importance-weighted bound (Burda et al. 2015) with K samples, as a loss.
 
@@ -95,16 +83,7 @@ class IWAE(nn.Module):
     def log_weights(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(x, z_k) - log q(z_k|x)`` for each sample and image: ``[K, N]``, summed over
         every sample site of the two programs (any prior, posterior or number of latents)."""
-        with pyro.plate("particles", self.k, dim=-2):
-            guide_tr, model_tr = _traces(self.vae, x, y)
-        log_w = x.new_zeros(self.k, x.shape[0])
-        for site in model_tr.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                log_w = log_w + site["fn"].log_prob(site["value"])
-        for site in guide_tr.nodes.values():
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-                log_w = log_w - site["fn"].log_prob(site["value"])
-        return log_w
+        return site_log_probs(self.vae, x, y, self.k, closed_form=False).log_weights
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The negative IWAE bound, summed over the batch."""
@@ -115,7 +94,8 @@ class IWAE(nn.Module):
 class Capacity(nn.Module):
     """Burgess et al. (2018): ``recon + γ |KL - C|`` with C rising linearly to ``c_max`` nats.
 
-    KL is ``KL(q(z|x) || p(z))`` per image in closed form from the two ``"z"`` sites.
+    KL is ``KL(q(z|x) || p(z))`` per image, summed over the latent sites, read off the traces
+    (in closed form where that is exact, `vaekit.traces.closed_form_sites`).
     Call `set_step` before each step to move C.
     """
 
@@ -131,9 +111,9 @@ class Capacity(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The capacity objective, summed over the batch."""
-        guide_tr, model_tr = _traces(self.vae, x, y)
-        recon = -model_tr.nodes["x"]["fn"].log_prob(x)
-        kl = kl_divergence(guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"])
+        t = site_log_probs(self.vae, x, y)
+        recon = -t.log_lik[0]
+        kl = t.kl_total[0]
         return (recon + self.gamma * (kl - self.c).abs()).sum()
 
 
@@ -150,10 +130,9 @@ class FreeBits(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The free-bits objective, summed over the batch."""
-        guide_tr, model_tr = _traces(self.vae, x, y)
-        recon = -model_tr.nodes["x"]["fn"].log_prob(x).sum()
-        q, p = guide_tr.nodes["z"]["fn"].base_dist, model_tr.nodes["z"]["fn"].base_dist
-        kl_d = kl_divergence(q, p).mean(0)  # [z_dim]
+        t = site_log_probs(self.vae, x, y, closed_form=False)
+        recon = -t.log_lik.sum()
+        kl_d = sum(kl_per_dimension(q, p).mean((0, 1)) for q, p in t.dists.values())  # [z_dim]
         return recon + x.shape[0] * kl_d.clamp_min(self.lam).sum()
 
 
