@@ -224,6 +224,22 @@ def test_bits_per_dim_is_reported_for_continuous_likelihoods_only():
     assert bits_per_dim(0.0, 784) == pytest.approx(math.log2(255))  # a density of 1 on [0, 1]^D
 
 
+def test_bits_per_dim_is_withheld_when_the_likelihood_rescales_its_targets():
+    """A density of 2x - 1 is not a density of x = v / 255: its Jacobian differs, so no figure."""
+    from vaekit.likelihoods import Gaussian
+
+    class Signed(Gaussian):
+        def targets(self, x, generator=None):
+            return 2 * x - 1
+
+    pyro.set_rng_seed(0)
+    vae = vaekit.VAE(z_dim=2, nets="mlp:16", likelihood=Signed())
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    assert evaluate(vae, x, num_samples=2).bits_per_dim is None
+    plain = vaekit.VAE(z_dim=2, nets="mlp:16", likelihood="gaussian")
+    assert evaluate(plain, x.abs(), num_samples=2).bits_per_dim is not None
+
+
 def test_evaluate_runs_in_eval_mode_and_restores_the_mode(mnist_small):
     _, test_x = mnist_small
     pyro.set_rng_seed(0)

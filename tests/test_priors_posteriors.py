@@ -276,4 +276,5 @@ def test_cli_trains_evaluates_and_resumes_vamp_with_iaf(monkeypatch, mnist_root,
     assert res.exit_code == 0 and "site z1" in res.output and "site z2" in res.output
     assert runner.invoke(cli, ["sample", "h", "--device", "cpu"]).exit_code == 0
     res = runner.invoke(cli, [*base, "--latents", "2", "--objective", "free-bits", "--out", "e"])
-    assert res.exit_code == 2 and "2 latent layer(s)" in res.output
+    assert res.exit_code == 2 and "second latent layer" in res.output
+    assert "run folder" not in res.output  # nothing was written: no folder is announced

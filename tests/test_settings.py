@@ -143,7 +143,7 @@ LAYERS = [
     {"errors"},
     {"settings", "io", "devices"},
     {"data"},
-    {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim"},
+    {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim", "traces"},
     {"model"},
     {"objectives", "evaluation", "plots"},
     {"runs", "tracking"},

@@ -73,6 +73,9 @@ def test_resume_continues_the_same_logs_without_duplicated_steps(workdir):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["fit", "--resume", "r", "--epochs", "3", "--no-progress",
                                  "--device", "cpu"])
+    assert r.exit_code == 2 and f"--mlflow-uri {uri}" in r.output  # the folder does not choose
+    r = CliRunner().invoke(cli, ["fit", "--resume", "r", "--epochs", "3", "--no-progress",
+                                 "--device", "cpu", "--mlflow-uri", uri])
     assert r.exit_code == 0, r.output
     rows = runs.read_metrics("r")
     _, test = _scalars(workdir / "r/tensorboard", "epoch/test_neg_elbo")
@@ -164,6 +167,32 @@ def test_compare_two_runs(workdir):
     assert read_image(str(workdir / "cmp.png")).float().std() > 0
     r = CliRunner().invoke(cli, ["compare", "a", "nowhere"])
     assert r.exit_code == 2 and "nowhere is not a vaekit run folder" in r.output
+    for name, want in (("final test KL", "test_kl"), ("final test reconstruction", "test_recon")):
+        row = next(line for line in lines if line.startswith(name))  # a β comparison's columns
+        assert [float(v) for v in row.split()[-2:]] == pytest.approx(
+            [runs.read_metrics(n)[-1][want] for n in "ab"], abs=0.006)
+    # a damaged run: one line naming the file, exit 2, never a traceback
+    import shutil
+
+    good = (workdir / "b" / "metrics.csv").read_text()
+    damaged = {"a value": good.replace(good.splitlines()[1].split(",")[1], "foo", 1),
+               "no header": "\n".join(good.splitlines()[1:]) + "\n",
+               "binary": "\x00\xff\xfe garbage \x80",
+               "extra values": good.rstrip("\n") + ",1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16\n"}
+    shutil.copytree("b", "c")
+    for what, text in damaged.items():
+        (workdir / "c" / "metrics.csv").write_bytes(text.encode("latin-1"))
+        r = CliRunner().invoke(cli, ["compare", "a", "c", "--out", "cmp2.png"])
+        assert r.exit_code == 2 and "metrics.csv" in r.output, (what, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), what
+    header = good.splitlines()[0].split(",")
+    nan = ",".join("1" if k in ("epoch", "skipped") else "nan" for k in header)
+    (workdir / "c" / "metrics.csv").write_text(",".join(header) + "\n" + nan + "\n")  # all NaN
+    r = CliRunner().invoke(cli, ["compare", "a", "c", "--out", "cmp2.png"])
+    assert r.exit_code == 0, r.output
+    (workdir / "c" / "config.json").write_text("[1, 2]")
+    r = CliRunner().invoke(cli, ["compare", "a", "c", "--out", "cmp2.png"])
+    assert r.exit_code == 2 and "is not a vaekit config" in r.output, r.output
 
 
 def test_the_wandb_example_logs_through_the_protocol(mnist_small, tmp_path, monkeypatch):

@@ -50,8 +50,15 @@ def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+_MOST = 800
+"""The longest error line printed (a value from a file can be any size)."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     """Print a one-line error (once, on rank 0) and exit (2: bad input, 1: training failed)."""
+    message = " ".join(message.split("\n"))
+    if len(message) > _MOST:
+        message = message[:_MOST] + f"... ({len(message) - _MOST} more characters cut)"
     if _is_main_rank():
         click.echo(f"Error: {message}", err=True)
     sys.exit(code)
@@ -128,6 +135,17 @@ class _SettingsCommand(click.Command):
                 formatter.write_dl(records)
 
 
+def _resume_flags() -> str:
+    """The flags of `vaekit.settings.RESUME_SETTINGS`, for the help."""
+    from dataclasses import fields
+
+    from vaekit.settings import RESUME_SETTINGS, SECTIONS
+
+    flags = {(sec, f.name): f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+             for sec, cls in SECTIONS.items() for f in fields(cls)}
+    return ", ".join(flags[key] for key in RESUME_SETTINGS)
+
+
 def _settings_options(f: Any) -> Any:
     """Add one option per field of every settings class to the ``fit`` command."""
     from dataclasses import fields
@@ -149,9 +167,7 @@ def _settings_options(f: Any) -> Any:
               "given here override it.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Continue this run folder from its last checkpoint (its "
-              "settings come from its config.json; --epochs, --device, --lr, --skip-nonfinite, "
-              "--checkpoint-every, --data-root, --download, --progress and --nproc may be "
-              "given).")
+              "settings come from its config.json; only " + _resume_flags() + " may be given).")
 @click.option("--trust-plugins", is_flag=True, default=False, help=_TRUST_HELP.replace(
     "the run names", "the resumed run or the --config file names"))
 @click.pass_context
@@ -164,8 +180,8 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
     config.json (shown as [config: section.name]); --config reads them from a file.
     """
     from vaekit.errors import ConfigError, Interrupted, TrainingError, VaekitError
-    from vaekit.settings import SECTIONS, from_mapping, read_settings
-    from vaekit.train import RESUME_OVERRIDES
+    from vaekit.model import PLUGIN_FIELDS, is_plugin_name
+    from vaekit.settings import RESUME_OVERRIDES, RESUME_SETTINGS, SECTIONS, from_mapping, read_settings
 
     t0 = time.perf_counter()
     given: dict[str, dict[str, Any]] = {k: {} for k in SECTIONS}
@@ -174,24 +190,29 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
         if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
             section, _, name = key.partition("__")
             given[section][name] = value
-    nproc = given["run"].get("nproc", 1)
+    try:
+        from_file = read_settings(config_file) if config_file is not None else {}
+        from_file, run_note = _file_run_section(ctx, from_file, given, config_file)
+    except click.UsageError as e:
+        _fail(e.format_message())
+    except VaekitError as e:
+        _fail(_with_flags(ctx, str(e)))
+    nproc = given["run"].get("nproc", from_file.get("run", {}).get("nproc", 1))
     try:
         if resume_dir is not None:
-            allowed = {("train", k) for k in RESUME_OVERRIDES} | {
-                ("data", "root"), ("data", "download"), ("run", "progress"), ("run", "nproc")}
             bad = [_flag(ctx, sec, k) for sec, vals in given.items() for k in vals
-                   if (sec, k) not in allowed] + (["--config"] if config_file else [])
+                   if (sec, k) not in RESUME_SETTINGS] + (["--config"] if config_file else [])
             if bad:
                 raise click.UsageError(
                     f"{', '.join(bad)} cannot be combined with --resume: the run's settings "
-                    "come from its config.json (only --epochs, --device, --lr, "
-                    "--skip-nonfinite, --checkpoint-every and data options can)")
+                    "come from its config.json (only "
+                    f"{', '.join(_flag(ctx, sec, k) for sec, k in RESUME_SETTINGS)} can)")
         if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch the ranks with the same options
             from vaekit.distributed import launch
 
             argv = _without_option(sys.argv[1:], "--nproc")
             if resume_dir is None and "out" not in given["run"]:  # every rank the same folder
-                argv += ["--out", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))]
+                argv += ["--out", from_file["run"]["out"]]
             sys.exit(launch(nproc, argv))
         if resume_dir is not None:
             from vaekit.train import resume_run
@@ -201,27 +222,25 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
             result = resume_run(resume_dir, root=given["data"].get("root"),
                                 download=given["data"].get("download"),
                                 progress=given["run"].get("progress", True),
+                                mlflow_uri=given["run"].get("mlflow_uri"),
                                 **{k: given["train"].get(k) for k in RESUME_OVERRIDES},
                                 trust_plugins=trust_plugins)
         else:
             from vaekit.train import fit_settings
 
-            from_file = read_settings(config_file) if config_file is not None else {}
             specs = {sec: from_mapping(cls, {**from_file.get(sec, {}), **given[sec]},
                                        f"{config_file}: {sec}." if sec in from_file else "")
                      for sec, cls in SECTIONS.items()}
-            run = specs["run"]
-            if run.out is None:
-                from dataclasses import replace
-
-                run = replace(run, out=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
-            if _is_main_rank():
-                click.echo(f"run folder: {run.out}")
-            # networks named by a file are its code; those named here, the user's own request
-            named_by_file = any(k in from_file.get("model", {}) and k not in given["model"]
-                                for k in ("encoder", "decoder"))
-            result = fit_settings(specs["model"], specs["data"], specs["train"], run,
-                                  trust_plugins=trust_plugins or not named_by_file)
+            if run_note and _is_main_rank():
+                click.echo(run_note)
+            # plug-ins named by a file are its code; those named here, the user's own request
+            named_here = [given["model"][k] for k in PLUGIN_FIELDS
+                          if is_plugin_name(given["model"].get(k))]
+            named_by_file = any(is_plugin_name(from_file.get("model", {}).get(k))
+                                and k not in given["model"] for k in PLUGIN_FIELDS)
+            result = fit_settings(specs["model"], specs["data"], specs["train"], specs["run"],
+                                  trust_plugins=trust_plugins or not named_by_file,
+                                  trusted=named_here)
     except Interrupted as e:
         _fail(str(e), code=128 + e.signum)
     except TrainingError as e:
@@ -239,6 +258,53 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
             f"done: {len(result.history)} epochs, test -ELBO {final['test_neg_elbo']:.2f} "
             f"nats/image, {time.perf_counter() - t0:.0f} s; run folder: {result.run_dir}"
         )
+
+
+def _file_run_section(ctx: click.Context, from_file: dict[str, dict[str, Any]],
+                      given: dict[str, dict[str, Any]], config_file: Path | None
+                      ) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The settings file's ``run`` section as the user's orders allow, and a note to print.
+
+    Where a run goes, whether it overwrites and where its data is sent are the user's flags,
+    never a file's: ``run.overwrite`` from a file is not read; ``run.out`` is a default name,
+    used when that folder is free (else a fresh ``runs/<timestamp>``); ``run.mlflow_uri`` is
+    refused unless ``--mlflow-uri`` gives the same. Without ``--out`` the folder is chosen
+    here, once, so that every rank of ``--nproc`` uses the same one.
+    """
+    from vaekit.runs import default_run_dir
+
+    run = dict(from_file.get("run", {}))
+    run.pop("overwrite", None)
+    note = None
+    uri = run.pop("mlflow_uri", None)
+    loggers = given["run"].get("logger") or run.get("logger") or ()
+    if uri is not None and "mlflow" in loggers and given["run"].get("mlflow_uri") != uri:
+        raise click.UsageError(f"{config_file} names the MLflow server {uri}; a file does not "
+                               "choose where a run's data is sent: give --mlflow-uri "
+                               f"{uri} to send it there, or another --mlflow-uri")
+    if "out" not in given["run"] and "LOCAL_RANK" not in os.environ:
+        wanted = run.pop("out", None)
+        if wanted is not None and _is_free(Path(wanted)):
+            run["out"] = wanted
+        else:
+            run["out"] = str(default_run_dir())
+            if wanted is not None:
+                note = (f"{config_file} names the run folder {wanted}, which is in use: this "
+                        "run gets a folder of its own")
+    else:
+        run.pop("out", None)
+    return {**from_file, "run": run}, note
+
+
+def _is_free(path: Path) -> bool:
+    """A folder a new run may go into: missing, or empty but for a lock file."""
+    from vaekit.io import LOCK_FILE
+
+    try:
+        return not path.exists() or (path.is_dir() and all(
+            p.name == LOCK_FILE for p in path.iterdir()))
+    except OSError:
+        return False
 
 
 def _flag(ctx: click.Context, section: str, name: str) -> str:
@@ -307,8 +373,19 @@ def _data_options(f: Any) -> Any:
                              "run's own data root, else ~/.cache/vaekit/data]")(f)
 
 
+_OUT_FIX = "check the path, its permissions and free space, or choose another --out"
+
+
 class _UserErrors:
-    """Context manager: vaekit errors and file-system errors become one line and exit code 2."""
+    """Context manager: vaekit errors and file-system errors become one line and exit code 2;
+    Ctrl-C, one line and exit code 130 (as for ``vaekit fit``).
+
+    Args:
+        fix: What to suggest for a file-system error.
+    """
+
+    def __init__(self, fix: str = "check the path, its permissions and free space") -> None:
+        self.fix = fix
 
     def __enter__(self) -> None:
         return None
@@ -319,8 +396,9 @@ class _UserErrors:
         if isinstance(e, VaekitError):
             _fail(str(e))
         if isinstance(e, OSError):
-            _fail(f"cannot use {e.filename or 'a file'} ({e.strerror or e}); check the path, "
-                  "its permissions and free space, or choose another --out")
+            _fail(f"cannot use {e.filename or 'a file'} ({e.strerror or e}); {self.fix}")
+        if isinstance(e, KeyboardInterrupt):
+            _fail("interrupted", code=130)
         return False
 
 
@@ -397,7 +475,7 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
     import torch
 
     from vaekit.evaluation import evaluate as evaluate_vae
-    from vaekit.runs import write_evaluation
+    from vaekit.runs import evaluation_record, write_evaluation
 
     t0 = time.perf_counter()
     with _UserErrors():
@@ -411,12 +489,16 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
                   "limit": limit, "seed": seed, "device": str(vae.device), **r.to_dict(),
                   "seconds": seconds}
-        path, measured = write_evaluation(run_dir, record, checkpoint=which)
+        measured = evaluation_record(run_dir, record, checkpoint=which)
 
     kl = sorted(enumerate(r.kl_per_dim or []), key=lambda t: -t[1])
     top = (", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
-           if kl else "n/a (no closed form for this prior and posterior)")
-    bpd = f"{r.bits_per_dim:.3f}" if r.bits_per_dim is not None else "n/a (binary likelihood)"
+           if kl else "n/a (two latent layers: z1's KL has no closed form)" if vae.latents == 2
+           else f"n/a (no closed form for prior {vae.spec().prior}, "
+                f"posterior {vae.spec().posterior})")
+    bpd = (f"{r.bits_per_dim:.3f}" if r.bits_per_dim is not None else
+           "n/a (binary likelihood)" if vae.likelihood.kind == "binary" else
+           "n/a (the likelihood's targets transform the data)")
     rows = [
         ("-ELBO", f"{r.neg_elbo:.2f} ± {r.neg_elbo_se:.2f}"),
         ("  reconstruction -log p(x|z)", f"{r.recon:.2f}"),
@@ -426,13 +508,17 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         (f"β-objective recon + {r.beta:g}·KL", f"{r.objective:.2f}"),
         (f"IWAE -log p(x), K={r.num_samples}", f"{r.neg_log_px:.2f} ± {r.neg_log_px_se:.2f}"),
         ("bits/dim", bpd),
-        (f"active units (Cov > {r.active_threshold:g})", f"{r.active_units} of {vae.z_dim}"),
+        (f"active units{' of z1' if vae.latents == 2 else ''} (Cov > {r.active_threshold:g})",
+         f"{r.active_units} of {vae.z_dim}"),
         ("KL per dimension, largest", top),
     ]
     click.echo(f"{run_dir} ({measured['checkpoint']}, epoch {measured['epoch']}): {r.n_images} "
                "test images, nats per image (± standard error)")
     for name, value in rows:
         click.echo(f"  {name:<34} {value}")
+    with _UserErrors("the numbers above are not saved: make the run folder writable and "
+                     "evaluate again"):
+        path, _ = write_evaluation(run_dir, measured, complete=True)
     click.echo(f"wrote {path} ({seconds:.1f} s)")
 
 
@@ -452,7 +538,7 @@ def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int 
 
     from vaekit import plots
 
-    with _UserErrors():
+    with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         k = vae.num_classes
         label = _check_label(vae, label)
@@ -477,7 +563,7 @@ def reconstruct(run_dir: Path, device: str, n: int, start: int, per_row: int,
     """Test observations and their reconstructions in alternating rows: writes reconstruct.png."""
     from vaekit import plots
 
-    with _UserErrors():
+    with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         x_obs, labels = _test_set(vae, run_dir, data_root, download, start + n)
         _check_index("--start", start, x_obs.shape[0])
@@ -508,7 +594,7 @@ def interpolate(run_dir: Path, device: str, pairs: tuple[tuple[int, int], ...], 
     """
     from vaekit import plots
 
-    with _UserErrors():
+    with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         label = _check_label(vae, label)
         x_obs, y = _test_set(vae, run_dir, data_root, download, None)
@@ -554,7 +640,7 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
     from vaekit import plots
     from vaekit.evaluation import dimension_scores
 
-    with _UserErrors():
+    with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         label = _check_label(vae, label)
         x_obs, y = _test_set(vae, run_dir, data_root, download, limit)
@@ -596,7 +682,7 @@ def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, label: 
 
     from vaekit import plots
 
-    with _UserErrors():
+    with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         label = _check_label(vae, label)
         if vae.num_classes and label is None:
@@ -630,7 +716,7 @@ def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
     and a picture of their -ELBO curves (from config.json and metrics.csv alone)."""
     from vaekit.comparison import compare_runs, save_curves
 
-    with _UserErrors():
+    with _UserErrors(_OUT_FIX):
         table = compare_runs(run_dirs)
         path = save_curves(run_dirs, out, names=table.names)
     rows = table.rows()

@@ -31,7 +31,8 @@ class Comparison:
         settings: ``(setting, values)`` for each setting whose value differs between the runs.
         metrics: ``(metric, values)``: epochs, final train loss, final and best validation
             -ELBO, best validation IWAE bound (IWAE-trained runs), the epoch ``best.pt`` holds,
-            final test -ELBO, and the IWAE -log p(x) of ``eval.json``.
+            final test -ELBO with its reconstruction and KL parts (what a β comparison is
+            about), and the IWAE -log p(x) and KL of ``eval.json``.
     """
 
     names: list[str]
@@ -52,11 +53,16 @@ class Comparison:
                 *[[k, *(show(v, True) for v in vals)] for k, vals in self.metrics]]
 
 
-def _metrics(run_dir: Path) -> dict[str, float | None]:
+def _rows(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """A run's metrics rows; none before its first epoch has finished."""
     try:
-        rows = runs.read_metrics(run_dir)
-    except (OSError, ValueError):
-        rows = []
+        return runs.read_metrics(run_dir)
+    except FileNotFoundError:
+        return []
+
+
+def _metrics(run_dir: Path) -> dict[str, float | None]:
+    rows = _rows(run_dir)
     last = rows[-1] if rows else {}
     epoch, _ = runs.best_validation(rows)  # the epoch best.pt holds
 
@@ -64,18 +70,23 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
         values = [r[key] for r in rows if math.isfinite(r.get(key, math.nan))]
         return min(values) if values else None
 
-    iwae = None
+    ev: dict[str, Any] = {}
     try:
         import json
 
-        iwae = json.loads((run_dir / runs.EVALUATION).read_text()).get("neg_log_px")
-    except (OSError, ValueError):
+        record = json.loads((run_dir / runs.EVALUATION).read_text())
+        ev = {k: v for k, v in record.items() if isinstance(v, (int, float))} \
+            if isinstance(record, dict) else {}
+    except (OSError, ValueError, RecursionError):  # no eval.json, or not one vaekit wrote
         pass
     return {"epochs": last.get("epoch"), "final train loss": last.get("train_loss"),
             "final val -ELBO": last.get("val_neg_elbo"), "best val -ELBO": lowest("val_neg_elbo"),
             "best val -IWAE bound": lowest("val_neg_iwae"), "best epoch": epoch or None,
             "final test -ELBO": last.get("test_neg_elbo"),
-            "IWAE -log p(x) (eval.json)": iwae}
+            "final test reconstruction": last.get("test_recon"),
+            "final test KL": last.get("test_kl"),
+            "IWAE -log p(x) (eval.json)": ev.get("neg_log_px"),
+            "KL (eval.json)": ev.get("kl")}
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> Comparison:
@@ -109,4 +120,4 @@ def save_curves(run_dirs: Sequence[str | os.PathLike[str]], path: str | os.PathL
     from vaekit.plots import save_curves as draw
 
     labels = list(names) if names else [Path(p).name for p in run_dirs]
-    return draw({label: runs.read_metrics(p) for label, p in zip(labels, run_dirs)}, path)
+    return draw({label: _rows(p) for label, p in zip(labels, run_dirs)}, path)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError, DataError
+from vaekit.likelihoods import Likelihood
 from vaekit.model import VAE, Guide, Model
 from vaekit.posteriors import Diagonal
 from vaekit.priors import StandardNormal
@@ -46,11 +47,15 @@ def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction NLL ``-log p(x|z)`` (one z ~ q(z|x)) and ``KL(q(z|x) || p(z))`` per image.
 
-    For any model/guide pair the terms come from their Pyro traces (`site_log_probs`): the
-    reconstruction sums the observed sites, the KL sums ``log q - log p`` over the latent sites,
-    analytic for a site whose q and p are both diagonal Normals, one-sample Monte Carlo
-    otherwise. For vaekit's own Normal(0, I) prior and diagonal posterior this is computed
-    directly from the encoder and decoder (the same numbers, faster).
+    For any model/guide pair the terms come from their Pyro traces (`vaekit.traces`): the
+    reconstruction sums the observed sites, the KL sums over the latent sites. A site's KL is
+    taken in closed form (``torch.distributions.kl_divergence``) only where that is exactly its
+    term of the ELBO: q and p of the site both have one, and no latent the model conditions it
+    on was drawn after it in the guide (`vaekit.traces.closed_form_sites`; so for two layers,
+    with q(z2|z1) drawn after z1, z1's KL is ``log q(z1|x) - log p(z1|z2)`` at the draws).
+    Every other site contributes the one-draw ``log q - log p``. For vaekit's own Normal(0, I)
+    prior and diagonal posterior this is computed directly from the encoder and decoder (the
+    same numbers, faster).
 
     Args:
         vae: The model; used as it is (call ``vae.eval()`` first for test numbers).
@@ -245,7 +250,12 @@ def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: i
     K latents per image are drawn, ``log p(x|z)`` comes from
     ``vae.likelihood(vae.decoder(z)).log_prob(x)`` in chunks of at most ``chunk_size`` latents
     (bounded memory; the result does not depend on it), and ``log p(z)``, ``log q(z|x)`` from
-    torch ``Normal`` log-densities; ``logsumexp`` over K gives each image's value.
+    torch ``Normal`` log-densities; ``logsumexp`` over K gives each image's value. That direct
+    path is for the Normal(0, I) prior with the diagonal posterior; every other model (mixture,
+    VampPrior, flows, two layers, your own) reads ``log p(x, z) - log q(z|x)`` off the Pyro
+    traces of the model replayed on K guide draws (`vaekit.traces.site_log_probs`), K in
+    chunks of at most ``chunk_size`` latents, under the global RNG seeded by ``seed`` and then
+    restored.
 
     Args:
         vae: The model; evaluated in eval mode, its previous mode restored.
@@ -253,7 +263,7 @@ def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: i
         num_samples: K, importance samples per image.
         batch_size: Images encoded at once.
         chunk_size: Most latents decoded at once.
-        seed: Seeds the draws of z (a generator of its own; global RNGs are untouched).
+        seed: Seeds the draws of z (global RNGs are left as they were).
         progress: Show a progress bar over the images.
         y: Labels ``[N]``, for a conditional VAE.
 
@@ -349,6 +359,21 @@ def bits_per_dim(neg_log_px: float, dims: int, levels: int = 255) -> float:
     return (neg_log_px / dims + math.log(levels)) / math.log(2)
 
 
+def _bits_per_dim(vae: VAE, neg_log_px: float, dims: int) -> float | None:
+    """Bits/dim where the likelihood's kind says how (see `vaekit.likelihoods.Likelihood.kind`).
+
+    A continuous density converts through the 1/255 scaling of `vaekit.data.to_unit` only when
+    the likelihood observes those values as they are; one whose ``targets`` transform them (its
+    own rescaling) has another Jacobian, unknown here, so it gets None rather than a wrong value.
+    """
+    lik = vae.likelihood
+    if lik.kind == "discrete":
+        return neg_log_px / (dims * math.log(2))
+    if lik.kind == "binary" or type(lik).targets is not Likelihood.targets:
+        return None
+    return bits_per_dim(neg_log_px, dims)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """What `evaluate` returns; nats per image unless said otherwise, means over the images.
@@ -359,7 +384,7 @@ class Evaluation:
         neg_elbo: -ELBO = ``recon + kl`` (β = 1, the true bound).
         neg_elbo_se: Its standard error over images.
         recon: ``-E_q[log p(x|z)]``, averaged over the K samples of each image.
-        kl: ``KL(q(z|x) || p(z))``, analytic.
+        kl: ``KL(q(z|x) || p(z))`` summed over the latent sites (see ``kl_sites``).
         beta: The model's β.
         objective: The β-weighted training objective ``recon + beta * kl`` (equal to
             ``neg_elbo`` when β = 1).
@@ -367,12 +392,15 @@ class Evaluation:
         neg_log_px_se: Its standard error over images.
         kl_per_dim: Mean over images of each latent dimension's KL, where it is analytic (the
             Normal(0, I) prior with the diagonal posterior); None otherwise.
-        kl_sites: Mean KL per latent site (analytic where exact, else the mean of
-            ``log q - log p`` over the K draws).
+        kl_sites: Mean KL per latent site: closed form where it is exactly the site's ELBO
+            term (`vaekit.traces.closed_form_sites`), else the mean of ``log q - log p`` over the
+            K draws (e.g. z1 of a two-layer model, whose prior p(z1|z2) depends on a later draw).
         active_units: Dimensions with ``Cov_x(E_q[z_d]) > active_threshold``.
         active_threshold: The threshold used.
         bits_per_dim: `bits_per_dim` of ``neg_log_px`` for continuous likelihoods (e.g. Gaussian)
-            on 8-bit data scaled by 1/255; None for discrete ones (Bernoulli).
+            that observe 8-bit data scaled by 1/255 as it is; ``NLL / (D ln 2)`` for discrete
+            ones (discretized logistic); None for binary ones (Bernoulli) and for a likelihood
+            whose ``targets`` transform the data (its Jacobian is not known here).
     """
 
     n_images: int
@@ -404,8 +432,10 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
 
     One importance-sampling pass (see `iwae_bound`) gives everything: the reconstruction term
     is the mean of ``-log p(x|z_k)`` over the same K draws (lower variance than the single draw
-    of `evaluate_elbo`), the KL is analytic, and the IWAE value is ``>=`` the one-sample-average
-    bound for the same draws.
+    of `evaluate_elbo`), and the IWAE value is ``>=`` the one-sample-average bound for the same
+    draws. The KL of each latent site is in closed form where that is exactly its ELBO term (see
+    `elbo_terms`), else the mean of ``log q - log p`` over the K draws, so ``neg_elbo`` is an
+    unbiased estimate of the -ELBO for every model.
 
     Args:
         vae: The model; evaluated in eval mode, its previous mode restored.
@@ -449,8 +479,6 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         kl_per_dim=None if r.kl_per_dim is None else [float(v) for v in r.kl_per_dim.mean(0)],
         active_units=0 if r.z_loc is None else active_units(r.z_loc, active_threshold),
         active_threshold=active_threshold,
-        bits_per_dim=(None if vae.likelihood.kind == "binary" else
-                      nlp / (dims * math.log(2)) if vae.likelihood.kind == "discrete" else
-                      bits_per_dim(nlp, dims)),
+        bits_per_dim=_bits_per_dim(vae, nlp, dims),
         kl_sites={k: float(v.mean()) for k, v in (r.kl_sites or {}).items()},
     )

@@ -71,38 +71,65 @@ class FolderLock:
         with FolderLock("runs/a"):      # raises FolderBusy at once if another process holds it
             ...                         # write the run folder
 
-    The lock is on ``LOCK_FILE`` inside the folder (created, with the folder, if missing), which
-    holds the holder's PID; the OS releases it when the holder exits, however it exits. Readers
-    need no lock.
+    The lock is on the folder itself (created if missing), so deleting a file cannot let a
+    second writer in; ``LOCK_FILE`` inside it holds the holder's PID, for the message a second
+    writer gets. That file is opened without following links and must be a regular file: a
+    link planted in its place is refused, never written through. The OS releases the lock
+    when the holder exits, however it exits. Readers need no lock.
     """
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.fd: int | None = None
+        self.pid_fd: int | None = None
 
     def acquire(self) -> FolderLock:
-        """Take the lock, or raise `FolderBusy` naming the holder's PID."""
+        """Take the lock, or raise `FolderBusy` naming the holder's PID.
+
+        Raises:
+            FolderBusy: another process holds it.
+            OSError: the folder cannot be made or locked, or its lock file is not a regular file.
+        """
         import fcntl
+        import stat
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            pid_fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                             0o644)
+        except OSError as e:
+            os.close(fd)
+            if (self.folder / LOCK_FILE).is_symlink():
+                raise OSError(e.errno, f"{self.folder / LOCK_FILE} is a link, not vaekit's lock "
+                              "file; remove it", str(self.folder / LOCK_FILE)) from None
+            raise
+        if not stat.S_ISREG(os.fstat(pid_fd).st_mode):
+            os.close(fd)
+            os.close(pid_fd)
+            raise OSError(0, f"{self.folder / LOCK_FILE} is not a regular file; remove it",
+                          str(self.folder / LOCK_FILE))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             try:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                holder = os.pread(pid_fd, 32, 0).decode(errors="replace").strip() or "unknown"
             finally:
                 os.close(fd)
+                os.close(pid_fd)
             raise FolderBusy(self.folder, holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        os.ftruncate(pid_fd, 0)
+        os.pwrite(pid_fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd, self.pid_fd = fd, pid_fd
         return self
 
     def release(self) -> None:
-        """Give the lock back (the file stays, empty)."""
+        """Give the lock back (the PID file stays, empty)."""
+        if self.pid_fd is not None:
+            os.ftruncate(self.pid_fd, 0)
+            os.close(self.pid_fd)
+            self.pid_fd = None
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 

@@ -39,7 +39,8 @@ from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
 from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
 from vaekit.settings import ModelSpec
 
-__all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer"]
+__all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer",
+           "import_plugin", "is_plugin_name", "PLUGIN_FIELDS"]
 
 
 def _register(name: str, module: nn.Module) -> None:
@@ -455,7 +456,7 @@ class VAE(nn.Module):
         else:
             name = lik_cfg.pop("name")
             if name not in LIKELIHOODS and lik_module:
-                _import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
+                import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
             likelihood = get_likelihood(name, **lik_cfg)
         z_dim, image_shape = cfg["z_dim"], tuple(cfg.get("image_shape", (1, 28, 28)))
         cfg["prior"] = _build_part(cfg.get("prior"), "prior", PRIORS, trust_plugins,
@@ -610,8 +611,27 @@ def _build_part(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
     return cls(kwargs["z_dim"], **cfg)
 
 
-def _import_plugin(module: str, what: str, trust: bool) -> Any:
-    """``importlib.import_module(module)``, unless it is not imported yet and not trusted."""
+PLUGIN_FIELDS = ("encoder", "decoder", "prior", "posterior", "likelihood")
+"""The `ModelSpec` fields that may name code as ``"package.module:Class"``."""
+
+
+def is_plugin_name(value: object) -> bool:
+    """True for a ``"package.module:Class"`` string (code), False for a built-in name such as
+    ``"mog:10"`` or ``"mlp:512"``."""
+    import re
+
+    return isinstance(value, str) and re.fullmatch(r"[\w.]+:[A-Za-z_][\w.]*", value) is not None
+
+
+def import_plugin(module: str, what: str, trust: bool) -> Any:
+    """``importlib.import_module(module)``, unless it is not imported yet and not trusted.
+
+    The one trust rule for plug-ins: a module named by a run folder or a settings file is code,
+    imported only when the user already imported it or passed ``trust``.
+
+    Raises:
+        PluginError: naming the module to import or trust, or why it cannot be imported.
+    """
     if not trust and module not in sys.modules:
         raise PluginError(
             f"{what} comes from the module {module!r}, which is not imported; a run's plug-ins "
@@ -634,7 +654,7 @@ def _import_net(spec: str | type, part: str, trust: bool = True) -> type:
     if not isinstance(spec, str) or ":" not in spec:
         raise ConfigError(f"the {part} {spec!r} is not package.module:Class")
     module, _, name = spec.partition(":")
-    obj: Any = _import_plugin(module, f"the {part} {spec!r}", trust)
+    obj: Any = import_plugin(module, f"the {part} {spec!r}", trust)
     try:
         for attr in name.split("."):
             obj = getattr(obj, attr)

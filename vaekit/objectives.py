@@ -137,24 +137,29 @@ class FreeBits(nn.Module):
 
 
 def check_objective(vae: VAE, name: str) -> None:
-    """Refuse an objective that cannot work with the VAE's prior and posterior.
+    """Refuse an objective that cannot work with the VAE's prior, posterior and layers.
 
-    The capacity and free-bits objectives use the KL in closed form (per image, per dimension),
-    which exists for the diagonal posterior with the Normal(0, I) prior only.
+    The capacity and free-bits objectives use the KL in closed form (per image; per dimension for
+    free bits), which is exactly the ELBO's KL term for the diagonal posterior with the
+    Normal(0, I) prior and one latent layer only: with two layers, p(z1|z2) depends on z2,
+    which the guide draws after z1, so z1's KL has no closed form.
 
     Raises:
-        ConfigError: naming the combination.
+        ConfigError: naming the reason.
     """
-    stock = (type(vae.model.prior).__name__ == "StandardNormal"
-             and type(vae.guide.posterior).__name__ == "Diagonal" and vae.latents == 1)
-    if name in ("capacity", "free-bits") and not stock:
-        from vaekit.model import _part_spec
-
+    if name not in ("capacity", "free-bits"):
+        return
+    use = "use objective elbo or iwae"
+    if vae.latents != 1:
+        raise ConfigError(f"the {name} objective needs the KL in closed form, which a second latent "
+                          "layer does not have (p(z1|z2) depends on z2, drawn after z1): "
+                          f"{use}, or --latents 1")
+    spec = vae.spec()
+    if (type(vae.model.prior).__name__ != "StandardNormal"
+            or type(vae.guide.posterior).__name__ != "Diagonal"):
         raise ConfigError(f"the {name} objective needs the closed-form KL of the standard prior "
-                          f"with the diagonal posterior; this model has prior "
-                          f"{_part_spec(vae.model.prior)} and posterior "
-                          f"{_part_spec(vae.guide.posterior)} with {vae.latents} latent "
-                          "layer(s): use objective elbo or iwae")
+                          f"with the diagonal posterior; this model has prior {spec.prior} and "
+                          f"posterior {spec.posterior}: {use}")
 
 
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,

@@ -47,7 +47,9 @@ __all__ = [
     "load_checkpoint",
     "append_metrics",
     "read_metrics",
+    "default_run_dir",
     "is_run_dir",
+    "is_vaekit_run",
     "remove_stale_temporaries",
     "load",
     "load_weights",
@@ -78,11 +80,19 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``config.json``; `CheckpointError` if it is missing or not valid JSON."""
     path = Path(run_dir) / CONFIG
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir} is not a vaekit run folder (no {CONFIG})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); restore it or start a new run") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not vaekit's config file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path} is corrupt ({_cut(str(e))}); restore it or start a new "
+                              "run") from None
+    if not isinstance(config, dict) or not all(
+            isinstance(config.get(k) or {}, dict) for k in ("model", "data", "train", "run", "vae")):
+        raise CheckpointError(f"{path} is not a vaekit config (a JSON object of sections); "
+                              "restore it or start a new run")
+    return config
 
 
 def save_checkpoint(run_dir: str | os.PathLike[str], state: dict[str, Any],
@@ -125,15 +135,43 @@ def append_metrics(run_dir: str | os.PathLike[str], row: dict[str, float]) -> No
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` and ``skipped`` as ints)."""
-    with open(Path(run_dir) / METRICS, newline="") as f:
-        rows = list(csv.DictReader(f))
-    def number(key: str, value: str) -> float:
-        if value == "":  # a column that an earlier row did not have (a run resumed by a newer vaekit)
+    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` and ``skipped`` as ints).
+
+    Raises:
+        FileNotFoundError: if there is none (no epoch has finished).
+        CheckpointError: for a file that is not vaekit's table of numbers.
+    """
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CheckpointError(f"{path} is corrupt ({_cut(str(e))}); restore it, or resume the "
+                              "run to rewrite it from the checkpoint") from None
+    if rows and "epoch" not in header:
+        raise CheckpointError(f"{path} has no header with an epoch column; restore it, or resume "
+                              "the run to rewrite it from the checkpoint")
+
+    def number(key: str | None, value: str | None) -> float:
+        if key is None:
+            raise CheckpointError(f"{path} has a row with more values than columns; restore it")
+        if value is None or value == "":  # a column an earlier row did not have (a newer vaekit)
             return math.nan
-        return int(float(value)) if key in ("epoch", "skipped") else float(value)
+        try:
+            v = float(value)
+            return int(v) if key in ("epoch", "skipped") else v
+        except (ValueError, OverflowError):
+            raise CheckpointError(f"{path}: {_cut(key)} = {_cut(value)!r} is not a number; "
+                                  "restore it, or resume the run to rewrite it") from None
 
     return [{k: number(k, v) for k, v in r.items()} for r in rows]
+
+
+def _cut(text: str, most: int = 60) -> str:
+    """A value short enough for a one-line message."""
+    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
 
 
 def validation_key(history: list[dict[str, float]]) -> str:
@@ -166,9 +204,34 @@ def best_validation(history: list[dict[str, float]]) -> tuple[int, float]:
     return best
 
 
+def default_run_dir() -> Path:
+    """The run folder of a run given none: ``runs/<YYYYmmdd-HHMMSS>`` of now, with ``-2``,
+    ``-3`` ... added while that name is taken (two runs started in the same second)."""
+    import time
+
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` holds a vaekit ``config.json``."""
+    """True if ``path`` holds a ``config.json`` (a run folder, or one that claims to be)."""
     return (Path(path) / CONFIG).is_file()
+
+
+def is_vaekit_run(path: str | os.PathLike[str]) -> bool:
+    """True only for a folder that is provably a vaekit run: a ``config.json`` that vaekit wrote
+    (a JSON object of its sections with ``vaekit_version``) and a ``checkpoint.pt``. Only such a
+    folder may be overwritten."""
+    try:
+        config = read_config(path)
+    except CheckpointError:
+        return False
+    return ("vaekit_version" in config and isinstance(config.get("train"), dict)
+            and (Path(path) / CHECKPOINT).is_file())
 
 
 def package_version() -> str:
@@ -247,22 +310,37 @@ def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = 
     return test_observations(vae.likelihood, x).to(vae.device), labels
 
 
-def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any],
-                     checkpoint: str = "auto") -> tuple[Path, dict[str, Any]]:
-    """Write ``eval.json`` (atomically), with the checkpoint, epoch and step it measured.
-
-    Non-finite numbers are written as ``null``.
-
-    Returns:
-        The file's path and the record written to it.
-    """
+def evaluation_record(run_dir: str | os.PathLike[str], record: dict[str, Any],
+                      checkpoint: str = "auto") -> dict[str, Any]:
+    """``record`` with the checkpoint, epoch and step it measured, non-finite numbers as None:
+    what `write_evaluation` writes."""
     import math
 
     name, state, _ = model_checkpoint(run_dir, checkpoint)
     record = {"checkpoint": name, "epoch": int(state["epoch"]),
               "step": int(state.get("step", 0)), **record}
-    record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-              for k, v in record.items()}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()}
+
+
+def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any],
+                     checkpoint: str = "auto", *, complete: bool = False
+                     ) -> tuple[Path, dict[str, Any]]:
+    """Write ``eval.json`` (atomically), with the checkpoint, epoch and step it measured.
+
+    Non-finite numbers are written as ``null``.
+
+    Args:
+        run_dir: The run folder.
+        record: The numbers.
+        checkpoint: Which weights they measured (see `model_checkpoint`).
+        complete: ``record`` is already an `evaluation_record`.
+
+    Returns:
+        The file's path and the record written to it.
+    """
+    if not complete:
+        record = evaluation_record(run_dir, record, checkpoint)
     text = json.dumps(record, indent=2) + "\n"
     path = Path(run_dir) / EVALUATION
     atomic_write(path, lambda f: f.write(text.encode()))

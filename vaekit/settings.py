@@ -385,6 +385,15 @@ SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": Trai
                              "run": RunOptions}
 """The sections of ``config.json`` and of a ``--config`` file, and their classes."""
 
+RESUME_OVERRIDES = ("epochs", "device", "lr", "skip_nonfinite", "checkpoint_every", "clip_grad",
+                    "patience")
+"""The training settings a resumed run may change; the others come from its ``config.json``."""
+
+RESUME_SETTINGS = (*(("train", k) for k in RESUME_OVERRIDES), ("data", "root"),
+                   ("data", "download"), ("run", "progress"), ("run", "nproc"),
+                   ("run", "mlflow_uri"))
+"""Every ``(section, setting)`` that ``vaekit fit --resume`` accepts."""
+
 _RECORDED = ("vaekit_version", "vae", "data_info")
 """Keys of a run's ``config.json`` that are facts about the run, not settings."""
 
@@ -436,6 +445,10 @@ def read_settings(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, TOMLDecodeError
         raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'} "
                           f"({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a settings file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; give the settings file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a table of sections: {', '.join(SECTIONS)}")
     out: dict[str, dict[str, Any]] = {}

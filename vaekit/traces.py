@@ -52,10 +52,11 @@ def closed_form_sites(guide_tr: pyro.poutine.Trace, model_tr: pyro.poutine.Trace
     q's draw of s alone (Rao-Blackwellised, as in Pyro's ``TraceMeanField_ELBO``). Where the
     model conditions s on a site the guide draws later (two layers: p(z1|z2) with z2 ~ q(z2|z1)),
     the closed form at the later draw is not that expectation, and the site is left out.
+    A latent the model draws that the guide does not (sampled from the model's own prior)
+    disqualifies every site the model draws after it.
     """
     guide_order = latent_sites(guide_tr)
-    in_guide = set(guide_order)
-    model_order = [s for s in latent_sites(model_tr) if s in in_guide]
+    model_order = latent_sites(model_tr)
     out = set()
     for i, name in enumerate(guide_order):
         if name in model_order and set(model_order[:model_order.index(name)]) <= set(guide_order[:i]):

@@ -49,10 +49,17 @@ from vaekit.errors import (
 from vaekit.evaluation import evaluate_elbo, iwae_bound, site_log_probs
 from vaekit.io import LOCK_FILE, FolderBusy, FolderLock
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
-from vaekit.model import VAE
+from vaekit.model import VAE, import_plugin
 from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
 from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
-from vaekit.settings import DataSpec, ModelSpec, RunOptions, TrainSettings, from_mapping
+from vaekit.settings import (
+    RESUME_OVERRIDES,
+    DataSpec,
+    ModelSpec,
+    RunOptions,
+    TrainSettings,
+    from_mapping,
+)
 from vaekit.tracking import Logger, RunInfo, flat_params, make_loggers
 
 __all__ = [
@@ -67,9 +74,6 @@ __all__ = [
     "RESUME_OVERRIDES",
 ]
 
-RESUME_OVERRIDES = ("epochs", "device", "lr", "skip_nonfinite", "checkpoint_every", "clip_grad",
-                    "patience")
-"""The training settings a resumed run may change; the others come from its ``config.json``."""
 
 
 @dataclass
@@ -270,13 +274,18 @@ def resume(
 
 
 def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: RunOptions,
-                 verbose: bool = True, trust_plugins: bool = True) -> FitResult:
+                 verbose: bool = True, trust_plugins: bool = True,
+                 trusted: Sequence[str] = ()) -> FitResult:
     """Load the data, build the model and fit it, all from settings (what ``vaekit fit`` does).
 
     The initial weights are seeded with ``train.seed``. The run folder is ``run.out``, or
     ``runs/<timestamp>`` when it is None. With ``trust_plugins=False`` (settings read from a
-    file), networks named ``module:Class`` are imported only if their module already is.
+    file), a network, prior, posterior or likelihood named ``module:Class`` is imported only if
+    its module already is, or is one of ``trusted`` (the ``module:Class`` names the user gave
+    themselves, e.g. on the command line).
     """
+    for name in trusted:
+        import_plugin(str(name).partition(":")[0], f"{name!r}", trust=True)
     splits = load_splits(data)
     loggers = make_loggers(run.logger, run.mlflow_uri)  # a missing library: before anything
     (train_x, train_y), (test_x, test_y) = splits.train, splits.test
@@ -284,7 +293,7 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
     pyro.set_rng_seed(train.seed)  # the initial weights too
     vae = VAE.from_spec(model, tuple(train_x.shape[1:]), int(train_y.max()) + 1,
                         trust_plugins=trust_plugins)
-    out = Path(run.out) if run.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(run.out) if run.out is not None else runs.default_run_dir()
     info = {"root": str(resolve_data_root(data.root)), "n_train": len(train_x),
             "n_val": 0 if val_x is None else len(val_x), "n_test": len(test_x)}
     config = runs.make_config(vae, train, model, data, run, info)
@@ -295,7 +304,8 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
 
 def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
                download: bool | None = None, progress: bool = True, verbose: bool = True,
-               trust_plugins: bool = False, **overrides: Any) -> FitResult:
+               trust_plugins: bool = False, mlflow_uri: str | None = None,
+               **overrides: Any) -> FitResult:
     """Continue a run folder, loading the data it was trained on (see `resume`).
 
     Args:
@@ -305,13 +315,25 @@ def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
         progress: Show a progress bar.
         verbose: Print one line per epoch.
         trust_plugins: Import the modules the run names (see `vaekit.load`).
+        mlflow_uri: The MLflow tracking URI the run records, given again: a run folder does not
+            choose where its data is sent, so a run logging to MLflow at a URI of its own is
+            refused unless this repeats it.
         **overrides: As for `resume`.
+
+    Raises:
+        ConfigError: for an MLflow URI that is not repeated, and as `resume` does.
     """
     config = runs.read_config(run_dir)
     if config.get("data") and "val" not in config["data"]:  # a run of vaekit <= 0.1: no split
         config = {**config, "data": {**config["data"], "val": 0}}
     recorded = config.get("run") or {}
-    loggers = make_loggers(tuple(recorded.get("logger") or ()), recorded.get("mlflow_uri"))
+    names = tuple(recorded.get("logger") or ())
+    uri = recorded.get("mlflow_uri")
+    if "mlflow" in names and uri is not None and uri != mlflow_uri:
+        raise ConfigError(f"{run_dir} logs to the MLflow server {uri}; a run folder does not "
+                          f"choose where its data is sent: resume with --mlflow-uri {uri} "
+                          "(mlflow_uri=) to send it there")
+    loggers = make_loggers(names, uri)
     splits = load_splits(runs.run_data_spec(config, root=root, download=download))
     (train_x, train_y), (test_x, test_y) = splits.train, splits.test
     val_x, val_y = splits.val if splits.val is not None else (None, None)
@@ -421,10 +443,15 @@ class _Trainer:
         if self.dist.main:
             try:
                 if not resuming and path.exists() and any(
-                        p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
-                    what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
-                    raise ConfigError(f"{path} already exists and is {what}; pick another "
-                                      "out folder, resume it, or overwrite it")
+                        p.name != LOCK_FILE for p in path.iterdir()):
+                    if not overwrite:
+                        what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
+                        raise ConfigError(f"{path} already exists and is {what}; pick another "
+                                          "out folder, resume it, or overwrite it")
+                    if not runs.is_vaekit_run(path):  # the user's own files: never deleted
+                        raise ConfigError(f"{path} holds files but is not a vaekit run (no "
+                                          "config.json that vaekit wrote with a checkpoint.pt), "
+                                          "so overwrite leaves it alone; pick another out folder")
                 try:
                     self.lock = FolderLock(path).acquire()
                 except FolderBusy as e:
@@ -451,6 +478,8 @@ class _Trainer:
         error = self.dist.from_main(error)
         if error:
             raise ConfigError(error)
+        if self.verbose and not resuming:  # announced once it is claimed, never before
+            tqdm.write(f"run folder: {path}")
 
     def _build(self) -> None:
         """Seeds, the model and data on the device, the objective, the optimizer."""

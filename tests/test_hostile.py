@@ -1,0 +1,151 @@
+"""What a hostile or careless input must not do (issue #22, part 3): each test fails on the code
+before its fix. Files named by a run folder or a settings file are data, never orders."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from vaekit import runs
+from vaekit.cli import cli
+from vaekit.errors import ConfigError
+from vaekit.io import LOCK_FILE, FolderLock
+from vaekit.model import VAE
+from vaekit.train import fit
+
+FIT = ["fit", "--limit-train", "128", "--val", "0", "--limit-test", "64", "--batch-size", "64",
+       "--z-dim", "2", "--nets", "mlp:16", "--no-progress", "--device", "cpu", "--no-download",
+       "--epochs", "1"]
+KW = dict(batch_size=64, device="cpu", progress=False, verbose=False, epochs=1)
+
+
+@pytest.fixture
+def workdir(mnist_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_lock_file_linked_elsewhere_is_refused_and_its_target_kept(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).symlink_to(notes)
+    with pytest.raises(OSError, match="is a link"):
+        FolderLock(run).acquire()
+    assert notes.read_text() == "my notes\n"
+    (run / LOCK_FILE).unlink()
+    (run / LOCK_FILE).mkdir()  # not a regular file either
+    with pytest.raises(OSError):
+        FolderLock(run).acquire()
+
+
+def test_a_fit_through_a_linked_lock_file_is_one_line_and_harmless(workdir):
+    tmp_path = workdir
+    assert CliRunner().invoke(cli, [*FIT, "--out", "r"]).exit_code == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    (tmp_path / "r" / LOCK_FILE).unlink()
+    (tmp_path / "r" / LOCK_FILE).symlink_to(notes)
+    r = CliRunner().invoke(cli, ["fit", "--resume", str(tmp_path / "r"), "--epochs", "2",
+                                 "--no-progress"])
+    assert r.exit_code == 2 and "is a link" in r.output, r.output
+    assert notes.read_text() == "my notes\n"
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_writer_in(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vaekit.io import FolderLock; "
+         "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "r" / LOCK_FILE).unlink()
+        with pytest.raises(OSError, match="another vaekit process"):
+            FolderLock(tmp_path / "r").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_overwrite_deletes_only_a_folder_that_is_provably_a_vaekit_run(mnist_small, tmp_path):
+    train_x, test_x = mnist_small
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "own settings"}')
+    (mine / "metrics.csv").write_text("my,own\n1,2\n")
+    with pytest.raises(ConfigError, match="not a vaekit run"):
+        fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=mine, overwrite=True, **KW)
+    assert (mine / "config.json").read_text() == '{"my": "own settings"}'
+    assert (mine / "metrics.csv").read_text() == "my,own\n1,2\n"
+    # a vaekit run is overwritten as before
+    fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r", **KW)
+    fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r", overwrite=True,
+        **KW)
+    assert [r["epoch"] for r in runs.read_metrics(tmp_path / "r")] == [1]
+
+
+def test_a_config_file_chooses_neither_where_a_run_goes_nor_that_it_overwrites(workdir):
+    r = CliRunner().invoke(cli, [*FIT, "--out", "precious"])
+    assert r.exit_code == 0, r.output
+    before = (workdir / "precious" / "checkpoint.pt").read_bytes()
+    (workdir / "foreign.json").write_text(json.dumps(
+        {"train": {"epochs": 1}, "run": {"out": "precious", "overwrite": True}}))
+    r = CliRunner().invoke(cli, [*FIT, "--config", "foreign.json"])
+    assert r.exit_code == 0, r.output
+    assert (workdir / "precious" / "checkpoint.pt").read_bytes() == before
+    assert "names the run folder precious, which is in use" in r.output
+    new = [p for p in (workdir / "runs").iterdir()]
+    assert len(new) == 1 and runs.is_run_dir(new[0])
+    assert runs.read_config(new[0])["run"]["overwrite"] is False
+    # a free folder the file names is its default name, still
+    (workdir / "mine.json").write_text(json.dumps({"run": {"out": "fresh"}}))
+    r = CliRunner().invoke(cli, [*FIT, "--config", "mine.json"])
+    assert r.exit_code == 0 and runs.is_run_dir(workdir / "fresh"), r.output
+    # rerunning a run's own config.json without --out makes a new run, never refuses
+    r = CliRunner().invoke(cli, [*FIT, "--config", "fresh/config.json"])
+    assert r.exit_code == 0, r.output
+    assert len(list((workdir / "runs").iterdir())) == 2
+
+
+def test_a_config_file_does_not_choose_where_data_is_sent(workdir):
+    pytest.importorskip("mlflow")
+    (workdir / "foreign.json").write_text(json.dumps(
+        {"run": {"logger": ["mlflow"], "mlflow_uri": "http://127.0.0.1:9/"}}))
+    r = CliRunner().invoke(cli, [*FIT, "--config", "foreign.json", "--out", "x"])
+    assert r.exit_code == 2 and "--mlflow-uri http://127.0.0.1:9/" in r.output, r.output
+    assert not (workdir / "x").exists()
+
+
+def test_resume_does_not_send_data_where_a_run_folder_says(workdir):
+    pytest.importorskip("mlflow")
+    r = CliRunner().invoke(cli, [*FIT, "--out", "r"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((workdir / "r" / "config.json").read_text())
+    config["run"].update(logger=["mlflow"], mlflow_uri="http://127.0.0.1:9/")
+    (workdir / "r" / "config.json").write_text(json.dumps(config))
+    r = CliRunner().invoke(cli, ["fit", "--resume", "r", "--epochs", "2", "--no-progress"])
+    assert r.exit_code == 2 and "--mlflow-uri http://127.0.0.1:9/" in r.output, r.output
+    assert [row["epoch"] for row in runs.read_metrics(workdir / "r")] == [1]
+
+
+def test_a_plugin_named_by_a_config_file_is_not_imported_untrusted(workdir, monkeypatch):
+    marker = workdir / "ran.txt"
+    for part, cls in (("prior", "Prior"), ("posterior", "Posterior"), ("likelihood", "Lik"),
+                      ("encoder", "Enc")):
+        mod = f"evil_{part}"
+        (workdir / f"{mod}.py").write_text(
+            f"open({str(marker)!r}, 'a').write('{part} ')\nclass {cls}: pass\n")
+        (workdir / f"{part}.json").write_text(json.dumps({"model": {part: f"{mod}:{cls}"}}))
+        monkeypatch.syspath_prepend(str(workdir))
+        r = CliRunner().invoke(cli, [*FIT, "--config", f"{part}.json", "--out", part])
+        assert r.exit_code == 2 and "--trust-plugins" in r.output, (part, r.output)
+        assert not marker.exists(), part
+        assert mod not in sys.modules
+    (workdir / "this.json").write_text(json.dumps({"model": {"prior": "this:X"}}))
+    r = CliRunner().invoke(cli, [*FIT, "--config", "this.json", "--out", "this"])
+    assert r.exit_code == 2 and "The Zen of Python" not in r.output, r.output
