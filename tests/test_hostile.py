@@ -149,3 +149,97 @@ def test_a_plugin_named_by_a_config_file_is_not_imported_untrusted(workdir, monk
     (workdir / "this.json").write_text(json.dumps({"model": {"prior": "this:X"}}))
     r = CliRunner().invoke(cli, [*FIT, "--config", "this.json", "--out", "this"])
     assert r.exit_code == 2 and "The Zen of Python" not in r.output, r.output
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x: x.double() / 255, "torch.float64"),
+    (lambda x: x.half() / 255, "torch.float16"),
+    (lambda x: x.numpy(), "must be a torch.Tensor"),
+    (lambda x: x.tolist(), "must be a torch.Tensor"),
+    (lambda x: x[:0], "no training images"),
+])
+def test_fit_refuses_images_it_cannot_use_in_one_line(mnist_small, tmp_path, bad, match):
+    from vaekit.errors import DataError
+
+    train_x, test_x = mnist_small
+    with pytest.raises(DataError, match=match):
+        fit(VAE(z_dim=2, nets="mlp:16"), bad(train_x), test_x, run_dir=tmp_path / "r", **KW)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(DataError, match="no test images"):
+        fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x[:0], **KW)
+
+
+def _hand_edit(path, **changes):
+    import torch
+
+    state = torch.load(path, weights_only=False)
+    state.update(changes)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"rng": {}}, "random states"),
+    ({"history": ["x", 5]}, "history"),
+    ({"epoch": -5}, "epoch"),
+    ({"step": 10**9}, "step"),
+    ({"epoch": 7}, "epochs 1..7"),
+])
+def test_a_hand_edited_checkpoint_is_one_line_and_keeps_metrics(workdir, changes, match):
+    assert CliRunner().invoke(cli, [*FIT, "--epochs", "2", "--out", "r"]).exit_code == 0
+    metrics = (workdir / "r" / "metrics.csv").read_text()
+    _hand_edit(workdir / "r" / "checkpoint.pt", **changes)
+    r = CliRunner().invoke(cli, ["fit", "--resume", "r", "--epochs", "3", "--no-progress"])
+    assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output, r.output
+    assert (workdir / "r" / "metrics.csv").read_text() == metrics
+
+
+def test_a_prior_class_with_the_wrong_constructor_is_one_line(workdir, monkeypatch):
+    (workdir / "myparts.py").write_text(
+        "from vaekit.priors import StandardNormal\n"
+        "class Prior(StandardNormal):\n"
+        "    def __init__(self, z_dim, width):\n"
+        "        super().__init__(z_dim)\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    r = CliRunner().invoke(cli, [*FIT, "--prior", "myparts:Prior", "--out", "p"])
+    assert r.exit_code == 2 and "cannot build the prior Prior(2)" in r.output, r.output
+
+
+def test_sizes_that_would_exhaust_memory_are_refused_up_front(workdir):
+    r = CliRunner().invoke(cli, [*FIT, "--z-dim", "100000000", "--out", "z"])
+    assert r.exit_code == 2 and "--z-dim" in r.output and not (workdir / "z").exists()
+    assert CliRunner().invoke(cli, [*FIT, "--out", "r"]).exit_code == 0
+    r = CliRunner().invoke(cli, ["sample", "r", "--n", "1000000000000"])
+    assert r.exit_code == 2 and "--n" in r.output
+    config = json.loads((workdir / "r" / "config.json").read_text())
+    config["vae"]["z_dim"] = 10**12
+    (workdir / "r" / "config.json").write_text(json.dumps(config))
+    r = CliRunner().invoke(cli, ["evaluate", "r", "--num-samples", "2"])
+    assert r.exit_code == 2 and "z_dim" in r.output, r.output
+
+
+def test_values_python_parses_oddly_are_one_line_errors(workdir):
+    r = CliRunner().invoke(cli, [*FIT, "--lr-schedule", "plateau:\u00b2", "--val", "64",
+                                 "--out", "a"])
+    assert r.exit_code == 2 and "lr_schedule" in r.output, r.output
+    assert CliRunner().invoke(cli, [*FIT, "--out", "r"]).exit_code == 0
+    r = CliRunner().invoke(cli, ["evaluate", "r", "--seed", "1180591620717411303424"])
+    assert r.exit_code == 2 and "--seed" in r.output
+    r = CliRunner().invoke(cli, ["traverse", "r", "--span", "nan"])
+    assert r.exit_code == 2 and "finite" in r.output
+
+
+def test_settings_files_that_are_too_deep_or_too_long_are_one_short_line(workdir):
+    (workdir / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    r = CliRunner().invoke(cli, [*FIT, "--config", "deep.json"])
+    assert r.exit_code == 2 and "nested too deeply" in r.output, r.output[:300]
+    (workdir / "long.json").write_text(json.dumps({"model": {"prior": "x" * 10**7}}))
+    r = CliRunner().invoke(cli, [*FIT, "--config", "long.json"])
+    assert r.exit_code == 2 and len(r.output) < 2000 and "\n" == r.output[-1], r.output[:300]
+
+
+def test_load_of_a_file_is_a_checkpoint_error(tmp_path):
+    from vaekit.errors import CheckpointError
+
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a run folder"):
+        runs.load(tmp_path / "f.txt")

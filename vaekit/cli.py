@@ -373,6 +373,24 @@ def _data_options(f: Any) -> Any:
                              "run's own data root, else ~/.cache/vaekit/data]")(f)
 
 
+_SEED = click.IntRange(min=0, max=2**32 - 1)
+"""A seed, within what every RNG vaekit seeds accepts (as `TrainSettings.seed`)."""
+_MOST_IMAGES = 100_000
+"""The most images one picture command draws (a bound against an out-of-memory request)."""
+
+
+class _FiniteFloat(click.FloatRange):
+    """A `click.FloatRange` that also refuses NaN and infinities."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
 _OUT_FIX = "check the path, its permissions and free space, or choose another --out"
 
 
@@ -451,16 +469,16 @@ def _check_index(name: str, index: int, n: int) -> None:
 
 @cli.command()
 @_run_command
-@click.option("--num-samples", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--num-samples", type=click.IntRange(min=1, max=10**7), default=1000, show_default=True,
               help="K, importance samples per image for the IWAE estimate of -log p(x).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N test images. [default: all 10,000]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1, max=10**6), default=100, show_default=True,
               help="Images encoded at once.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(min=1, max=10**7), default=2048, show_default=True,
               help="Most latents decoded at once (bounds memory).")
 @_data_options
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=_SEED, default=0, show_default=True,
               help="Seeds the importance samples.")
 @click.option("--progress/--no-progress", "progress", default=True, show_default=True,
               help="Show a progress bar over the test images.")
@@ -524,11 +542,11 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
 
 @cli.command()
 @_run_command
-@click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--n", "n", type=click.IntRange(min=1, max=_MOST_IMAGES), default=64, show_default=True,
               help="How many samples.")
-@click.option("--nrow", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--nrow", type=click.IntRange(min=1, max=_MOST_IMAGES), default=8, show_default=True,
               help="Images per row.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draws of z.")
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seeds the draws of z.")
 @_label_option("draw this class. [default: the classes in turn]")
 @_out_option
 def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int | None,
@@ -550,7 +568,7 @@ def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int 
 
 @cli.command()
 @_run_command
-@click.option("--n", "n", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--n", "n", type=click.IntRange(min=1, max=_MOST_IMAGES), default=32, show_default=True,
               help="How many test images.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
               help="Index of the first test image.")
@@ -579,7 +597,7 @@ def reconstruct(run_dir: Path, device: str, n: int, start: int, per_row: int,
 @click.option("--pair", "pairs", type=(click.IntRange(min=0), click.IntRange(min=0)),
               multiple=True, default=((0, 1), (2, 3), (4, 5)), show_default=True,
               help="Two test image indices I J; repeat for more rows.")
-@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
+@click.option("--steps", type=click.IntRange(min=2, max=1000), default=10, show_default=True,
               help="Decoded points between (and including) the two posterior means.")
 @_label_option("decode every path as this class. [default: each row's image I's class]")
 @_data_options
@@ -611,15 +629,15 @@ def interpolate(run_dir: Path, device: str, pairs: tuple[tuple[int, int], ...], 
 
 @cli.command()
 @_run_command
-@click.option("--dims", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--dims", type=click.IntRange(min=1, max=1000), default=10, show_default=True,
               help="How many latent dimensions, those with the largest KL first.")
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Test image whose posterior mean is the base point.")
 @click.option("--prior-base", is_flag=True, default=False,
               help="Start from z = 0 (the prior mean) instead of a test image.")
-@click.option("--steps", type=click.IntRange(min=2), default=11, show_default=True,
+@click.option("--steps", type=click.IntRange(min=2, max=1000), default=11, show_default=True,
               help="Images per row.")
-@click.option("--span", type=click.FloatRange(min=0, min_open=True), default=3.0,
+@click.option("--span", type=_FiniteFloat(min=0, max=1e6, min_open=True), default=3.0,
               show_default=True, help="Sweep each dimension over [-span, span].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Test images used to rank the dimensions by KL. [default: all]")
@@ -664,7 +682,7 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
 @_run_command
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Plot only the first N test images. [default: all]")
-@click.option("--grid", type=click.IntRange(min=2), default=20, show_default=True,
+@click.option("--grid", type=click.IntRange(min=2, max=1000), default=20, show_default=True,
               help="Images per side of the manifold picture (z_dim == 2 only).")
 @_label_option("the class the manifold picture is decoded as. [default: 0]")
 @_data_options

@@ -37,7 +37,7 @@ from vaekit.nets import (
 )
 from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
 from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
-from vaekit.settings import ModelSpec
+from vaekit.settings import MAX_Z_DIM, ModelSpec
 
 __all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer",
            "import_plugin", "is_plugin_name", "PLUGIN_FIELDS"]
@@ -259,8 +259,8 @@ class VAE(nn.Module):
         nets: str = "dcgan",
     ) -> None:
         super().__init__()
-        if not (isinstance(z_dim, int) and z_dim >= 1):
-            raise ConfigError(f"z_dim must be an integer >= 1, got {z_dim!r}")
+        if not (isinstance(z_dim, int) and 1 <= z_dim <= MAX_Z_DIM):
+            raise ConfigError(f"z_dim must be an integer in 1..{MAX_Z_DIM}, got {z_dim!r}")
         beta = _check_beta(beta)
         self.z_dim = z_dim
         self.image_shape = tuple(int(s) for s in image_shape)
@@ -484,11 +484,13 @@ class VAE(nn.Module):
                 for part, name in (("encoder", spec.encoder), ("decoder", spec.decoder))}
         prior: str | Prior = spec.prior
         posterior: str | Posterior = spec.posterior
-        if _is_class_name(spec.prior):
-            prior = _import_net(spec.prior, "prior", trust=trust_plugins)(spec.z_dim)
-        if _is_class_name(spec.posterior):
-            posterior = _import_net(spec.posterior, "posterior", trust=trust_plugins)(spec.z_dim)
-        if _is_class_name(spec.likelihood):
+        if is_plugin_name(spec.prior):
+            prior = _construct(_import_net(spec.prior, "prior", trust=trust_plugins), "prior",
+                               spec.z_dim)
+        if is_plugin_name(spec.posterior):
+            posterior = _construct(_import_net(spec.posterior, "posterior", trust=trust_plugins),
+                                   "posterior", spec.z_dim)
+        if is_plugin_name(spec.likelihood):
             lik_cls = _import_net(spec.likelihood, "likelihood", trust=trust_plugins)
             likelihood = _build_likelihood(lik_cls, options)
         else:
@@ -575,12 +577,6 @@ def _build_likelihood(cls: type, options: dict[str, Any]) -> Likelihood:
                           ) from None
 
 
-def _is_class_name(spec: str) -> bool:
-    """True for ``"package.module:Class"``, False for ``"mog:10"`` and plain names."""
-    module, _, name = spec.partition(":")
-    return bool(name) and not name.isdigit()
-
-
 def _part_config(part: Prior | Posterior, builtin_module: str) -> dict[str, Any]:
     """How `VAE.config` records a prior or posterior: its name and arguments, or its class."""
     if type(part).__module__ == builtin_module:
@@ -608,7 +604,19 @@ def _build_part(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
         cls = builtin[cfg.pop("name")]
     if "image_shape" in cfg or (cls is VampPrior):
         cfg["image_shape"] = tuple(cfg.get("image_shape", kwargs.get("image_shape")))
-    return cls(kwargs["z_dim"], **cfg)
+    return _construct(cls, part, kwargs["z_dim"], **cfg)
+
+
+def _construct(cls: type, part: str, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` for a prior or posterior, with a one-line error for a class whose
+    constructor does not take them."""
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as e:
+        shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        raise ConfigError(f"cannot build the {part} {cls.__qualname__}({shown}): {e}; a {part} "
+                          f"class is built as Class(z_dim, **config()), see docs/extending.md"
+                          ) from None
 
 
 PLUGIN_FIELDS = ("encoder", "decoder", "prior", "posterior", "likelihood")

@@ -46,6 +46,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "append_metrics",
+    "write_metrics",
     "read_metrics",
     "default_run_dir",
     "is_run_dir",
@@ -83,6 +84,9 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir} is not a vaekit run folder (no {CONFIG})") from None
+    except NotADirectoryError:
+        raise CheckpointError(f"{run_dir} is a file, not a run folder; give the folder that "
+                              f"holds {CONFIG}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a folder, not vaekit's config file") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -126,9 +130,21 @@ def append_metrics(run_dir: str | os.PathLike[str], row: dict[str, float]) -> No
     """Append one epoch's row to ``metrics.csv`` (rewritten atomically with the new row)."""
     path = Path(run_dir) / METRICS
     rows = read_metrics(run_dir) if path.exists() else []
-    rows.append(row)
+    write_metrics(run_dir, [*rows, row])
+
+
+def write_metrics(run_dir: str | os.PathLike[str], rows: list[dict[str, float]]) -> None:
+    """Write ``metrics.csv`` whole, atomically: these rows, the last one's columns (none: no file).
+
+    A process killed while it runs leaves the old file or the new one, never a part.
+    """
+    path = Path(run_dir) / METRICS
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[-1]), lineterminator="\n",
+                            restval="", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

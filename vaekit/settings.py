@@ -48,6 +48,10 @@ __all__ = [
 ]
 
 
+MAX_Z_DIM = 65536
+"""The largest latent dimension vaekit builds (a bound against sizes that would exhaust memory)."""
+
+
 def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
             choices: tuple[str, ...] | None = None, min: float | None = None,
             max: float | None = None, min_open: bool = False, negatable: bool = False,
@@ -144,7 +148,7 @@ def parse_named_count(spec: str, plain: str, counted: tuple[str, ...],
     name, _, arg = spec.partition(":")
     if name == plain and not arg:
         return name, {}
-    if name in counted and arg.isdigit() and int(arg) >= 1:
+    if name in counted and re.fullmatch(r"[0-9]{1,9}", arg) and int(arg) >= 1:  # ASCII digits
         return name, {key: int(arg)}
     return None
 
@@ -221,7 +225,7 @@ class ModelSpec:
     latents: int = setting(1, "Stochastic layers: 1 (z) or 2 (z2 from the prior, z1 given z2, "
                            "the decoder reads z1; the posterior is q(z1|x)).", min=1, max=2)
     beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0, max=1e4)
-    z_dim: int = setting(32, "Latent dimension.", min=1)
+    z_dim: int = setting(32, "Latent dimension.", min=1, max=MAX_Z_DIM)
     conditional: bool = setting(
         False, "A conditional VAE on the data set's labels: p(x|z,y), q(z|x,y).")
     nets: str = setting("dcgan", "Encoder and decoder: dcgan (the seed's conv nets) or mlp[:H] "

@@ -130,10 +130,33 @@ class Position:
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> Position:
-        """The position saved in a checkpoint."""
-        return cls(epoch=int(state["epoch"]), step=int(state.get("step", 0)),
-                   total=float(state.get("total", 0.0)), skipped=int(state.get("skipped", 0)),
-                   history=list(state["history"]), rng=state["rng"])
+        """The position saved in a checkpoint, checked for what resuming relies on.
+
+        Raises:
+            KeyError, TypeError, ValueError: naming what is missing or wrong.
+        """
+        def count(key: str) -> int:
+            value = state.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**40:
+                raise ValueError(f"{key} = {str(value)[:40]!r} is not a count")
+            return value
+
+        epoch, step, skipped = count("epoch"), count("step"), count("skipped")
+        history, rng = state["history"], state["rng"]
+        if not (isinstance(history, list) and all(
+                isinstance(r, dict) and all(isinstance(v, (int, float)) for v in r.values())
+                for r in history)):
+            raise TypeError("history is not a list of rows of numbers")
+        if [r.get("epoch") for r in history] != list(range(1, epoch + 1)):
+            raise ValueError(f"history does not hold epochs 1..{epoch}")
+        if not (isinstance(rng, dict) and isinstance(rng.get("shuffle"), torch.Tensor)
+                and (isinstance(rng.get("torch"), torch.Tensor) or rng.get("ranks"))):
+            raise KeyError("rng (the random states) is incomplete")
+        total = state.get("total", 0.0)
+        if not isinstance(total, (int, float)):
+            raise TypeError("total is not a number")
+        return cls(epoch=epoch, step=step, total=float(total), skipped=skipped,
+                   history=list(history), rng=rng)
 
 
 def fit(
@@ -352,6 +375,7 @@ class _Trainer:
                  val_labels: torch.Tensor | None = None,
                  loggers: Sequence[Logger] | None = None) -> None:
         # -- check everything before touching the disk --------------------------------------
+        _check_images(vae, train_data, "training")
         if settings.batch_size > train_data.shape[0]:
             raise ConfigError(f"batch_size {settings.batch_size} is larger than the "
                               f"{train_data.shape[0]} training images; lower it")
@@ -368,7 +392,6 @@ class _Trainer:
         if wants_val and val_data is None:
             raise ConfigError(f"{' and '.join(wants_val)} needs validation images: hold some "
                               "out (--val N; val_data in Python)")
-        _check_images(vae, train_data, "training")
         for data, what in ((test_data, "test"), (val_data, "validation")):
             if data is not None:
                 _check_images(vae, data, what)
@@ -550,11 +573,18 @@ class _Trainer:
         if self.new_lr or "optimizer" not in state:  # a new lr given to resume wins; else the
             for group in self.optimizer.param_groups:  # restored one (where a plateau took it)
                 group["lr"] = self.s.lr
-        _set_rng_state(position.rng, self.shuffle, self.dev, self.dist.rank, self.dist.world)
-        if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint
-            (self.run_path / runs.METRICS).unlink(missing_ok=True)
-            for row in position.history:
-                runs.append_metrics(self.run_path, row)
+        if position.step >= self.steps and position.step:
+            raise CheckpointError(f"the checkpoint in {self.run_path} is at step {position.step} "
+                                  f"of an epoch of {self.steps} steps; restore it or delete it "
+                                  "to start over")
+        try:
+            _set_rng_state(position.rng, self.shuffle, self.dev, self.dist.rank, self.dist.world)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"the checkpoint in {self.run_path} has unusable random states "
+                                  f"({type(e).__name__}: {e}); restore it or delete it to start "
+                                  "over") from None
+        if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint,
+            runs.write_metrics(self.run_path, position.history)  # rewritten whole, at once
         return position
 
     # -- one epoch --------------------------------------------------------------------------------
@@ -878,6 +908,15 @@ class _Trainer:
 
 
 def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
+    """A one-line `DataError` for images `fit` cannot train or test on."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{what} images must be a torch.Tensor [N, C, H, W], got "
+                        f"{type(x).__name__}; convert them with torch.as_tensor(...)")
+    if x.dtype not in (torch.uint8, torch.float32):
+        raise DataError(f"{what} images are {x.dtype}; pass uint8 (0..255) or float32 in [0, 1] "
+                        "(e.g. x.float())")
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise DataError(f"there are no {what} images (the tensor is empty); pass at least one")
     if x.dim() != 4 or tuple(x.shape[1:]) != vae.image_shape:
         raise DataError(
             f"{what} images have shape {tuple(x.shape[1:])} but the model takes {vae.image_shape}; "
