@@ -90,3 +90,14 @@ def test_bad_input_is_one_line_exit_2_nothing_written(runner, args, message):
     assert message in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 4
     assert sorted(str(p) for p in Path().rglob("*")) == before  # nothing written
+
+
+def test_the_command_line_starts_without_torch_and_every_public_name_resolves():
+    """`vaekit --help` and a Ctrl-C during start-up do not wait for torch: the package and the
+    CLI import it only when a command needs it; `vaekit.X` still gives every name of __all__."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vaekit, vaekit.cli; assert 'torch' not in sys.modules, 'torch'; "
+            "[getattr(vaekit, n) for n in vaekit.__all__]; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,6 +2,7 @@
 before its fix. Files named by a run folder or a settings file are data, never orders."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -243,3 +244,20 @@ def test_load_of_a_file_is_a_checkpoint_error(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(CheckpointError, match="is a file, not a run folder"):
         runs.load(tmp_path / "f.txt")
+
+
+@pytest.mark.parametrize("delay", [1.0, 5.0])  # in the imports; loading the data
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(workdir, delay):
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "vaekit", *FIT, "--epochs", "1000", "--out", "r"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ))
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if not runs.is_run_dir(workdir / "r"):
+        assert "nothing to resume" in err or "interrupted" == err.strip()[7:], err

@@ -1,6 +1,6 @@
 """``python -m vaekit`` runs the command line."""
 
-from vaekit.cli import cli
+from vaekit.cli import main
 
 if __name__ == "__main__":
-    cli()
+    main()

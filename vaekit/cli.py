@@ -70,6 +70,21 @@ def cli() -> None:
     """vaekit: variational autoencoders written as Pyro programs."""
 
 
+def main() -> None:
+    """The ``vaekit`` command: `cli`, with Ctrl-C at any moment (imports, data loading, a rank's
+    start-up) one line and exit code 130, as an interrupted ``vaekit fit`` gives."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt
+        _fail("interrupted", code=130)
+    except KeyboardInterrupt:
+        _fail("interrupted", code=130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 _TRUST_HELP = ("Import the modules that the run names (its own networks or likelihood). A run "
                "folder with plug-ins is code: without this, only modules already imported are "
                "used.")
@@ -249,9 +264,14 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
         _fail(_with_flags(ctx, str(e)))
     except VaekitError as e:
         _fail(str(e))
-    except KeyboardInterrupt:  # a second Ctrl-C while the checkpoint was being written
-        _fail(f"interrupted; continue from the last complete checkpoint with: "
-              f"vaekit fit --resume {resume_dir or given['run'].get('out', 'RUN')}", code=130)
+    except KeyboardInterrupt:  # during start-up, or a second Ctrl-C while checkpointing
+        from vaekit.runs import is_run_dir
+
+        target = resume_dir or given["run"].get("out") or from_file.get("run", {}).get("out")
+        if target is not None and is_run_dir(target):
+            _fail(f"interrupted; continue from the last complete checkpoint with: "
+                  f"vaekit fit --resume {target}", code=130)
+        _fail("interrupted before the run folder was written; nothing to resume", code=130)
     final = result.final
     if _is_main_rank():
         click.echo(
@@ -758,8 +778,3 @@ def _without_option(argv: list[str], name: str) -> list[str]:
         elif not a.startswith(name + "="):
             out.append(a)
     return out
-
-
-def main() -> None:
-    """Entry point for ``python -m vaekit``."""
-    cli()
