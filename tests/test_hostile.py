@@ -261,3 +261,97 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(workdir, delay):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     if not runs.is_run_dir(workdir / "r"):
         assert "nothing to resume" in err or "interrupted" == err.strip()[7:], err
+
+
+def test_pictures_of_an_older_epoch_are_redrawn_on_resume(mnist_small, tmp_path):
+    """Killed (or a full disk) while drawing the last epoch's pictures: the folder holds epoch
+    N-1's. Resume draws epoch N's, though every file is there and non-empty."""
+    from vaekit.train import resume
+
+    train_x, test_x = mnist_small
+    fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r", **KW)
+    old = {f: (tmp_path / "r" / f).read_bytes() for f in ("samples.png", "loss.png")}
+    resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
+    assert runs.pictures_epoch(tmp_path / "r") == 2
+    for f, data in old.items():  # as if epoch 2's drawing had died before writing them
+        (tmp_path / "r" / f).write_bytes(data)
+    runs.mark_pictures(tmp_path / "r", 1)
+    resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
+    assert runs.pictures_epoch(tmp_path / "r") == 2
+    assert (tmp_path / "r" / "loss.png").read_bytes() != old["loss.png"]  # two epochs drawn
+
+
+def test_a_tracker_that_cannot_start_is_one_line_and_the_folder_resumable(mnist_small, tmp_path):
+    pytest.importorskip("tensorboard")
+    from vaekit.tracking import TensorBoardLogger
+    from vaekit.train import resume
+
+    train_x, test_x = mnist_small
+    (tmp_path / "blocked").write_text("in the way")  # where the event files should go
+    with pytest.raises(ConfigError, match="TensorBoardLogger tracker cannot start") as e:
+        fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r",
+            loggers=[TensorBoardLogger(tmp_path / "blocked")], **KW)
+    assert "\n" not in str(e.value) and "resume it" in str(e.value)
+    result = resume(tmp_path / "r", train_x, test_x, progress=False, verbose=False)
+    assert [row["epoch"] for row in result.history] == [1]
+
+
+@pytest.mark.parametrize("uri, said", [
+    ("nosuchscheme://host/x", "MLflow cannot use the tracking URI"),  # a scheme MLflow lacks
+    ("sqlite:///{workdir}", "is a folder"),
+    ("sqlite:///{workdir}/no/such/folder/m.db", "does not exist"),
+    ("sqlite:///{workdir}/garbage.db", "is not an SQLite database"),
+])
+def test_a_bad_mlflow_uri_is_one_line(workdir, uri, said):
+    pytest.importorskip("mlflow")
+    (workdir / "garbage.db").write_bytes(b"\x00garbage" * 100)
+    uri = uri.format(workdir=workdir)
+    r = CliRunner().invoke(cli, [*FIT, "--logger", "mlflow", "--mlflow-uri", uri, "--out", "r"])
+    assert r.exit_code == 2 and said in r.output, r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1
+
+
+class _Breaks:
+    """A logger that fails at its n-th call of one method."""
+
+    def __init__(self, method, n=1):
+        self.method, self.n, self.calls = method, n, []
+
+    def _call(self, name, *args):
+        self.calls.append(name)
+        if name == self.method and self.calls.count(name) >= self.n:
+            raise OSError(28, "No space left on device")
+
+    def start(self, run):
+        self._call("start", run)
+
+    def log_metrics(self, metrics, step):
+        self._call("log_metrics", metrics, step)
+
+    def log_images(self, images, step):
+        self._call("log_images", images, step)
+
+    def finish(self, summary, status="FINISHED"):
+        self._call("finish", summary, status)
+
+
+def test_a_tracker_failing_mid_run_is_one_line_and_training_goes_on(mnist_small, tmp_path,
+                                                                    capsys):
+    train_x, test_x = mnist_small
+    broken = _Breaks("log_metrics", n=2)
+    result = fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r",
+                 loggers=[broken], **{**KW, "epochs": 3})
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert err.count("tracker failed") == 1 and "No space left on device" in err
+    assert "finish" not in broken.calls  # dropped: not called again
+
+
+def test_a_tracker_failing_at_the_end_does_not_hide_the_real_error(mnist_small, tmp_path, capsys):
+    from vaekit.errors import TrainingError
+
+    train_x, test_x = mnist_small
+    with pytest.raises(TrainingError):
+        fit(VAE(z_dim=2, nets="mlp:16", likelihood="gaussian"), train_x, test_x, lr=1e30,
+            run_dir=tmp_path / "r", loggers=[_Breaks("finish")], **{**KW, "epochs": 2})
+    assert "could not finish" in capsys.readouterr().err

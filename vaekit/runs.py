@@ -47,6 +47,9 @@ __all__ = [
     "load_checkpoint",
     "append_metrics",
     "write_metrics",
+    "mark_pictures",
+    "pictures_epoch",
+    "pictures_complete",
     "read_metrics",
     "default_run_dir",
     "is_run_dir",
@@ -65,7 +68,9 @@ SAMPLES = "samples.png"
 RECONSTRUCTIONS = "reconstructions.png"
 LOSS = "loss.png"
 EVALUATION = "eval.json"
-RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS)
+PICTURES_DRAWN = ".pictures.json"
+"""Records the epoch whose pictures are all written (a kill while drawing leaves it behind)."""
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS, PICTURES_DRAWN)
 """The files a fit writes (and removes first with ``overwrite``)."""
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1
@@ -148,6 +153,28 @@ def write_metrics(run_dir: str | os.PathLike[str], rows: list[dict[str, float]])
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def mark_pictures(run_dir: str | os.PathLike[str], epoch: int) -> None:
+    """Record that every picture of ``epoch`` is written (call after the last one)."""
+    text = json.dumps({"epoch": int(epoch)}) + "\n"
+    atomic_write(Path(run_dir) / PICTURES_DRAWN, lambda f: f.write(text.encode()))
+
+
+def pictures_epoch(run_dir: str | os.PathLike[str]) -> int | None:
+    """The epoch whose pictures are all in the folder (`mark_pictures`), or None."""
+    try:
+        epoch = json.loads((Path(run_dir) / PICTURES_DRAWN).read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def pictures_complete(run_dir: str | os.PathLike[str], epoch: int) -> bool:
+    """Whether the folder holds every picture of ``epoch``, none of them missing or empty."""
+    path = Path(run_dir)
+    return pictures_epoch(path) == epoch and all(
+        (path / f).is_file() and (path / f).stat().st_size for f in (SAMPLES, RECONSTRUCTIONS, LOSS))
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:

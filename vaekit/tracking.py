@@ -29,7 +29,7 @@ import torch
 
 from vaekit.errors import ConfigError
 
-__all__ = ["Logger", "RunInfo", "TensorBoardLogger", "MLflowLogger", "make_loggers",
+__all__ = ["Logger", "RunInfo", "Trackers", "TensorBoardLogger", "MLflowLogger", "make_loggers",
            "check_installed", "flat_params", "TRACKING_FILE"]
 
 TRACKING_FILE = "tracking.json"
@@ -74,6 +74,82 @@ class Logger(Protocol):
 
     def finish(self, summary: Mapping[str, float], status: str = "FINISHED") -> None:
         """The run ends: its final and best metrics, and ``FINISHED``, ``KILLED`` or ``FAILED``."""
+
+
+def _name(logger: Logger) -> str:
+    return type(logger).__name__
+
+
+def _why(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}" + ("..." if len(text) > 200 else "")
+
+
+class Trackers:
+    """The loggers of a run, each call guarded: a tracker is never the reason training stops.
+
+    `start` failing refuses the run up front, in one line. A failure later (a full disk, a
+    database that went bad, a server that went away) prints one line, drops that logger and
+    lets training go on: ``metrics.csv`` and the checkpoints keep every epoch, whatever the
+    tracker lost. `finish` failing never hides the error that ended the run.
+
+    Args:
+        loggers: The `Logger` objects (none: every call does nothing).
+        warn: Where the one-line messages go (default: print to stderr).
+    """
+
+    def __init__(self, loggers: Sequence[Logger] = (), warn: Any = None) -> None:
+        import sys
+
+        self.loggers = list(loggers)
+        self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def __bool__(self) -> bool:
+        return bool(self.loggers)
+
+    def start(self, run: RunInfo) -> None:
+        """`Logger.start` of each.
+
+        Raises:
+            ConfigError: naming the logger that cannot start and why (the others are finished).
+        """
+        for i, logger in enumerate(self.loggers):
+            try:
+                logger.start(run)
+            except Exception as e:
+                self.loggers = self.loggers[:i]  # the ones started: finished as failed
+                self.finish({}, "FAILED")
+                where = f" (the run folder {run.run_dir} is kept: resume it)" if run.run_dir else ""
+                raise ConfigError(f"the {_name(logger)} tracker cannot start ({_why(e)}); fix "
+                                  f"its --logger/--mlflow-uri, or leave it out{where}") from None
+
+    def _each(self, what: str, step: int, call: Any) -> None:
+        for logger in list(self.loggers):
+            try:
+                call(logger)
+            except Exception as e:
+                self.loggers.remove(logger)
+                self.warn(f"warning: the {_name(logger)} tracker failed at step {step} "
+                          f"({_why(e)}) while logging {what}; training goes on without it "
+                          "(metrics.csv and the checkpoints have every epoch)")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """`Logger.log_metrics` of each; a failing one is dropped with a warning."""
+        self._each("metrics", step, lambda lg: lg.log_metrics(metrics, step))
+
+    def log_images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
+        """`Logger.log_images` of each; a failing one is dropped with a warning."""
+        self._each("pictures", step, lambda lg: lg.log_images(images, step))
+
+    def finish(self, summary: Mapping[str, float], status: str = "FINISHED") -> None:
+        """`Logger.finish` of each, once; a failure is one line, never an exception."""
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            try:
+                logger.finish(summary, status)
+            except Exception as e:
+                self.warn(f"warning: the {_name(logger)} tracker could not finish ({_why(e)}); "
+                          "the run folder has everything")
 
 
 def check_installed(names: Sequence[str]) -> None:
@@ -161,6 +237,27 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+def _check_sqlite_uri(uri: str) -> None:
+    """Refuse at once a ``sqlite:///PATH`` that cannot be a database (MLflow would retry for
+    minutes): a folder, a missing parent folder, or a file that is not SQLite.
+
+    Raises:
+        ConfigError: naming the path and the fix.
+    """
+    if not uri.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute.db
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    fix = "give --mlflow-uri sqlite:///FILE.db with FILE.db new or an MLflow database"
+    if path.is_dir():
+        raise ConfigError(f"the MLflow database {path} is a folder; {fix}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"the folder of the MLflow database {path} does not exist; {fix}")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ConfigError(f"{path} is not an SQLite database; {fix}")
+
+
 class MLflowLogger:
     """An MLflow run per run folder, through ``mlflow.MlflowClient`` (no server needed).
 
@@ -179,6 +276,15 @@ class MLflowLogger:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "vaekit") -> None:
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.client: Any = None
+        if tracking_uri is not None:  # a URI MLflow cannot use: refused before the run starts
+            _check_sqlite_uri(tracking_uri)
+            from mlflow import MlflowClient
+
+            try:
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+            except Exception as e:
+                raise ConfigError(f"MLflow cannot use the tracking URI {tracking_uri} "
+                                  f"({_why(e)}); give another --mlflow-uri") from None
         self.run_id: str | None = None
         self.run_dir: Path | None = None
 
@@ -193,7 +299,8 @@ class MLflowLogger:
             parent = (run.run_dir.parent if run.run_dir else Path("runs")).resolve()
             parent.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{parent / 'mlflow.db'}"
-        self.client = MlflowClient(tracking_uri=uri)
+        if self.client is None:
+            self.client = MlflowClient(tracking_uri=uri)
         known = _tracking_record(run.run_dir).get("mlflow_run_id") if run.resumed else None
         if known is not None:
             self.run_id = known

@@ -60,7 +60,7 @@ from vaekit.settings import (
     TrainSettings,
     from_mapping,
 )
-from vaekit.tracking import Logger, RunInfo, flat_params, make_loggers
+from vaekit.tracking import Logger, RunInfo, Trackers, flat_params, make_loggers
 
 __all__ = [
     "TrainSettings",
@@ -413,7 +413,7 @@ class _Trainer:
         self.lock: FolderLock | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
         self.new_lr = False  # resume was given a learning rate
-        self.loggers = list(loggers or []) if self.dist.main else []  # only rank 0 logs
+        self.trackers = Trackers(list(loggers or []) if self.dist.main else [])  # rank 0 logs
         self.pending: list[tuple[int, dict[str, float]]] = []  # step metrics not yet handed over
 
     # -- the table of contents -------------------------------------------------------------------
@@ -437,19 +437,17 @@ class _Trainer:
         with _deterministic(self.s.deterministic):
             self._build()
             pos = self._restore(position, state)
-            self._start_loggers(pos, resumed=position is not None)
             self.stopping = 0  # the signal every rank agreed to stop on (see `_agreed_stop`)
             with _stop_on_signals() as self.stop:
                 if position is None:
                     self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
+                self._start_loggers(pos, resumed=position is not None)  # after: resumable
                 while pos.epoch < self.s.epochs and not self._out_of_patience(pos.history):
                     self._train_epoch(pos)
                     self._end_epoch(pos)
-                pictures = (runs.SAMPLES, runs.RECONSTRUCTIONS, runs.LOSS)
-                if self.run_path is not None and self.dist.main and pos.history and any(
-                        not (self.run_path / f).is_file() or not (self.run_path / f).stat().st_size
-                        for f in pictures):  # a run killed while drawing them: draw them again
-                    self._write_pictures(pos.history)
+                if self.run_path is not None and self.dist.main and pos.history and \
+                        not runs.pictures_complete(self.run_path, pos.epoch):  # killed while
+                    self._write_pictures(pos.history)  # drawing them, a full disk: draw again
         return self._finish(pos)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -635,7 +633,7 @@ class _Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(vae)
                 acc += loss.detach()
-                if self.loggers and step % self.check_every == 0:
+                if self.trackers and step % self.check_every == 0:
                     self.pending.append((global_step + 1, {
                         "train/loss": loss.item() / x.shape[0], "train/lr": self.lr.current,
                         "train/beta": float(vae.beta)}))
@@ -752,7 +750,7 @@ class _Trainer:
 
     # -- experiment tracking (rank 0) -------------------------------------------------------------
     def _start_loggers(self, pos: Position, resumed: bool) -> None:
-        if not self.loggers:
+        if not self.trackers:
             return
         model = self.config.get("model") or {}
         tags = {k: str(model.get(k)) for k in ("likelihood", "prior", "posterior", "nets")}
@@ -760,19 +758,17 @@ class _Trainer:
         name = self.run_path.name if self.run_path is not None else "vaekit"
         info = RunInfo(self.run_path, name, flat_params(self.config), tags,
                        step=pos.epoch * self.steps + pos.step, resumed=resumed)
-        for logger in self.loggers:
-            logger.start(info)
+        self.trackers.start(info)
 
     def _flush_logs(self) -> None:
         """Hand the buffered step metrics to the loggers (called once a checkpoint is safe)."""
         pending, self.pending = self.pending, []
         for step, metrics in pending:
-            for logger in self.loggers:
-                logger.log_metrics(metrics, step)
+            self.trackers.log_metrics(metrics, step)
 
     def _log_epoch(self, row: dict[str, float], step: int) -> None:
         """The epoch's row of metrics.csv (``epoch/...``) and its pictures, at its last step."""
-        if not self.loggers:
+        if not self.trackers:
             return
         metrics = {f"epoch/{k}": float(v) for k, v in row.items()}
         metrics["epoch/images_per_second"] = self.train_x.shape[0] / max(row["seconds"], 1e-9)
@@ -782,15 +778,12 @@ class _Trainer:
 
             for key, name in (("samples", runs.SAMPLES), ("reconstructions", runs.RECONSTRUCTIONS)):
                 images[key] = read_image(str(self.run_path / name))[:3].float() / 255
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step)
-            if images:
-                logger.log_images(images, step)
+        self.trackers.log_metrics(metrics, step)
+        if images:
+            self.trackers.log_images(images, step)
 
     def _finish_loggers(self, summary: dict[str, float], status: str) -> None:
-        loggers, self.loggers = self.loggers, []  # finish each once
-        for logger in loggers:
-            logger.finish(summary, status)
+        self.trackers.finish(summary, status)  # each once; never raises
 
     def _out_of_patience(self, history: list[dict[str, float]]) -> bool:
         """Whether ``patience`` epochs have passed since the best validation -ELBO."""
@@ -891,6 +884,7 @@ class _Trainer:
         """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
         try:
             self._draw(history)
+            runs.mark_pictures(self.run_path, int(history[-1]["epoch"]))
         except OSError as e:
             raise CheckpointError(f"could not write the pictures in {self.run_path} "
                                   f"({e.strerror or e}); the checkpoint is written: free space, "
