@@ -240,3 +240,37 @@ def test_the_launcher_exits_with_the_first_failure_not_the_ranks_it_stopped():
              rank("import os, signal, time; time.sleep(0.5); os.kill(os.getpid(), signal.SIGKILL)")]
     assert _wait_for_ranks(ranks) == 128 + 9
     assert _wait_for_ranks([rank("pass"), rank("pass")]) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc")
+def test_a_rank_killed_by_sigkill_is_one_line_naming_it(env, tmp_path):
+    """kill -9 of rank 1: no Gloo traceback from rank 0, one line that names the dead rank and
+    how to go on; the run resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "lost"
+    launcher = subprocess.Popen([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *FIT,
+                                 "--limit-train", "60000", "--epochs", "5", "--out", str(out)],
+                                env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (out / "checkpoint.pt").exists(), "training did not start"
+        time.sleep(1.0)
+        rank1 = [pid for pid in _processes_naming(str(out)) if b"RANK=1\0" in
+                 Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], signal.SIGKILL)
+        stdout, stderr = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+    assert launcher.returncode != 0
+    assert "Traceback" not in stderr and "Connection closed" not in stderr, stderr[-3000:]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines == [f"Error: rank 1 died of signal 9 (SIGKILL); the other ranks were stopped; "
+                     f"continue with: vaekit fit --resume {out}"], stderr[-3000:]

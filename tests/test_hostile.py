@@ -355,3 +355,21 @@ def test_a_tracker_failing_at_the_end_does_not_hide_the_real_error(mnist_small, 
         fit(VAE(z_dim=2, nets="mlp:16", likelihood="gaussian"), train_x, test_x, lr=1e30,
             run_dir=tmp_path / "r", loggers=[_Breaks("finish")], **{**KW, "epochs": 2})
     assert "could not finish" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk", ["text", "icc"])
+def test_a_png_whose_chunks_inflate_too_far_is_a_data_error(tmp_path, chunk):
+    from PIL import Image, PngImagePlugin
+
+    from vaekit.data import load_dataset
+    from vaekit.errors import DataError
+
+    Image.new("L", (28, 28)).save(tmp_path / "fine.png")
+    info = PngImagePlugin.PngInfo()
+    if chunk == "text":
+        info.add_text("k", "a" * (3 * 1024 * 1024), zip=True)  # a zTXt chunk of 3 MB inflated
+        Image.new("L", (28, 28)).save(tmp_path / "bomb.png", pnginfo=info)
+    else:  # an iCCP colour profile of 3 MB inflated
+        Image.new("L", (28, 28)).save(tmp_path / "bomb.png", icc_profile=b"\0" * (3 * 1024 * 1024))
+    with pytest.raises(DataError, match="bomb.png cannot be decoded safely"):
+        load_dataset(f"folder:{tmp_path}", size=28, channels=1)

@@ -264,6 +264,15 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
         _fail(_with_flags(ctx, str(e)))
     except VaekitError as e:
         _fail(str(e))
+    except RuntimeError as e:  # a collective failed: another rank went away
+        from vaekit.distributed import LAUNCHED, lost_a_rank
+
+        if os.environ.get("WORLD_SIZE", "1") == "1" or not lost_a_rank(e):
+            raise
+        if os.environ.get(LAUNCHED):  # the launcher names the rank that died
+            sys.exit(1)
+        _fail(f"lost contact with another rank ({' '.join(str(e).split())[:200]}); see its "
+              "own message, then resume the run", code=1)
     except KeyboardInterrupt:  # during start-up, or a second Ctrl-C while checkpointing
         from vaekit.runs import is_run_dir
 

@@ -222,6 +222,9 @@ def _image_folder(path: Path, size: int, channels: int, limit: int | None
         except Image.DecompressionBombError:
             raise DataError(f"{f} is too large to decode safely (PIL's decompression-bomb "
                             f"limit); shrink it or remove it from {path}") from None
+        except ValueError as e:  # e.g. a text or colour-profile chunk that inflates too far
+            raise DataError(f"{f} cannot be decoded safely ({e}); remove it from {path}"
+                            ) from None
     x = torch.stack(images).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor([i for _, i in files], dtype=torch.long)
 

@@ -15,14 +15,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Context", "setup", "launch", "GlobalBatchNorm2d", "convert_sync_batchnorm"]
+__all__ = ["Context", "setup", "launch", "GlobalBatchNorm2d", "convert_sync_batchnorm",
+           "lost_a_rank", "LAUNCHED"]
 
 
 class Context:
@@ -163,6 +164,10 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
+LAUNCHED = "VAEKIT_LAUNCHED"
+"""Set in the ranks `launch` starts: a rank that loses another leaves the message to it."""
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m vaekit ARGV`` in ``nproc`` processes on this machine and wait for them.
 
@@ -180,7 +185,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         after an interrupt).
     """
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+               WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), **{LAUNCHED: "1"})
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several processes
     ranks = [subprocess.Popen([sys.executable, "-m", "vaekit", *argv],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r), GROUP_RANK="0"),
@@ -194,19 +199,31 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
     old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
            signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on)}
+    run_dir = _option_value(argv, "--resume") or _option_value(argv, "--out")
+    resume = f"; continue with: vaekit fit --resume {run_dir}" if run_dir else ""
+
+    def report(rank: int, signum: int) -> None:
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else ""
+        print(f"Error: rank {rank} died of signal {signum}{f' ({name})' if name else ''}; the "
+              f"other ranks were stopped{resume}", file=sys.stderr, flush=True)
+
     try:
-        return _wait_for_ranks(ranks)
+        return _wait_for_ranks(ranks, report=report)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
 
-def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0) -> int:
+def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0,
+                    report: Callable[[int, int], None] | None = None) -> int:
     """Wait until every rank has exited; stop the rest once one fails.
 
     Returns the exit code of the first rank that failed (a code the rank chose before one it
     died of, among those seen at the same moment; death by signal N as 128 + N), else 0. The
     ranks stopped because of it die of the launcher's SIGTERM: their codes say nothing.
+    ``report(rank, signal)`` is called for a rank found dead of a signal the launcher did not
+    send (kill -9 of a rank, the kernel's OOM killer): its own message, if any, is lost, and
+    the others only see a connection closed.
     """
     stop_at, first = None, 0
     while True:
@@ -214,6 +231,9 @@ def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0) -
         failed = sorted((c for c in codes if c), key=lambda c: c < 0)  # chosen codes first
         if failed and not first:
             first = failed[0] if failed[0] > 0 else 128 - failed[0]
+            killed = [(r, -c) for r, c in enumerate(codes) if c is not None and c < 0]
+            if killed and report is not None:
+                report(*killed[0])
         if all(c is not None for c in codes):
             return first
         if failed and stop_at is None:  # a rank failed: the others would wait on it forever
@@ -226,6 +246,26 @@ def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0) -
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
+
+
+def _option_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in ``argv``, or None."""
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def lost_a_rank(e: BaseException) -> bool:
+    """Whether ``e`` is a collective's failure because another rank went away (Gloo, NCCL)."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        (bool(dist_error) and isinstance(e, dist_error))
+        or any(m in text for m in ("Connection closed by peer", "Connection reset by peer",
+                                   "Gloo", "NCCL")))
 
 
 def _free_port() -> int:
