@@ -274,3 +274,15 @@ def test_a_rank_killed_by_sigkill_is_one_line_naming_it(env, tmp_path):
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert lines == [f"Error: rank 1 died of signal 9 (SIGKILL); the other ranks were stopped; "
                      f"continue with: vaekit fit --resume {out}"], stderr[-3000:]
+
+
+def test_nproc_in_a_settings_file_is_honoured_and_recorded(env, tmp_path):
+    import json
+
+    (tmp_path / "two.json").write_text(json.dumps({"run": {"nproc": 2}}))
+    p = subprocess.run([sys.executable, "-m", "vaekit", "fit", "--config", "two.json", *FIT,
+                        "--epochs", "1", "--out", "r"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert runs.read_config(tmp_path / "r")["run"]["nproc"] == 2
+    assert len(runs.load_checkpoint(tmp_path / "r")["rng"]["ranks"]) == 2  # two ranks trained

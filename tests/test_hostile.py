@@ -373,3 +373,19 @@ def test_a_png_whose_chunks_inflate_too_far_is_a_data_error(tmp_path, chunk):
         Image.new("L", (28, 28)).save(tmp_path / "bomb.png", icc_profile=b"\0" * (3 * 1024 * 1024))
     with pytest.raises(DataError, match="bomb.png cannot be decoded safely"):
         load_dataset(f"folder:{tmp_path}", size=28, channels=1)
+
+
+def test_a_run_killed_while_writing_its_first_config_can_be_started_again(workdir):
+    (workdir / "r").mkdir()
+    (workdir / "r" / LOCK_FILE).write_text("")
+    (workdir / "r" / ".config.json.k3j2.vaekit.tmp").write_text('{"half": ')  # what it left
+    r = CliRunner().invoke(cli, [*FIT, "--out", "r"])
+    assert r.exit_code == 0, r.output
+    assert runs.is_vaekit_run(workdir / "r")
+    assert not (workdir / "r" / ".config.json.k3j2.vaekit.tmp").exists()
+
+
+def test_an_objective_setting_that_overflows_is_refused_not_blamed_on_a_fault(workdir):
+    r = CliRunner().invoke(cli, [*FIT, "--objective", "capacity", "--capacity", "1e300",
+                                 "--out", "c"])
+    assert r.exit_code == 2 and "--capacity" in r.output and "transient" not in r.output

@@ -297,4 +297,5 @@ def test_a_full_disk_while_checkpointing_is_one_line(mnist_small, tmp_path, monk
             run_dir=tmp_path / "r", progress=False, verbose=False)
     message = str(e.value)
     assert "could not write the checkpoint" in message and "free space, then resume" in message
+    assert "no checkpoint was written yet" in message  # none to be intact: the very first
     assert "\n" not in message

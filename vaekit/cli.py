@@ -326,12 +326,12 @@ def _file_run_section(ctx: click.Context, from_file: dict[str, dict[str, Any]],
 
 
 def _is_free(path: Path) -> bool:
-    """A folder a new run may go into: missing, or empty but for a lock file."""
-    from vaekit.io import LOCK_FILE
+    """A folder a new run may go into: missing, or empty but for vaekit's own leftovers."""
+    from vaekit.io import is_own_leftover
 
     try:
         return not path.exists() or (path.is_dir() and all(
-            p.name == LOCK_FILE for p in path.iterdir()))
+            is_own_leftover(p) for p in path.iterdir()))
     except OSError:
         return False
 

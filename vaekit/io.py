@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "FolderLock", "FolderBusy", "LOCK_FILE"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "is_own_leftover", "FolderLock", "FolderBusy",
+           "LOCK_FILE"]
 
 LOCK_FILE = ".vaekit.lock"
 """The file in a run folder that its writer holds an OS lock on (and writes its PID into)."""
@@ -47,6 +48,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def is_own_leftover(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is vaekit's own bookkeeping, not a result: the lock file, or a temporary
+    of `atomic_write` (a killed writer's). A folder holding only these is free for a new run."""
+    name = Path(path).name
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(_TMP_SUFFIX))
 
 
 def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:

@@ -315,12 +315,12 @@ class TrainSettings:
     beta_schedule: str = setting("constant", "β over steps: constant, linear:STEPS (warm-up) "
                                  "or cyclical:STEPS[:RATIO].")
     iwae_samples: int = setting(5, "K for the iwae objective.", min=1)
-    gamma: float = setting(1000.0, "γ of the capacity objective: γ|KL - C|.", min=0)
+    gamma: float = setting(1000.0, "γ of the capacity objective: γ|KL - C|.", min=0, max=1e8)
     capacity: float = setting(25.0, "Final C in nats per image of the capacity objective.",
-                              min=0)
+                              min=0, max=1e6)
     capacity_steps: int = setting(10000, "Steps over which C rises linearly from 0.", min=0)
     free_bits: float = setting(0.5, "λ in nats per latent dimension of the free-bits "
-                               "objective.", min=0)
+                               "objective.", min=0, max=1e6)
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "

@@ -47,7 +47,7 @@ from vaekit.errors import (
     TrainingError,
 )
 from vaekit.evaluation import evaluate_elbo, iwae_bound, site_log_probs
-from vaekit.io import LOCK_FILE, FolderBusy, FolderLock
+from vaekit.io import FolderBusy, FolderLock, is_own_leftover
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE, import_plugin
 from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
@@ -410,6 +410,7 @@ class _Trainer:
         self.verbose = verbose and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.saved: str | None = None  # what the last checkpoint holds, for error messages
+        self.written = False  # a checkpoint of this session is on disk
         self.lock: FolderLock | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
         self.new_lr = False  # resume was given a learning rate
@@ -463,8 +464,8 @@ class _Trainer:
         error = None
         if self.dist.main:
             try:
-                if not resuming and path.exists() and any(
-                        p.name != LOCK_FILE for p in path.iterdir()):
+                if not resuming and path.exists() and not all(
+                        is_own_leftover(p) for p in path.iterdir()):  # e.g. killed mid-config
                     if not overwrite:
                         what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
                         raise ConfigError(f"{path} already exists and is {what}; pick another "
@@ -871,14 +872,18 @@ class _Trainer:
             if row is not None:
                 runs.append_metrics(self.run_path, row)
             self._flush_logs()
+            self.written = True
             self.saved = (f"The checkpoint after {pos.epoch} epochs and {pos.step} steps is kept "
                           f"in {self.run_path}" if pos.epoch or pos.step else
                           f"The initial weights are kept in {self.run_path}")
         except (OSError, RuntimeError) as e:  # torch.save on a full disk: RuntimeError
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            kept = ("the previous checkpoint is intact: free space, then resume"
+                    if self.written or (self.run_path / runs.CHECKPOINT).exists()
+                    else "no checkpoint was written yet: free space, then resume (it starts "
+                    "from the seeded initial weights)")
             raise CheckpointError(f"could not write the checkpoint in {self.run_path} ({why}); "
-                                  "the previous checkpoint is intact: free space, then resume"
-                                  ) from None
+                                  f"{kept}") from None
 
     def _write_pictures(self, history: list[dict[str, float]]) -> None:
         """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
@@ -944,6 +949,10 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch:
             site = "the reconstruction term log p(x|z)"
         elif not torch.isfinite(kl):
             site = "the KL term log q(z|x) - log p(z)"
+        elif s.objective != "elbo" or vae.beta > 1e3:
+            site = (f"the {s.objective} objective's arithmetic on finite ELBO terms (check its "
+                    f"settings: beta {vae.beta:g}, gamma {s.gamma:g}, capacity {s.capacity:g}, "
+                    f"free_bits {s.free_bits:g})")
         else:
             site = "a term that was finite when recomputed (a transient fault)"
     return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
