@@ -369,7 +369,8 @@ class RunOptions:
 
     out: str | None = setting(None, "Run folder.", group="Run folder",
                               shown_default="runs/<timestamp>")
-    overwrite: bool = setting(False, "Write into an --out folder that already has files.")
+    overwrite: bool = setting(False, "Replace the vaekit run in the --out folder (a folder of "
+                              "other files is never touched; never read from a --config file).")
     nproc: int = setting(1, "Train data-parallel in N processes on this machine (as "
                          "torchrun would); --batch-size stays the global batch.", min=1)
     progress: bool = setting(True, "Show a progress bar (the per-epoch lines are printed "
