@@ -389,3 +389,26 @@ def test_an_objective_setting_that_overflows_is_refused_not_blamed_on_a_fault(wo
     r = CliRunner().invoke(cli, [*FIT, "--objective", "capacity", "--capacity", "1e300",
                                  "--out", "c"])
     assert r.exit_code == 2 and "--capacity" in r.output and "transient" not in r.output
+
+
+def test_evaluate_interrupted_or_unable_to_write_says_so_and_keeps_the_numbers(workdir,
+                                                                               monkeypatch):
+    import vaekit.evaluation
+    import vaekit.runs
+
+    assert CliRunner().invoke(cli, [*FIT, "--out", "r"]).exit_code == 0
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", "r/eval.json")
+
+    monkeypatch.setattr(vaekit.runs, "write_evaluation", full)
+    r = CliRunner().invoke(cli, ["evaluate", "r", "--num-samples", "2", "--no-progress"])
+    assert r.exit_code == 2 and "IWAE -log p(x)" in r.output  # the numbers are on the screen
+    assert "the numbers above are not saved" in r.output and "--out" not in r.output
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vaekit.evaluation, "evaluate", stop)
+    r = CliRunner().invoke(cli, ["evaluate", "r", "--num-samples", "2", "--no-progress"])
+    assert r.exit_code == 130 and r.output.strip().endswith("Error: interrupted"), r.output
