@@ -130,3 +130,76 @@ def test_cli_objectives(monkeypatch, mnist_root, tmp_path):
     assert res.exit_code == 2 and "has no β" in res.output
     res = CliRunner().invoke(cli, [*base, "--beta-schedule", "warmup", "--out", "y"])
     assert res.exit_code == 2 and "bad beta schedule" in res.output
+
+
+# -- the seam for objectives that own part of the step (issue #23) ------------------------------
+import pyro as _pyro  # noqa: E402
+import torch as _torch  # noqa: E402
+from pyro.infer import Trace_ELBO as _Trace_ELBO  # noqa: E402
+
+from vaekit.objectives import Objective, register_objective  # noqa: E402
+
+
+class _Critic(Objective):
+    """The ELBO for the VAE, and beside it a critic of its own, trained by a second optimizer
+    (SGD with momentum, so its state matters) to predict each image's reconstruction error from
+    the encoder's mean, with noise drawn from the global RNG (so the RNG must resume exactly)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.elbo = _Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
+        self.add_auxiliary("critic", _torch.nn.Linear(vae.z_dim, 1),
+                           lambda p: _torch.optim.SGD(p, lr=1e-3, momentum=0.9))
+        self.steps = 0
+
+    def forward(self, x, y=None):
+        return self.elbo(x)
+
+    def auxiliary_step(self, x, y, step):
+        with _torch.no_grad():
+            z, _ = self.vae.encode(x)
+            target = ((self.vae.decode(z) - x) ** 2).flatten(1).sum(1, keepdim=True)
+        z = z + 0.01 * _torch.randn_like(z)
+        loss = ((self.aux_train["critic"](z) - target) ** 2).mean()
+        opt = self.aux_optimizers["critic"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+register_objective("test-critic")(_Critic)
+
+
+def test_an_objective_with_its_own_network_and_optimizer_trains_and_resumes_exactly(
+        mnist_small, tmp_path):
+    import vaekit
+    from vaekit import runs
+
+    train_x, test_x = mnist_small
+    kw = dict(objective="test-critic", batch_size=64, device="cpu", progress=False,
+              verbose=False)
+
+    def new():
+        _pyro.set_rng_seed(0)
+        return vaekit.VAE(z_dim=2, nets="mlp:16")
+
+    whole = vaekit.fit(new(), train_x, test_x, epochs=2, run_dir=tmp_path / "whole", **kw)
+    vaekit.fit(new(), train_x, test_x, epochs=1, run_dir=tmp_path / "half", **kw)
+    after_one = runs.load_checkpoint(tmp_path / "half")["objective"]["modules"]["critic"]
+    again = vaekit.resume(tmp_path / "half", train_x, test_x, epochs=2, progress=False,
+                          verbose=False)
+    assert [r["train_loss"] for r in again.history] == [r["train_loss"] for r in whole.history]
+    a, b = (runs.load_checkpoint(tmp_path / d) for d in ("whole", "half"))
+    for name in ("modules", "optimizers"):
+        assert name in a["objective"]
+    wa, wb = a["objective"]["modules"]["critic"], b["objective"]["modules"]["critic"]
+    assert all(_torch.equal(wa[k], wb[k]) for k in wa)  # the critic resumed bit for bit
+    ma = a["objective"]["optimizers"]["critic"]["state"]
+    mb = b["objective"]["optimizers"]["critic"]["state"]
+    assert ma and all(_torch.equal(ma[k]["momentum_buffer"], mb[k]["momentum_buffer"]) for k in ma)
+    assert all(_torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not _torch.equal(after_one["weight"], wb["weight"])  # the critic learns each step
+    with pytest.raises(vaekit.ConfigError, match="unknown objective 'nope'.*register_objective"):
+        vaekit.fit(new(), train_x, test_x, epochs=1, objective="nope", batch_size=64,
+                   device="cpu", progress=False, verbose=False)

@@ -54,8 +54,8 @@ def test_fields_are_checked_and_named():
         ModelSpec(likelihood=None)
     with pytest.raises(ConfigError, match="^channels must be 1 .* or 3"):
         DataSpec(channels=2)
-    with pytest.raises(ConfigError, match="^objective must be one of"):
-        TrainSettings(objective="vae")
+    with pytest.raises(ConfigError, match="^device must be one of"):
+        TrainSettings(device="tpu")
     assert TrainSettings(lr=1).lr == 1  # an integer is a number
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainSettings().lr = 1.0

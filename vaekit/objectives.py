@@ -25,9 +25,91 @@ from vaekit.settings import parse_beta_schedule
 from vaekit.traces import kl_per_dimension, site_log_probs
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
-           "FreeBits"]
+           "FreeBits", "Objective", "register_objective", "objective_names"]
 
 OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits")
+"""vaekit's own objectives; `register_objective` adds yours."""
+
+
+class Objective(nn.Module):
+    """An objective that owns part of the training step: auxiliary networks, their optimizers,
+    and updates of its own (a discriminator trained in alternation, a moving-average codebook).
+
+    `forward` is the VAE's loss, summed over the batch, which the loop's optimizer steps on the
+    VAE's parameters (with clipping, the weight average, DDP, skipping non-finite steps ...).
+    After each step the loop calls `auxiliary_step`, where the objective updates what it owns.
+    Auxiliary modules added with `add_auxiliary` are not submodules (the loop's optimizer and
+    the VAE's DDP wrapper never see them): the loop moves them to the device, wraps each for DDP
+    with `setup`, and saves and restores them and their optimizers with the checkpoint
+    (`auxiliary_state`), so a resumed run continues bit for bit.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._aux: dict[str, nn.Module] = {}
+        self._aux_optimizer_factories: dict[str, object] = {}
+        self.aux_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.aux_train: dict[str, nn.Module] = {}
+
+    def add_auxiliary(self, name: str, module: nn.Module, optimizer: object) -> None:
+        """Own ``module`` under ``name``, trained by ``optimizer(parameters)`` (a factory such as
+        ``lambda p: torch.optim.Adam(p, lr=1e-4)``, called by `setup`)."""
+        self._aux[name] = module
+        self._aux_optimizer_factories[name] = optimizer
+
+    def auxiliary(self, name: str) -> nn.Module:
+        """The auxiliary module ``name`` (unwrapped)."""
+        return self._aux[name]
+
+    def setup(self, device: torch.device, wrap: object = None) -> None:
+        """Move the auxiliary modules to ``device``, wrap each with ``wrap`` (DDP with several
+        processes; `aux_train` holds the wrapped ones) and build their optimizers."""
+        for name, module in self._aux.items():
+            module.to(device)
+            self.aux_train[name] = wrap(module) if callable(wrap) else module
+            factory = self._aux_optimizer_factories[name]
+            self.aux_optimizers[name] = factory(module.parameters())  # type: ignore[operator]
+
+    def auxiliary_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int) -> None:
+        """The objective's own updates after the loop's step ``step`` (0-based, global)."""
+
+    def auxiliary_state(self) -> dict[str, object]:
+        """Everything the objective owns, for the checkpoint."""
+        return {"modules": {n: m.state_dict() for n, m in self._aux.items()},
+                "optimizers": {n: o.state_dict() for n, o in self.aux_optimizers.items()}}
+
+    def load_auxiliary_state(self, state: dict[str, object]) -> None:
+        """Restore `auxiliary_state` (after `setup`)."""
+        modules, optimizers = state["modules"], state["optimizers"]
+        for name, module in self._aux.items():
+            module.load_state_dict(modules[name])  # type: ignore[index]
+        for name, opt in self.aux_optimizers.items():
+            opt.load_state_dict(optimizers[name])  # type: ignore[index]
+
+
+_REGISTERED: dict[str, type] = {}
+
+
+def register_objective(name: str) -> object:
+    """Class decorator: make an objective of yours available as ``objective=name`` (and
+    ``--objective name``), built as ``Class(vae)``. Import its module before fitting or resuming.
+
+    Raises:
+        ConfigError: for a name that vaekit's own objectives use.
+    """
+    if name in OBJECTIVES:
+        raise ConfigError(f"the objective name {name!r} is vaekit's own; choose another")
+
+    def add(cls: type) -> type:
+        _REGISTERED[name] = cls
+        return cls
+
+    return add
+
+
+def objective_names() -> tuple[str, ...]:
+    """Every objective name that `make_objective` builds: vaekit's and the registered ones."""
+    return (*OBJECTIVES, *_REGISTERED)
 
 
 @dataclass(frozen=True)
@@ -147,6 +229,10 @@ def check_objective(vae: VAE, name: str) -> None:
     Raises:
         ConfigError: naming the reason.
     """
+    if name not in objective_names():
+        raise ConfigError(f"unknown objective {name!r}; choose one of: "
+                          f"{', '.join(objective_names())} (your own: register_objective, and "
+                          "import its module first)")
     if name not in ("capacity", "free-bits"):
         return
     use = "use objective elbo or iwae"
@@ -181,8 +267,12 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
     """
     if name == "elbo":
         return Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
+    if name in _REGISTERED:
+        return _REGISTERED[name](vae)
     if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+        raise ConfigError(f"unknown objective {name!r}; choose one of: "
+                          f"{', '.join(objective_names())} (your own: register_objective, and "
+                          "import its module first)")
     if vae.beta != 1.0:
         raise ConfigError(f"the {name} objective has no β; leave beta at 1 (got {vae.beta:g})")
     check_objective(vae, name)

@@ -310,8 +310,9 @@ class TrainSettings:
                           min=1)
     batch_size: int = setting(1024, "Images per step.", min=1)
     lr: float = setting(2e-3, "Adam learning rate.", min=0, min_open=True)
-    objective: str = setting("elbo", "Training objective; the test -ELBO is reported whatever "
-                             "it is.", choices=("elbo", "iwae", "capacity", "free-bits"))
+    objective: str = setting("elbo", "Training objective: elbo, iwae, capacity, free-bits, or "
+                             "one registered with vaekit.objectives.register_objective; the "
+                             "test -ELBO is reported whatever it is.")
     beta_schedule: str = setting("constant", "β over steps: constant, linear:STEPS (warm-up) "
                                  "or cyclical:STEPS[:RATIO].")
     iwae_samples: int = setting(5, "K for the iwae objective.", min=1)

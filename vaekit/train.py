@@ -50,7 +50,7 @@ from vaekit.evaluation import evaluate_elbo, iwae_bound, site_log_probs
 from vaekit.io import FolderBusy, FolderLock, is_own_leftover
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE, import_plugin
-from vaekit.objectives import BetaSchedule, Capacity, check_objective, make_objective
+from vaekit.objectives import BetaSchedule, Capacity, Objective, check_objective, make_objective
 from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
 from vaekit.settings import (
     RESUME_OVERRIDES,
@@ -383,8 +383,7 @@ class _Trainer:
         if settings.batch_size % self.dist.world:
             raise ConfigError(f"batch_size {settings.batch_size} does not split over "
                               f"{self.dist.world} processes; use a multiple of {self.dist.world}")
-        if settings.objective != "elbo":
-            check_objective(vae, settings.objective)
+        check_objective(vae, settings.objective)
         wants_val = [what for what, on in (("patience", settings.patience),
                                            ("lr_schedule plateau",
                                             settings.lr_schedule.startswith("plateau")))
@@ -543,11 +542,19 @@ class _Trainer:
         # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
         # world size to give the gradient of the global batch's sum, as one process computes it.
         self.train_fn = self.loss_fn
+        wrap = None
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_fn = DistributedDataParallel(
-                self.loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
+            def wrap(module: torch.nn.Module) -> torch.nn.Module:
+                return DistributedDataParallel(
+                    module, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+            self.train_fn = wrap(self.loss_fn)
+        # an objective that owns part of the step: its networks and optimizers, wrapped alike
+        self.aux = isinstance(self.loss_fn, Objective)
+        if self.aux:
+            self.loss_fn.setup(dev, wrap)
         n, bs = self.train_x.shape[0], s.batch_size
         self.steps = n // bs + (1 if n % bs >= world else 0)  # a last batch too small to split: dropped
         self.lr = LearningRate(self.optimizer, s.lr_schedule, s.lr, s.lr_min, s.epochs * self.steps)
@@ -566,6 +573,8 @@ class _Trainer:
             self.lr.load_state_dict(state.get("lr_schedule") or {})
             if self.ema is not None and state.get("ema"):
                 load_ema_state(self.ema, state["ema"])
+            if self.aux and "objective" in state:
+                self.loss_fn.load_auxiliary_state(state["objective"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the checkpoint in {self.run_path} does not fit this run's "
                                   f"settings ({type(e).__name__}: {e})") from None
@@ -633,6 +642,8 @@ class _Trainer:
                 self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update_parameters(vae)
+                if self.aux:  # the objective's own updates, after the VAE's
+                    self.loss_fn.auxiliary_step(x, y, global_step)
                 acc += loss.detach()
                 if self.trackers and step % self.check_every == 0:
                     self.pending.append((global_step + 1, {
@@ -866,6 +877,8 @@ class _Trainer:
         pos.rng = {**ranks[0], "shuffle": shuffle, "ranks": ranks}
         try:
             extra = {"ema": ema_state(self.ema)} if self.ema is not None else {}
+            if self.aux:
+                extra["objective"] = self.loss_fn.auxiliary_state()
             runs.save_checkpoint(self.run_path, {
                 "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)})
