@@ -249,8 +249,8 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
             if run_note and _is_main_rank():
                 click.echo(run_note)
             # plug-ins named by a file are its code; those named here, the user's own request
-            named_here = [given["model"][k] for k in PLUGIN_FIELDS
-                          if is_plugin_name(given["model"].get(k))]
+            named_here = {k: given["model"][k] for k in PLUGIN_FIELDS
+                          if is_plugin_name(given["model"].get(k))}
             named_by_file = any(is_plugin_name(from_file.get("model", {}).get(k))
                                 and k not in given["model"] for k in PLUGIN_FIELDS)
             result = fit_settings(specs["model"], specs["data"], specs["train"], specs["run"],
@@ -682,29 +682,21 @@ def traverse(run_dir: Path, device: str, dims: int, index: int, prior_base: bool
     The other dimensions stay at the base point. In a conditional run the test images are
     encoded with their labels and every image is decoded as one class (--label).
     """
-    import torch
-
     from vaekit import plots
-    from vaekit.evaluation import dimension_scores
+    from vaekit.evaluation import traversal_plan
 
     with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         label = _check_label(vae, label)
         x_obs, y = _test_set(vae, run_dir, data_root, download, limit)
-        y = y if vae.num_classes else None
         _check_index("--index", index, x_obs.shape[0])
-        score, what = dimension_scores(vae, x_obs, y=y)
-        order = torch.argsort(score, descending=True)[: min(dims, vae.z_dim)].tolist()
-        base = (torch.zeros(vae.z_dim) if prior_base else
-                vae.encode(x_obs[index : index + 1], None if y is None else y[index : index + 1])
-                [0][0])
-        if vae.num_classes and label is None:
-            label = 0 if prior_base else int(y[index])
-        rows = [f"z{d}  {what} {score[d]:.2f}" for d in order]
-        path = plots.save_traversals(vae, base, order, _out_dir(run_dir, out) / "traverse.png",
-                                     steps=steps, span=span, labels=rows, label=label)
-    shown = "" if label is None else f", class {label}"
-    click.echo(f"wrote {path} (rows: {', '.join(f'z{d}' for d in order)}{shown})")
+        plan = traversal_plan(vae, x_obs, y if vae.num_classes else None, dims, index,
+                              prior_base, label)
+        path = plots.save_traversals(vae, plan.base, plan.dims,
+                                     _out_dir(run_dir, out) / "traverse.png", steps=steps,
+                                     span=span, labels=plan.rows, label=plan.label)
+    shown = "" if plan.label is None else f", class {plan.label}"
+    click.echo(f"wrote {path} (rows: {', '.join(f'z{d}' for d in plan.dims)}{shown})")
 
 
 @cli.command("latent-map")
@@ -725,31 +717,13 @@ def latent_map(run_dir: Path, device: str, limit: int | None, grid: int, label: 
     Normal quantiles. A conditional run encodes each image with its label, so the map shows
     what z holds besides the class.
     """
-    import torch
-
     from vaekit import plots
 
     with _UserErrors(_OUT_FIX):
         vae = _open_run(run_dir, device)
         label = _check_label(vae, label)
-        if vae.num_classes and label is None:
-            label = 0
         x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
-        folder = _out_dir(run_dir, out)
-        y = labels if vae.num_classes else None
-        z = torch.cat([vae.encode(x_obs[i : i + 1000], None if y is None else y[i : i + 1000])
-                       [0].cpu() for i in range(0, x_obs.shape[0], 1000)])
-        points, explained = plots.project_2d(z)
-        if explained is None:
-            axes = ("z0", "z1") if vae.z_dim == 2 else ("z0", "")
-            title = f"posterior means of {len(z)} test images"
-        else:
-            axes = (f"PC1 ({explained[0]:.0%} of variance)", f"PC2 ({explained[1]:.0%})")
-            title = f"posterior means of {len(z)} test images, PCA of z_dim={vae.z_dim}"
-        written = [plots.save_latent_map(points, labels, folder / "latent_map.png", axes, title)]
-        if vae.z_dim == 2:
-            written.append(plots.save_manifold(vae, folder / "manifold.png", n=grid,
-                                               label=label))
+        written = plots.draw_latent_map(vae, x_obs, labels, _out_dir(run_dir, out), grid, label)
     for path in written:
         click.echo(f"wrote {path}")
 

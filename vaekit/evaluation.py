@@ -36,6 +36,8 @@ __all__ = [
     "site_log_probs",
     "SiteLogProbs",
     "is_standard_gaussian",
+    "traversal_plan",
+    "TraversalPlan",
 ]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -327,6 +329,48 @@ def dimension_scores(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
                                       None if y is None else y[i : i + batch_size])[0].cpu()
                            for i in range(0, x.shape[0], batch_size)])
     return means.var(0) if means.shape[0] > 1 else torch.zeros(vae.z_dim), "Var"
+
+
+@dataclass(frozen=True)
+class TraversalPlan:
+    """What ``vaekit traverse`` sweeps (`traversal_plan`).
+
+    Attributes:
+        dims: The latent dimensions, most used first.
+        rows: One caption per dimension, e.g. ``"z3  KL 2.41"``.
+        base: The point ``[z_dim]`` the other dimensions stay at.
+        label: The class every image is decoded as (None: unconditional).
+    """
+
+    dims: list[int]
+    rows: list[str]
+    base: torch.Tensor
+    label: int | None
+
+
+@torch.no_grad()
+def traversal_plan(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, dims: int = 10,
+                   index: int = 0, prior_base: bool = False, label: int | None = None
+                   ) -> TraversalPlan:
+    """The ``dims`` most used latent dimensions (`dimension_scores` on ``x``) and the base point:
+    image ``index``'s posterior mean, or z = 0 (the prior's mean) with ``prior_base``. A
+    conditional VAE decodes as ``label``, by default the base image's class (0 with
+    ``prior_base``).
+
+    Raises:
+        ConfigError: for an ``index`` outside ``x``.
+    """
+    if not 0 <= index < x.shape[0]:
+        raise ConfigError(f"--index {index} is outside the {x.shape[0]} test images; use 0.."
+                          f"{x.shape[0] - 1}")
+    score, what = dimension_scores(vae, x, y=y)
+    order = torch.argsort(score, descending=True)[: min(dims, vae.z_dim)].tolist()
+    with eval_mode(vae):
+        base = (torch.zeros(vae.z_dim) if prior_base else
+                vae.encode(x[index : index + 1], None if y is None else y[index : index + 1])[0][0])
+    if vae.num_classes and label is None:
+        label = 0 if prior_base or y is None else int(y[index])
+    return TraversalPlan(order, [f"z{d}  {what} {score[d]:.2f}" for d in order], base, label)
 
 
 def active_units(z_loc: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

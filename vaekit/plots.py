@@ -297,3 +297,34 @@ def save_manifold(vae: VAE, path: str | os.PathLike[str], n: int = 20,
     with eval_mode(vae):
         images = vae.decode(torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1), label)
     return _save_grid(images, path, nrow=n, padding=0)
+
+
+def draw_latent_map(vae: VAE, x: torch.Tensor, labels: torch.Tensor,
+                    folder: str | os.PathLike[str], grid: int = 20, label: int | None = None,
+                    batch_size: int = 1000) -> list[Path]:
+    """What ``vaekit latent-map`` draws: ``latent_map.png`` (the posterior means of ``x``
+    coloured by ``labels``, on their first two principal components when z_dim > 2) and, for
+    z_dim == 2, ``manifold.png`` (`save_manifold`, decoded as class ``label``).
+
+    A conditional VAE encodes each image with its label. Returns the paths written.
+    """
+    y = labels if vae.num_classes else None
+    if vae.num_classes and label is None:
+        label = 0
+    with torch.no_grad(), eval_mode(vae):
+        z = torch.cat([vae.encode(x[i : i + batch_size],
+                                  None if y is None else y[i : i + batch_size])[0].cpu()
+                       for i in range(0, x.shape[0], batch_size)])
+    points, explained = project_2d(z)
+    if explained is None:
+        axes = ("z0", "z1") if vae.z_dim == 2 else ("z0", "")
+        title = f"posterior means of {len(z)} test images"
+    else:
+        axes = (f"PC1 ({explained[0]:.0%} of variance)", f"PC2 ({explained[1]:.0%})")
+        title = f"posterior means of {len(z)} test images, PCA of z_dim={vae.z_dim}"
+    folder = Path(folder)
+    written = [save_latent_map(points, labels, folder / "latent_map.png", axes, title)]
+    if vae.z_dim == 2:
+        written.append(save_manifold(vae, folder / "manifold.png", n=grid, label=label))
+    return written
+

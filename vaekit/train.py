@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,17 +298,17 @@ def resume(
 
 def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: RunOptions,
                  verbose: bool = True, trust_plugins: bool = True,
-                 trusted: Sequence[str] = ()) -> FitResult:
+                 trusted: Mapping[str, str] | None = None) -> FitResult:
     """Load the data, build the model and fit it, all from settings (what ``vaekit fit`` does).
 
     The initial weights are seeded with ``train.seed``. The run folder is ``run.out``, or
     ``runs/<timestamp>`` when it is None. With ``trust_plugins=False`` (settings read from a
     file), a network, prior, posterior or likelihood named ``module:Class`` is imported only if
-    its module already is, or is one of ``trusted`` (the ``module:Class`` names the user gave
-    themselves, e.g. on the command line).
+    its module already is, or is one of ``trusted`` (``{field: "module:Class"}`` that the user
+    gave themselves, e.g. on the command line).
     """
-    for name in trusted:
-        import_plugin(str(name).partition(":")[0], f"{name!r}", trust=True)
+    for part, name in (trusted or {}).items():
+        import_plugin(str(name).partition(":")[0], f"the {part} {name!r}", trust=True)
     splits = load_splits(data)
     loggers = make_loggers(run.logger, run.mlflow_uri)  # a missing library: before anything
     (train_x, train_y), (test_x, test_y) = splits.train, splits.test
