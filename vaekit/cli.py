@@ -223,12 +223,10 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
                     "come from its config.json (only "
                     f"{', '.join(_flag(ctx, sec, k) for sec, k in RESUME_SETTINGS)} can)")
         if nproc > 1 and "LOCAL_RANK" not in os.environ:  # launch the ranks with the same options
-            from vaekit.distributed import launch
+            from vaekit.distributed import relaunch
 
-            argv = _without_option(sys.argv[1:], "--nproc")
-            if resume_dir is None and "out" not in given["run"]:  # every rank the same folder
-                argv += ["--out", from_file["run"]["out"]]
-            sys.exit(launch(nproc, argv))
+            sys.exit(relaunch(nproc, sys.argv[1:], out=None if resume_dir is not None or
+                              "out" in given["run"] else from_file["run"]["out"]))
         if resume_dir is not None:
             from vaekit.train import resume_run
 
@@ -748,16 +746,3 @@ def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
     if not table.settings:
         click.echo("(the runs' settings are the same)")
     click.echo(f"wrote {path}")
-
-
-def _without_option(argv: list[str], name: str) -> list[str]:
-    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == name:
-            skip = True
-        elif not a.startswith(name + "="):
-            out.append(a)
-    return out

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["Context", "setup", "launch", "GlobalBatchNorm2d", "convert_sync_batchnorm",
-           "lost_a_rank", "LAUNCHED"]
+           "relaunch", "lost_a_rank", "LAUNCHED"]
 
 
 class Context:
@@ -246,6 +246,24 @@ def _wait_for_ranks(ranks: list[subprocess.Popen[bytes]], grace: float = 30.0,
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
+
+
+def relaunch(nproc: int, argv: Sequence[str], out: str | None = None) -> int:
+    """``vaekit ARGV`` again in ``nproc`` ranks (`launch`), without its ``--nproc`` and with
+    ``--out OUT`` added when given (every rank must write the same run folder).
+
+    Returns:
+        The exit code for the launcher (see `launch`).
+    """
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    return launch(nproc, [*args, *(["--out", out] if out is not None else [])])
 
 
 def _option_value(argv: Sequence[str], name: str) -> str | None:
