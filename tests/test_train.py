@@ -16,7 +16,7 @@ def new_vae(seed=0, **kwargs):
     return VAE(**kwargs)
 
 
-RUN_FILES = {"config.json", "checkpoint.pt", "metrics.csv", "samples.png",
+RUN_FILES = {"config.json", "checkpoint.pt", "metrics.csv", "samples.png", ".pictures.json",
              "reconstructions.png", "loss.png"}
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "default_run_dir",
     "is_run_dir",
     "is_vaekit_run",
+    "RunFolder",
     "remove_stale_temporaries",
     "load",
     "load_weights",
@@ -475,3 +476,139 @@ def load_weights(vae: Any, state: dict[str, Any], run_dir: str | os.PathLike[str
             f"the checkpoint in {run_dir} does not match its config.json: missing keys "
             f"{some(result.missing_keys) or 'none'}; unexpected keys "
             f"{some(result.unexpected_keys) or 'none'}")
+
+
+class RunFolder:
+    """The run folder a fit writes, on rank 0: lock, ``config.json``, checkpoints, ``best.pt``,
+    ``metrics.csv`` and pictures, each written whole or not at all, each failure one line.
+
+        folder = RunFolder("runs/a")
+        folder.claim(config, overwrite=False, resuming=False)   # lock, check, write config.json
+        folder.save_checkpoint(state, row)                       # then metrics.csv gets row
+        folder.release()
+
+    The rules: the lock is taken before anything in the folder is touched and held until
+    `release` (a second writer is refused with the holder's PID); a folder is overwritten only
+    when it is provably a vaekit run (`is_vaekit_run`); ``best.pt`` is written before the
+    checkpoint of its epoch, so a kill between the two redoes the epoch; ``metrics.csv`` follows
+    the checkpoint (its row is written after the checkpoint, and rewritten whole from the
+    checkpoint on resume); the pictures are marked complete only once all are written.
+
+    Args:
+        path: The folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.lock: Any = None
+        self.saved: str | None = None  # what the last checkpoint holds, for messages
+
+    def claim(self, config: dict[str, Any], overwrite: bool = False,
+              resuming: bool = False) -> None:
+        """Lock the folder, check it may be written, and write ``config.json``.
+
+        Raises:
+            ConfigError: the folder is in the way, busy or not writable (nothing is changed).
+        """
+        from vaekit.errors import ConfigError
+        from vaekit.io import FolderBusy, FolderLock, is_own_leftover, remove_stale_temporaries
+
+        path = self.path
+        try:
+            if not resuming and path.exists() and not all(
+                    is_own_leftover(p) for p in path.iterdir()):  # e.g. killed mid-config
+                if not overwrite:
+                    what = "a vaekit run" if is_run_dir(path) else "not empty"
+                    raise ConfigError(f"{path} already exists and is {what}; pick another out "
+                                      "folder, resume it, or overwrite it")
+                if not is_vaekit_run(path):  # the user's own files: never deleted
+                    raise ConfigError(f"{path} holds files but is not a vaekit run (no "
+                                      "config.json that vaekit wrote with a checkpoint.pt), so "
+                                      "overwrite leaves it alone; pick another out folder")
+            try:
+                self.lock = FolderLock(path).acquire()
+            except FolderBusy as e:
+                raise ConfigError(str(e)) from None
+            remove_stale_temporaries(path)  # a killed writer's
+            if not resuming and overwrite:
+                for name in RUN_FILES:
+                    (path / name).unlink(missing_ok=True)
+            write_config(path, {**config, "run": {**(config.get("run") or {}),
+                                                  "out": str(path)}})
+        except ConfigError:
+            self.release()
+            raise
+        except OSError as e:  # not writable, a name too long for the file system ...
+            self.release()
+            raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); choose "
+                              "a writable out folder") from None
+
+    def release(self) -> None:
+        """Give the lock back."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def save_checkpoint(self, state: dict[str, Any], row: dict[str, float] | None = None
+                        ) -> None:
+        """The checkpoint, then ``row`` appended to ``metrics.csv``.
+
+        Raises:
+            CheckpointError: one line saying whether an earlier checkpoint is intact.
+        """
+        try:
+            save_checkpoint(self.path, state)
+            if row is not None:
+                append_metrics(self.path, row)
+        except (OSError, RuntimeError) as e:  # torch.save on a full disk: RuntimeError
+            kept = ("the previous checkpoint is intact: free space, then resume"
+                    if self.saved is not None or (self.path / CHECKPOINT).exists()
+                    else "no checkpoint was written yet: free space, then resume (it starts "
+                    "from the seeded initial weights)")
+            raise CheckpointError(f"could not write the checkpoint in {self.path} "
+                                  f"({_reason(e)}); {kept}") from None
+        epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+        self.saved = (f"The checkpoint after {epoch} epochs and {step} steps is kept in "
+                      f"{self.path}" if epoch or step else
+                      f"The initial weights are kept in {self.path}")
+
+    def save_best(self, weights: dict[str, Any], epoch: int, key: str, value: float) -> None:
+        """``best.pt``: the best validation epoch's weights and its value of ``key``.
+
+        Raises:
+            CheckpointError: one line.
+        """
+        try:
+            save_checkpoint(self.path, {"model": weights, "epoch": epoch, "step": 0, key: value},
+                            name=BEST)
+        except (OSError, RuntimeError) as e:
+            raise CheckpointError(f"could not write {BEST} in {self.path} ({_reason(e)}); free "
+                                  "space, then resume") from None
+
+    def rewrite_metrics(self, history: list[dict[str, float]]) -> None:
+        """``metrics.csv`` as the checkpoint's history says, whole and at once."""
+        write_metrics(self.path, history)
+
+    def pictures_complete(self, epoch: int) -> bool:
+        """See `pictures_complete`."""
+        return pictures_complete(self.path, epoch)
+
+    def write_pictures(self, draw: Any, epoch: int) -> None:
+        """``draw(folder)`` writes the pictures; then they are marked as ``epoch``'s.
+
+        Raises:
+            CheckpointError: one line (a full disk), the checkpoint being written already.
+        """
+        try:
+            draw(self.path)
+            mark_pictures(self.path, epoch)
+        except OSError as e:
+            raise CheckpointError(f"could not write the pictures in {self.path} "
+                                  f"({e.strerror or e}); the checkpoint is written: free space, "
+                                  "then resume") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an error, or its OS reason."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+

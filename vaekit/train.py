@@ -47,7 +47,6 @@ from vaekit.errors import (
     TrainingError,
 )
 from vaekit.evaluation import evaluate_elbo, iwae_bound, site_log_probs
-from vaekit.io import FolderBusy, FolderLock, is_own_leftover
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE, import_plugin
 from vaekit.objectives import BetaSchedule, Capacity, Objective, check_objective, make_objective
@@ -408,9 +407,7 @@ class _Trainer:
         self.progress = progress and self.dist.main
         self.verbose = verbose and self.dist.main
         self.run_path = Path(run_dir) if run_dir is not None else None
-        self.saved: str | None = None  # what the last checkpoint holds, for error messages
-        self.written = False  # a checkpoint of this session is on disk
-        self.lock: FolderLock | None = None
+        self.folder = runs.RunFolder(self.run_path) if self.run_path is not None else None
         self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
         self.new_lr = False  # resume was given a learning rate
         self.trackers = Trackers(list(loggers or []) if self.dist.main else [])  # rank 0 logs
@@ -430,8 +427,8 @@ class _Trainer:
                                  else "FAILED")
             raise
         finally:
-            if self.lock is not None:
-                self.lock.release()
+            if self.folder is not None:
+                self.folder.release()
 
     def _train(self, position: Position | None, state: dict[str, Any]) -> FitResult:
         with _deterministic(self.s.deterministic):
@@ -445,62 +442,27 @@ class _Trainer:
                 while pos.epoch < self.s.epochs and not self._out_of_patience(pos.history):
                     self._train_epoch(pos)
                     self._end_epoch(pos)
-                if self.run_path is not None and self.dist.main and pos.history and \
-                        not runs.pictures_complete(self.run_path, pos.epoch):  # killed while
+                if self.folder is not None and self.dist.main and pos.history and \
+                        not self.folder.pictures_complete(pos.epoch):  # killed while
                     self._write_pictures(pos.history)  # drawing them, a full disk: draw again
         return self._finish(pos)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare_run_dir(self, config: dict[str, Any], overwrite: bool, resuming: bool) -> None:
-        """Lock, check and write the run folder on rank 0; its error, if any, stops every rank.
-
-        The lock (`vaekit.io.FolderLock`) is taken before anything in the folder is touched and
-        held until the fit ends: a second writer is refused with the holder's PID.
-        """
-        path = self.run_path
-        if path is None:
+        """Claim the run folder on rank 0 (`runs.RunFolder.claim`); its error stops every rank."""
+        if self.folder is None:
             return
         error = None
         if self.dist.main:
             try:
-                if not resuming and path.exists() and not all(
-                        is_own_leftover(p) for p in path.iterdir()):  # e.g. killed mid-config
-                    if not overwrite:
-                        what = "a vaekit run" if runs.is_run_dir(path) else "not empty"
-                        raise ConfigError(f"{path} already exists and is {what}; pick another "
-                                          "out folder, resume it, or overwrite it")
-                    if not runs.is_vaekit_run(path):  # the user's own files: never deleted
-                        raise ConfigError(f"{path} holds files but is not a vaekit run (no "
-                                          "config.json that vaekit wrote with a checkpoint.pt), "
-                                          "so overwrite leaves it alone; pick another out folder")
-                try:
-                    self.lock = FolderLock(path).acquire()
-                except FolderBusy as e:
-                    raise ConfigError(str(e)) from None
-                except OSError as e:
-                    raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); "
-                                      "choose a writable out folder") from None
-                runs.remove_stale_temporaries(path)  # a killed writer's (none if no folder)
-                if not resuming and overwrite:
-                    for name in runs.RUN_FILES:
-                        (path / name).unlink(missing_ok=True)
-                config = {**config, "run": {**(config.get("run") or {}), "out": str(path)}}
-                try:
-                    path.mkdir(parents=True, exist_ok=True)
-                    runs.write_config(path, config)
-                except OSError as e:
-                    raise ConfigError(f"cannot write the run folder {path} ({e.strerror or e}); "
-                                      "choose a writable out folder") from None
+                self.folder.claim(config, overwrite, resuming)
             except ConfigError as e:
                 error = str(e)
-            except OSError as e:  # e.g. a name too long for the file system
-                error = (f"cannot use the run folder {path} ({e.strerror or e}); choose another "
-                         "out folder")
         error = self.dist.from_main(error)
         if error:
             raise ConfigError(error)
         if self.verbose and not resuming:  # announced once it is claimed, never before
-            tqdm.write(f"run folder: {path}")
+            tqdm.write(f"run folder: {self.folder.path}")
 
     def _build(self) -> None:
         """Seeds, the model and data on the device, the objective, the optimizer."""
@@ -591,8 +553,8 @@ class _Trainer:
             raise CheckpointError(f"the checkpoint in {self.run_path} has unusable random states "
                                   f"({type(e).__name__}: {e}); restore it or delete it to start "
                                   "over") from None
-        if self.run_path is not None and self.dist.main:  # metrics.csv follows the checkpoint,
-            runs.write_metrics(self.run_path, position.history)  # rewritten whole, at once
+        if self.folder is not None and self.dist.main:  # metrics.csv follows the checkpoint
+            self.folder.rewrite_metrics(position.history)
         return position
 
     # -- one epoch --------------------------------------------------------------------------------
@@ -627,7 +589,7 @@ class _Trainer:
                 if step % self.check_every == 0 and not torch.isfinite(loss):
                     if not s.skip_nonfinite:
                         raise TrainingError(_nonfinite_message(vae, x, y, epoch, step + 1, s,
-                                                               self.saved))
+                                                               self._saved))
                     pos.skipped += 1
                     bar.update(x.shape[0])
                     continue
@@ -664,7 +626,7 @@ class _Trainer:
                     raise Interrupted(self.stopping, epoch, pos.step, self.run_path)
         self.train_loss = self.dist.all_sum(acc).item() / n
         if not math.isfinite(self.train_loss):
-            raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self.saved))
+            raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self._saved))
 
     def _finite_gradients(self) -> bool:
         """Whether every gradient is finite (on every rank)."""
@@ -705,6 +667,11 @@ class _Trainer:
         else:
             self.stopping = self.stop.signum
         return loss
+
+    @property
+    def _saved(self) -> str | None:
+        """What the last checkpoint holds (None: no run folder, or none written yet)."""
+        return self.folder.saved if self.folder is not None else None
 
     @property
     def model(self) -> VAE:
@@ -828,15 +795,8 @@ class _Trainer:
         """Keep `model`'s weights as the best so far: in memory, and as best.pt in the folder."""
         weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.best_weights = weights
-        if self.run_path is None or not self.dist.main:
-            return
-        try:
-            runs.save_checkpoint(self.run_path, {"model": weights, "epoch": epoch, "step": 0,
-                                                 key: value}, name=runs.BEST)
-        except (OSError, RuntimeError) as e:
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise CheckpointError(f"could not write {runs.BEST} in {self.run_path} ({why}); "
-                                  "free space, then resume") from None
+        if self.folder is not None and self.dist.main:
+            self.folder.save_best(weights, epoch, key, value)
 
     def _finish(self, pos: Position) -> FitResult:
         """Hand back the model as `vaekit.load` builds it, so both compute the same numbers:
@@ -875,38 +835,17 @@ class _Trainer:
             return
         shuffle = self.shuffle.get_state() if pos.step == 0 else pos.rng["shuffle"]
         pos.rng = {**ranks[0], "shuffle": shuffle, "ranks": ranks}
-        try:
-            extra = {"ema": ema_state(self.ema)} if self.ema is not None else {}
-            if self.aux:
-                extra["objective"] = self.loss_fn.auxiliary_state()
-            runs.save_checkpoint(self.run_path, {
-                "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)})
-            if row is not None:
-                runs.append_metrics(self.run_path, row)
-            self._flush_logs()
-            self.written = True
-            self.saved = (f"The checkpoint after {pos.epoch} epochs and {pos.step} steps is kept "
-                          f"in {self.run_path}" if pos.epoch or pos.step else
-                          f"The initial weights are kept in {self.run_path}")
-        except (OSError, RuntimeError) as e:  # torch.save on a full disk: RuntimeError
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            kept = ("the previous checkpoint is intact: free space, then resume"
-                    if self.written or (self.run_path / runs.CHECKPOINT).exists()
-                    else "no checkpoint was written yet: free space, then resume (it starts "
-                    "from the seeded initial weights)")
-            raise CheckpointError(f"could not write the checkpoint in {self.run_path} ({why}); "
-                                  f"{kept}") from None
+        extra = {"ema": ema_state(self.ema)} if self.ema is not None else {}
+        if self.aux:
+            extra["objective"] = self.loss_fn.auxiliary_state()
+        self.folder.save_checkpoint({
+            "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)}, row)
+        self._flush_logs()
 
     def _write_pictures(self, history: list[dict[str, float]]) -> None:
         """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
-        try:
-            self._draw(history)
-            runs.mark_pictures(self.run_path, int(history[-1]["epoch"]))
-        except OSError as e:
-            raise CheckpointError(f"could not write the pictures in {self.run_path} "
-                                  f"({e.strerror or e}); the checkpoint is written: free space, "
-                                  "then resume") from None
+        self.folder.write_pictures(lambda _: self._draw(history), int(history[-1]["epoch"]))
 
     def _draw(self, history: list[dict[str, float]]) -> None:
         assert self.run_path is not None
