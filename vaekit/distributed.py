@@ -62,6 +62,36 @@ class Context:
         dist.all_gather_object(out, obj)
         return out
 
+    def agree(self, *flags: float) -> list[int]:
+        """The largest of each flag over ranks, the same list on every rank (as ints).
+
+        Read at one point of the loop on every rank, so that a signal handled by one rank a
+        moment later than by another cannot send them down different branches (and into
+        different collectives, which would hang): e.g. ``stop, bad = agree(signum, not ok)``.
+        """
+        t = torch.tensor([float(f) for f in flags])
+        return [int(v) for v in (self.all_max(t) if self.active else t).tolist()]
+
+    def random_states(self, device: torch.device) -> list[dict[str, torch.Tensor]]:
+        """Every rank's torch (and CUDA) random state, in rank order, for an exact resume."""
+        own = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(device)
+        return self.gather(own)
+
+    def restore_random_state(self, state: dict[str, Any], device: torch.device) -> None:
+        """Set this rank's random state from a checkpoint's ``rng`` (`random_states` of the
+        ranks that saved it): its own when the world size is unchanged, else fresh noise
+        derived from it."""
+        ranks = state.get("ranks", [])
+        own = ranks[self.rank] if len(ranks) == self.world else state
+        if self.world > 1 and len(ranks) != self.world:
+            own = {"torch": torch.Generator().manual_seed(int(state["torch"][:8].sum())
+                                                          + self.rank).get_state()}
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and "cuda" in own:
+            torch.cuda.set_rng_state(own["cuda"], device)
+
     def from_main(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.active:

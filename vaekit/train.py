@@ -548,7 +548,8 @@ class _Trainer:
                                   f"of an epoch of {self.steps} steps; restore it or delete it "
                                   "to start over")
         try:
-            _set_rng_state(position.rng, self.shuffle, self.dev, self.dist.rank, self.dist.world)
+            self.shuffle.set_state(position.rng["shuffle"])
+            self.dist.restore_random_state(position.rng, self.dev)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise CheckpointError(f"the checkpoint in {self.run_path} has unusable random states "
                                   f"({type(e).__name__}: {e}); restore it or delete it to start "
@@ -637,15 +638,8 @@ class _Trainer:
         return finite
 
     def _agreed_stop(self) -> int:
-        """The signal that stops training, the same on every rank (0: none so far).
-
-        Read at one point of the loop on every rank (an all-reduce with several processes), so
-        that a signal handled by one rank a moment later than by another cannot send them down
-        different branches (and into different collectives, which would hang).
-        """
-        flag = torch.tensor([float(self.stop.signum)])
-        self.stopping = int(self.dist.all_max(flag).item()) if self.dist.world > 1 else \
-            int(flag.item())
+        """The signal that stops training, the same on every rank (0: none so far)."""
+        self.stopping = self.dist.agree(self.stop.signum)[0]
         return self.stopping
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -660,8 +654,7 @@ class _Trainer:
                 raise
             loss = torch.tensor(float("nan"), device=dev)
         if self.dist.world > 1:  # every rank learns of a signal or a bad loss on any rank
-            flags = torch.tensor([float(self.stop.signum), float(not torch.isfinite(loss))])
-            self.stopping, bad = (int(v) for v in self.dist.all_max(flags).tolist())
+            self.stopping, bad = self.dist.agree(self.stop.signum, not torch.isfinite(loss))
             if bad:
                 loss = loss * float("nan")
         else:
@@ -827,10 +820,7 @@ class _Trainer:
         if self.run_path is None:
             self._flush_logs()  # nothing to resume from: hand them over now
             return
-        own = {"torch": torch.get_rng_state()}
-        if self.dev.type == "cuda":
-            own["cuda"] = torch.cuda.get_rng_state(self.dev)
-        ranks = self.dist.gather(own)  # every rank's random state, for an exact resume
+        ranks = self.dist.random_states(self.dev)  # every rank's, for an exact resume
         if not self.dist.main:
             return
         shuffle = self.shuffle.get_state() if pos.step == 0 else pos.rng["shuffle"]
@@ -955,16 +945,3 @@ class _stop_on_signals:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
-
-
-def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator, dev: torch.device,
-                   rank: int, world: int) -> None:
-    """Restore the random state; each rank its own when the world size is unchanged."""
-    shuffle.set_state(state["shuffle"])
-    own = state["ranks"][rank] if len(state.get("ranks", [])) == world else state
-    if world > 1 and len(state.get("ranks", [])) != world:  # another world size: fresh noise
-        own = {"torch": torch.Generator().manual_seed(int(state["torch"][:8].sum()) + rank)
-               .get_state()}
-    torch.set_rng_state(own["torch"])
-    if dev.type == "cuda" and "cuda" in own:
-        torch.cuda.set_rng_state(own["cuda"], dev)
