@@ -74,11 +74,16 @@ def main() -> None:
     """The ``vaekit`` command: `cli`, with Ctrl-C at any moment (imports, data loading, a rank's
     start-up) one line and exit code 130, as an interrupted ``vaekit fit`` gives."""
     try:
-        code = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt
-        _fail("interrupted", code=130)
-    except KeyboardInterrupt:
-        _fail("interrupted", code=130)
+        try:
+            code = cli.main(standalone_mode=False)
+        except (click.exceptions.Abort, KeyboardInterrupt):  # Abort: click's form of the latter
+            _fail("interrupted", code=130)
+    except SystemExit as e:
+        if e.code == 130:  # os._exit: an interrupt caught inside an import (torch's, say) can
+            sys.stdout.flush()  # be raised again as the interpreter shuts down, turning the
+            sys.stderr.flush()  # code into a death by SIGINT; every file written is whole
+            os._exit(130)
+        raise
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -29,8 +29,8 @@ import torch
 
 from vaekit.errors import ConfigError
 
-__all__ = ["Logger", "RunInfo", "Trackers", "TensorBoardLogger", "MLflowLogger", "make_loggers",
-           "check_installed", "flat_params", "TRACKING_FILE"]
+__all__ = ["Logger", "RunInfo", "Trackers", "Reporter", "epoch_line", "TensorBoardLogger",
+           "MLflowLogger", "make_loggers", "check_installed", "flat_params", "TRACKING_FILE"]
 
 TRACKING_FILE = "tracking.json"
 """What a run folder records of its trackers (the MLflow run id), so that resume continues them."""
@@ -150,6 +150,102 @@ class Trackers:
             except Exception as e:
                 self.warn(f"warning: the {_name(logger)} tracker could not finish ({_why(e)}); "
                           "the run folder has everything")
+
+
+class Reporter:
+    """What a fit tells people, on rank 0 only: the progress bar, one console line per epoch,
+    and the trackers, whose step metrics wait in a buffer until a checkpoint makes them safe
+    (`flush`), so that a resumed run, which starts again from its checkpoint, logs no step twice.
+
+    Args:
+        loggers: The experiment trackers (guarded by `Trackers`).
+        verbose: Print the epoch lines.
+        progress: Show a progress bar.
+        main: This is rank 0 (the others report nothing).
+    """
+
+    def __init__(self, loggers: Sequence[Logger] = (), verbose: bool = True,
+                 progress: bool = True, main: bool = True) -> None:
+        self.trackers = Trackers(list(loggers) if main else [])
+        self.verbose, self.progress = verbose and main, progress and main
+        self.pending: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def tracking(self) -> bool:
+        """Whether any tracker listens (step metrics are worth computing)."""
+        return bool(self.trackers)
+
+    def start(self, config: Mapping[str, Any], run_dir: Path | None, step: int,
+              resumed: bool) -> None:
+        """Start the trackers with the run's settings and tags (see `Trackers.start`)."""
+        if not self.trackers:
+            return
+        model = config.get("model") or {}
+        tags = {k: str(model.get(k)) for k in ("likelihood", "prior", "posterior", "nets")}
+        tags["vaekit_version"] = str(config.get("vaekit_version"))
+        name = run_dir.name if run_dir is not None else "vaekit"
+        self.trackers.start(RunInfo(run_dir, name, flat_params(config), tags, step=step,
+                                    resumed=resumed))
+
+    def bar(self, total: int, initial: int, desc: str) -> Any:
+        """A progress bar over images (a notebook widget in Jupyter)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit="img", unit_scale=True,
+                    leave=False, disable=not self.progress, dynamic_ncols=True)
+
+    def line(self, text: str) -> None:
+        """One console line, printed and flushed at once (it shows in a log file as it comes)."""
+        if self.verbose:
+            import sys
+
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
+            sys.stdout.flush()
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        """Buffer a training step's metrics (``train/...``) for the trackers."""
+        if self.trackers:
+            self.pending.append((step, metrics))
+
+    def flush(self) -> None:
+        """Hand the buffered step metrics to the trackers (call once a checkpoint is safe)."""
+        pending, self.pending = self.pending, []
+        for step, metrics in pending:
+            self.trackers.log_metrics(metrics, step)
+
+    def epoch(self, row: Mapping[str, float], step: int, images_per_second: float,
+              pictures: Mapping[str, Path] | None = None) -> None:
+        """The epoch's row of metrics.csv (``epoch/...``) and its pictures, at its last step."""
+        if not self.trackers:
+            return
+        metrics = {f"epoch/{k}": float(v) for k, v in row.items()}
+        metrics["epoch/images_per_second"] = images_per_second
+        self.trackers.log_metrics(metrics, step)
+        if pictures:
+            from torchvision.io import read_image
+
+            self.trackers.log_images({k: read_image(str(p))[:3].float() / 255
+                                      for k, p in pictures.items()}, step)
+
+    def finish(self, summary: Mapping[str, float], status: str = "FINISHED") -> None:
+        """Finish the trackers (each once; never raises)."""
+        self.trackers.finish(summary, status)
+
+
+def epoch_line(row: Mapping[str, float], epochs: int, improved: bool, key: str,
+               iwae_samples: int) -> str:
+    """The console line of an epoch's row of metrics.csv: train loss, validation bounds (``*``
+    on the one that selects ``best.pt``, when it improved), test -ELBO, seconds."""
+    mark = " *" if improved else ""
+    val = (f"  val -ELBO {row['val_neg_elbo']:.2f}{mark if key == 'val_neg_elbo' else ''}"
+           if "val_neg_elbo" in row else "")
+    if "val_neg_iwae" in row:
+        val += f"  val -IWAE{iwae_samples} {row['val_neg_iwae']:.2f}{mark}"
+    return (f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.2f}{val}  test "
+            f"-ELBO {row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
+            + (f"  skipped {int(row['skipped'])} batches" if row["skipped"] else ""))
 
 
 def check_installed(names: Sequence[str]) -> None:

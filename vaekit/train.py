@@ -23,7 +23,6 @@ import dataclasses
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,6 @@ from typing import Any
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from vaekit import distributed, plots, runs
 from vaekit.data import load_splits, resolve_data_root, to_unit
@@ -59,7 +57,7 @@ from vaekit.settings import (
     TrainSettings,
     from_mapping,
 )
-from vaekit.tracking import Logger, RunInfo, Trackers, flat_params, make_loggers
+from vaekit.tracking import Logger, Reporter, epoch_line, make_loggers
 
 __all__ = [
     "TrainSettings",
@@ -404,14 +402,11 @@ class _Trainer:
         self.vae, self.s = vae, settings
         self.train_data, self.test_data, self.val_data = train_data, test_data, val_data
         self.train_labels, self.test_labels, self.val_labels = train_labels, test_labels, val_labels
-        self.progress = progress and self.dist.main
-        self.verbose = verbose and self.dist.main
+        self.report = Reporter(loggers or [], verbose, progress, self.dist.main)  # rank 0
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.folder = runs.RunFolder(self.run_path) if self.run_path is not None else None
         self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
         self.new_lr = False  # resume was given a learning rate
-        self.trackers = Trackers(list(loggers or []) if self.dist.main else [])  # rank 0 logs
-        self.pending: list[tuple[int, dict[str, float]]] = []  # step metrics not yet handed over
 
     # -- the table of contents -------------------------------------------------------------------
     def run(self, config: dict[str, Any], overwrite: bool = False, resuming: bool = False,
@@ -423,7 +418,7 @@ class _Trainer:
             self._prepare_run_dir(config, overwrite, resuming)
             return self._train(position, state or {})
         except BaseException as e:
-            self._finish_loggers({}, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt))
+            self.report.finish({}, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt))
                                  else "FAILED")
             raise
         finally:
@@ -438,7 +433,8 @@ class _Trainer:
             with _stop_on_signals() as self.stop:
                 if position is None:
                     self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
-                self._start_loggers(pos, resumed=position is not None)  # after: resumable
+                self.report.start(self.config, self.run_path,  # after it: resumable
+                                  pos.epoch * self.steps + pos.step, resumed=position is not None)
                 while pos.epoch < self.s.epochs and not self._out_of_patience(pos.history):
                     self._train_epoch(pos)
                     self._end_epoch(pos)
@@ -461,8 +457,8 @@ class _Trainer:
         error = self.dist.from_main(error)
         if error:
             raise ConfigError(error)
-        if self.verbose and not resuming:  # announced once it is claimed, never before
-            tqdm.write(f"run folder: {self.folder.path}")
+        if not resuming:  # announced once it is claimed, never before
+            self.report.line(f"run folder: {self.folder.path}")
 
     def _build(self) -> None:
         """Seeds, the model and data on the device, the objective, the optimizer."""
@@ -571,9 +567,7 @@ class _Trainer:
         perm = torch.randperm(n, generator=self.shuffle).to(dev)
         acc = torch.tensor(pos.total if self.dist.main else 0.0, device=dev)  # summed over ranks
         x, y = self.train_x[:0], None  # for the message if a resumed epoch has no step left
-        bar = tqdm(total=n, initial=min(pos.step * bs, n), desc=f"epoch {epoch}/{s.epochs}",
-                   unit="img", unit_scale=True, leave=False, disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = self.report.bar(n, min(pos.step * bs, n), f"epoch {epoch}/{s.epochs}")
         with pyro.settings.context(module_local_params=True), bar:
             for step in range(pos.step, self.steps):
                 idx = perm[step * bs : (step + 1) * bs][rank::world]  # this rank's shard
@@ -608,12 +602,12 @@ class _Trainer:
                 if self.aux:  # the objective's own updates, after the VAE's
                     self.loss_fn.auxiliary_step(x, y, global_step)
                 acc += loss.detach()
-                if self.trackers and step % self.check_every == 0:
-                    self.pending.append((global_step + 1, {
+                if self.report.tracking and step % self.check_every == 0:
+                    self.report.step(global_step + 1, {
                         "train/loss": loss.item() / x.shape[0], "train/lr": self.lr.current,
-                        "train/beta": float(vae.beta)}))
+                        "train/beta": float(vae.beta)})
                 bar.update(x.shape[0] * world)
-                if self.progress and step % 10 == 0:
+                if self.report.progress and step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
                 pos.step = step + 1
                 done = pos.epoch * self.steps + pos.step
@@ -700,63 +694,20 @@ class _Trainer:
         self._checkpoint(pos, row)
         if self.run_path is not None and self.dist.main:
             self._write_pictures(pos.history)
-        self._log_epoch(row, epoch * self.steps)
-        if self.verbose:
-            mark = " *" if improved else ""
-            val = (f"  val -ELBO {row['val_neg_elbo']:.2f}{mark if key == 'val_neg_elbo' else ''}"
-                   if self.val_y is not None else "")
-            if "val_neg_iwae" in row:
-                val += f"  val -IWAE{self.s.iwae_samples} {row['val_neg_iwae']:.2f}{mark}"
-            tqdm.write(
-                f"epoch {epoch}/{self.s.epochs}  train loss {self.train_loss:.2f}{val}  test -ELBO "
-                f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
-                + (f"  skipped {row['skipped']} batches" if row["skipped"] else "")
-            )
-            if self._out_of_patience(pos.history) and epoch < self.s.epochs:
-                what = "IWAE bound" if key == "val_neg_iwae" else "-ELBO"
-                tqdm.write(f"early stop: no better validation {what} in {self.s.patience} epochs "
-                           f"(best: epoch {runs.best_validation(pos.history)[0]})")
-            sys.stdout.flush()  # shows in a log file (`> log`) as the epoch ends
+        pictures = ({"samples": self.run_path / runs.SAMPLES,
+                     "reconstructions": self.run_path / runs.RECONSTRUCTIONS}
+                    if self.run_path is not None else None)
+        self.report.epoch(row, epoch * self.steps, self.train_x.shape[0] / max(row["seconds"], 1e-9),
+                          pictures)
+        self.report.line(epoch_line(row, self.s.epochs, improved, key, self.s.iwae_samples))
+        if self._out_of_patience(pos.history) and epoch < self.s.epochs:
+            what = "IWAE bound" if key == "val_neg_iwae" else "-ELBO"
+            self.report.line(f"early stop: no better validation {what} in {self.s.patience} "
+                             f"epochs (best: epoch {runs.best_validation(pos.history)[0]})")
         if self._agreed_stop():
             raise Interrupted(self.stopping, epoch, 0, self.run_path)
 
     # -- experiment tracking (rank 0) -------------------------------------------------------------
-    def _start_loggers(self, pos: Position, resumed: bool) -> None:
-        if not self.trackers:
-            return
-        model = self.config.get("model") or {}
-        tags = {k: str(model.get(k)) for k in ("likelihood", "prior", "posterior", "nets")}
-        tags["vaekit_version"] = str(self.config.get("vaekit_version"))
-        name = self.run_path.name if self.run_path is not None else "vaekit"
-        info = RunInfo(self.run_path, name, flat_params(self.config), tags,
-                       step=pos.epoch * self.steps + pos.step, resumed=resumed)
-        self.trackers.start(info)
-
-    def _flush_logs(self) -> None:
-        """Hand the buffered step metrics to the loggers (called once a checkpoint is safe)."""
-        pending, self.pending = self.pending, []
-        for step, metrics in pending:
-            self.trackers.log_metrics(metrics, step)
-
-    def _log_epoch(self, row: dict[str, float], step: int) -> None:
-        """The epoch's row of metrics.csv (``epoch/...``) and its pictures, at its last step."""
-        if not self.trackers:
-            return
-        metrics = {f"epoch/{k}": float(v) for k, v in row.items()}
-        metrics["epoch/images_per_second"] = self.train_x.shape[0] / max(row["seconds"], 1e-9)
-        images = {}
-        if self.run_path is not None:
-            from torchvision.io import read_image
-
-            for key, name in (("samples", runs.SAMPLES), ("reconstructions", runs.RECONSTRUCTIONS)):
-                images[key] = read_image(str(self.run_path / name))[:3].float() / 255
-        self.trackers.log_metrics(metrics, step)
-        if images:
-            self.trackers.log_images(images, step)
-
-    def _finish_loggers(self, summary: dict[str, float], status: str) -> None:
-        self.trackers.finish(summary, status)  # each once; never raises
-
     def _out_of_patience(self, history: list[dict[str, float]]) -> bool:
         """Whether ``patience`` epochs have passed since the best validation -ELBO."""
         if not (self.s.patience and self.val_y is not None and history):
@@ -810,7 +761,7 @@ class _Trainer:
         if best_epoch:
             summary["best_epoch"] = best_epoch
             summary[f"best_{runs.validation_key(pos.history)}"] = best_value
-        self._finish_loggers(summary, "FINISHED")
+        self.report.finish(summary, "FINISHED")
         return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path,
                          best_epoch=best_epoch, stopped_early=pos.epoch < self.s.epochs)
 
@@ -818,7 +769,7 @@ class _Trainer:
     def _checkpoint(self, pos: Position, row: dict[str, float] | None = None) -> None:
         """Save ``pos`` with the weights and optimizer (and ``row`` into metrics.csv)."""
         if self.run_path is None:
-            self._flush_logs()  # nothing to resume from: hand them over now
+            self.report.flush()  # nothing to resume from: hand them over now
             return
         ranks = self.dist.random_states(self.dev)  # every rank's, for an exact resume
         if not self.dist.main:
@@ -831,7 +782,7 @@ class _Trainer:
         self.folder.save_checkpoint({
             "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)}, row)
-        self._flush_logs()
+        self.report.flush()
 
     def _write_pictures(self, history: list[dict[str, float]]) -> None:
         """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
