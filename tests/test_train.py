@@ -203,3 +203,24 @@ def test_an_out_folder_name_too_long_for_the_file_system(mnist_small, tmp_path):
     with pytest.raises(ConfigError, match="File name too long"):
         fit(new_vae(z_dim=2), train_x, epochs=1, batch_size=128, device="cpu",
             run_dir=tmp_path / ("x" * 300), progress=False, verbose=False)
+
+
+def test_fit_and_resume_take_the_data_as_one_splits(mnist_small, tmp_path):
+    import pyro
+
+    from vaekit.data import Splits
+    from vaekit.errors import ConfigError
+    from vaekit.train import fit, resume
+
+    train_x, test_x = mnist_small
+    kw = dict(batch_size=128, device="cpu", progress=False, verbose=False)
+    splits = Splits((train_x[:256], None), (train_x[256:384], None), (test_x, None))
+    pyro.set_rng_seed(0)
+    a = fit(VAE(z_dim=2, nets="mlp:16"), splits, epochs=1, run_dir=tmp_path / "a", **kw)
+    pyro.set_rng_seed(0)
+    b = fit(VAE(z_dim=2, nets="mlp:16"), train_x[:256], test_x, val_data=train_x[256:384],
+            epochs=1, **kw)
+    assert a.history[0]["val_neg_elbo"] == b.history[0]["val_neg_elbo"]  # the same run
+    assert resume(tmp_path / "a", splits, epochs=2, progress=False, verbose=False).best_epoch
+    with pytest.raises(ConfigError, match="leave those arguments out"):
+        fit(VAE(z_dim=2, nets="mlp:16"), splits, test_x, **kw)

@@ -34,7 +34,7 @@ import pyro
 import torch
 
 from vaekit import distributed, plots, runs
-from vaekit.data import load_splits, resolve_data_root, to_unit
+from vaekit.data import Splits, load_splits, resolve_data_root, to_unit
 from vaekit.devices import resolve_device, separate_compile_cache
 from vaekit.errors import (
     CheckpointError,
@@ -158,7 +158,7 @@ class Position:
 
 def fit(
     vae: VAE,
-    train_data: torch.Tensor,
+    train_data: torch.Tensor | Splits,
     test_data: torch.Tensor | None = None,
     settings: TrainSettings | None = None,
     *,
@@ -181,7 +181,8 @@ def fit(
     Args:
         vae: The model to train (modified in place). Seed its construction yourself (e.g.
             ``pyro.set_rng_seed``) for identical initial weights.
-        train_data: Training images ``[N, C, H, W]``, uint8 or float in [0, 1].
+        train_data: Training images ``[N, C, H, W]``, uint8 or float in [0, 1]; or all the data
+            as a `vaekit.data.Splits` (then leave the test, validation and label arguments out).
         test_data: Test images for the per-epoch test -ELBO (optional).
         settings: The `TrainSettings` (default: all defaults).
         run_dir: Folder for ``config.json``, ``checkpoint.pt``, ``metrics.csv`` and pictures.
@@ -217,14 +218,14 @@ def fit(
     run = RunOptions(out=None if run_dir is None else str(run_dir), overwrite=overwrite,
                      progress=progress)
     config = runs.make_config(vae, settings, model_spec, data_spec, run, data_info)
-    trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
-                       train_labels, test_labels, val_data, val_labels, loggers)
+    splits = _splits(train_data, test_data, train_labels, test_labels, val_data, val_labels)
+    trainer = _Trainer(vae, splits, settings, run_dir, progress, verbose, loggers)
     return trainer.run(config, overwrite=overwrite)
 
 
 def resume(
     run_dir: str | os.PathLike[str],
-    train_data: torch.Tensor,
+    train_data: torch.Tensor | Splits,
     test_data: torch.Tensor | None = None,
     *,
     progress: bool = True,
@@ -243,7 +244,8 @@ def resume(
 
     Args:
         run_dir: A folder written by `fit`.
-        train_data: The same training images as the original run.
+        train_data: The same training images as the original run (or all its data as a
+            `vaekit.data.Splits`).
         test_data: The same test images, if the run had them.
         progress: Show a progress bar.
         verbose: Print one line per epoch.
@@ -287,8 +289,8 @@ def resume(
             raise CheckpointError(f"the checkpoint in {run_dir} has no valid training position "
                                   f"({type(e).__name__}: {e}); delete it to start over") from None
     config = {**config, "train": dataclasses.asdict(settings)}
-    trainer = _Trainer(vae, train_data, test_data, settings, run_dir, progress, verbose,
-                       train_labels, test_labels, val_data, val_labels, loggers)
+    splits = _splits(train_data, test_data, train_labels, test_labels, val_data, val_labels)
+    trainer = _Trainer(vae, splits, settings, run_dir, progress, verbose, loggers)
     trainer.new_lr = "lr" in changes
     return trainer.run(config, resuming=True, position=position, state=state)
 
@@ -308,17 +310,16 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
         import_plugin(str(name).partition(":")[0], f"the {part} {name!r}", trust=True)
     splits = load_splits(data)
     loggers = make_loggers(run.logger, run.mlflow_uri)  # a missing library: before anything
-    (train_x, train_y), (test_x, test_y) = splits.train, splits.test
-    val_x, val_y = splits.val if splits.val is not None else (None, None)
+    train_x, train_y = splits.train
     pyro.set_rng_seed(train.seed)  # the initial weights too
     vae = VAE.from_spec(model, tuple(train_x.shape[1:]), int(train_y.max()) + 1,
                         trust_plugins=trust_plugins)
     out = Path(run.out) if run.out is not None else runs.default_run_dir()
     info = {"root": str(resolve_data_root(data.root)), "n_train": len(train_x),
-            "n_val": 0 if val_x is None else len(val_x), "n_test": len(test_x)}
+            "n_val": 0 if splits.val is None else len(splits.val[0]),
+            "n_test": len(splits.test[0])}
     config = runs.make_config(vae, train, model, data, run, info)
-    trainer = _Trainer(vae, train_x, test_x, train, out, run.progress, verbose, train_y, test_y,
-                       val_x, val_y, loggers)
+    trainer = _Trainer(vae, splits, train, out, run.progress, verbose, loggers)
     return trainer.run(config, overwrite=run.overwrite)
 
 
@@ -355,22 +356,19 @@ def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
                           "(mlflow_uri=) to send it there")
     loggers = make_loggers(names, uri)
     splits = load_splits(runs.run_data_spec(config, root=root, download=download))
-    (train_x, train_y), (test_x, test_y) = splits.train, splits.test
-    val_x, val_y = splits.val if splits.val is not None else (None, None)
-    return resume(run_dir, train_x, test_x, progress=progress, verbose=verbose,
-                  train_labels=train_y, test_labels=test_y, val_data=val_x, val_labels=val_y,
+    return resume(run_dir, splits, progress=progress, verbose=verbose,
                   trust_plugins=trust_plugins, loggers=loggers, **overrides)
 
 
 class _Trainer:
     """The training loop and everything it must save to resume exactly."""
 
-    def __init__(self, vae: VAE, train_data: torch.Tensor, test_data: torch.Tensor | None,
-                 settings: TrainSettings, run_dir: str | os.PathLike[str] | None,
-                 progress: bool, verbose: bool, train_labels: torch.Tensor | None = None,
-                 test_labels: torch.Tensor | None = None, val_data: torch.Tensor | None = None,
-                 val_labels: torch.Tensor | None = None,
+    def __init__(self, vae: VAE, splits: Splits, settings: TrainSettings,
+                 run_dir: str | os.PathLike[str] | None, progress: bool, verbose: bool,
                  loggers: Sequence[Logger] | None = None) -> None:
+        (train_data, train_labels) = splits.train
+        (test_data, test_labels) = splits.test if splits.test is not None else (None, None)
+        (val_data, val_labels) = splits.val if splits.val is not None else (None, None)
         # -- check everything before touching the disk --------------------------------------
         _check_images(vae, train_data, "training")
         if settings.batch_size > train_data.shape[0]:
@@ -797,6 +795,19 @@ class _Trainer:
                                    self.run_path / runs.RECONSTRUCTIONS,
                                    labels=None if self.show_lab is None else self.show_lab[:32])
         plots.save_loss_curve(history, self.run_path / runs.LOSS)
+
+
+def _splits(train: torch.Tensor | Splits, test: torch.Tensor | None,
+            train_labels: torch.Tensor | None, test_labels: torch.Tensor | None,
+            val: torch.Tensor | None, val_labels: torch.Tensor | None) -> Splits:
+    """The data of `fit` and `resume` as one `Splits` (given as one, or as tensors)."""
+    if isinstance(train, Splits):
+        if any(t is not None for t in (test, train_labels, test_labels, val, val_labels)):
+            raise ConfigError("data given as Splits holds the test, validation and label "
+                              "tensors too; leave those arguments out")
+        return train
+    return Splits((train, train_labels), None if val is None else (val, val_labels),
+                  None if test is None else (test, test_labels))
 
 
 def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
