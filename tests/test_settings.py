@@ -141,7 +141,7 @@ def test_deterministic_mode_is_restored_after_fit(mnist_small):
 # The package's layers: a module imports only from the layers above it (and its own).
 LAYERS = [
     {"errors"},
-    {"settings", "io", "devices"},
+    {"settings", "io", "devices", "plugins"},
     {"data"},
     {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim", "traces"},
     {"model"},

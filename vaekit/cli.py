@@ -200,7 +200,7 @@ def fit(ctx: click.Context, config_file: Path | None, resume_dir: Path | None,
     config.json (shown as [config: section.name]); --config reads them from a file.
     """
     from vaekit.errors import ConfigError, Interrupted, TrainingError, VaekitError
-    from vaekit.model import PLUGIN_FIELDS, is_plugin_name
+    from vaekit.plugins import PLUGIN_FIELDS, is_plugin_name
     from vaekit.settings import RESUME_OVERRIDES, RESUME_SETTINGS, SECTIONS, from_mapping, read_settings
 
     t0 = time.perf_counter()

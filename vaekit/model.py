@@ -11,9 +11,7 @@ parameter. β scales the ``"z"`` site in both with ``poutine.scale``.
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +22,7 @@ from pyro import poutine
 from torch import nn
 
 from vaekit.devices import eval_mode
-from vaekit.errors import ConfigError, PluginError
+from vaekit.errors import ConfigError
 from vaekit.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from vaekit.nets import (
     ConditionalDecoder,
@@ -35,12 +33,13 @@ from vaekit.nets import (
     MLPEncoder,
     make_nets,
 )
+from vaekit.plugins import import_class, import_plugin, is_plugin_name
 from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
 from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
 from vaekit.settings import MAX_Z_DIM, ModelSpec
 
 __all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer",
-           "import_plugin", "is_plugin_name", "PLUGIN_FIELDS"]
+           ]
 
 
 def _register(name: str, module: nn.Module) -> None:
@@ -270,10 +269,10 @@ class VAE(nn.Module):
         lik = get_likelihood(likelihood)
         out_channels = self.image_shape[0] * lik.params_per_channel
         if isinstance(encoder, (str, type)):
-            encoder = _build_net(_import_net(encoder, "encoder"), "encoder", num_classes,
+            encoder = _build_net(import_class(encoder, "encoder"), "encoder", num_classes,
                                  self.image_shape, z_dim)
         if isinstance(decoder, (str, type)):
-            decoder = _build_net(_import_net(decoder, "decoder"), "decoder", num_classes,
+            decoder = _build_net(import_class(decoder, "decoder"), "decoder", num_classes,
                                  self.image_shape, z_dim, out_channels)
         if encoder is None or decoder is None:
             own_enc, own_dec = make_nets(nets, self.image_shape, z_dim, out_channels, num_classes)
@@ -448,9 +447,9 @@ class VAE(nn.Module):
             if cfg.get(part) in (None, "default"):
                 cfg.pop(part, None)
             else:
-                cfg[part] = _import_net(cfg[part], part, trust=trust_plugins)
+                cfg[part] = import_class(cfg[part], part, trust=trust_plugins)
         if "class" in lik_cfg:  # a likelihood class given as module:Class, not registered
-            lik_cls = _import_net(lik_cfg.pop("class"), "likelihood", trust=trust_plugins)
+            lik_cls = import_class(lik_cfg.pop("class"), "likelihood", trust=trust_plugins)
             lik_cfg.pop("name", None)
             likelihood = _build_likelihood(lik_cls, lik_cfg)
         else:
@@ -480,18 +479,18 @@ class VAE(nn.Module):
         options = spec.likelihood_options()
         if spec.scale_mode == "channel":
             options["channels"] = int(image_shape[0])
-        nets = {part: None if name is None else _import_net(name, part, trust=trust_plugins)
+        nets = {part: None if name is None else import_class(name, part, trust=trust_plugins)
                 for part, name in (("encoder", spec.encoder), ("decoder", spec.decoder))}
         prior: str | Prior = spec.prior
         posterior: str | Posterior = spec.posterior
         if is_plugin_name(spec.prior):
-            prior = _construct(_import_net(spec.prior, "prior", trust=trust_plugins), "prior",
+            prior = _construct(import_class(spec.prior, "prior", trust=trust_plugins), "prior",
                                spec.z_dim)
         if is_plugin_name(spec.posterior):
-            posterior = _construct(_import_net(spec.posterior, "posterior", trust=trust_plugins),
+            posterior = _construct(import_class(spec.posterior, "posterior", trust=trust_plugins),
                                    "posterior", spec.z_dim)
         if is_plugin_name(spec.likelihood):
-            lik_cls = _import_net(spec.likelihood, "likelihood", trust=trust_plugins)
+            lik_cls = import_class(spec.likelihood, "likelihood", trust=trust_plugins)
             likelihood = _build_likelihood(lik_cls, options)
         else:
             likelihood = get_likelihood(spec.likelihood, **options)
@@ -599,7 +598,7 @@ def _build_part(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
         return "standard" if part == "prior" else "diagonal"
     cfg = dict(cfg)
     if "class" in cfg:
-        cls = _import_net(cfg.pop("class"), part, trust=trust)
+        cls = import_class(cfg.pop("class"), part, trust=trust)
     else:
         cls = builtin[cfg.pop("name")]
     if "image_shape" in cfg or (cls is VampPrior):
@@ -617,61 +616,6 @@ def _construct(cls: type, part: str, *args: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"cannot build the {part} {cls.__qualname__}({shown}): {e}; a {part} "
                           f"class is built as Class(z_dim, **config()), see docs/extending.md"
                           ) from None
-
-
-PLUGIN_FIELDS = ("encoder", "decoder", "prior", "posterior", "likelihood")
-"""The `ModelSpec` fields that may name code as ``"package.module:Class"``."""
-
-
-def is_plugin_name(value: object) -> bool:
-    """True for a ``"package.module:Class"`` string (code), False for a built-in name such as
-    ``"mog:10"`` or ``"mlp:512"``."""
-    import re
-
-    return isinstance(value, str) and re.fullmatch(r"[\w.]+:[A-Za-z_][\w.]*", value) is not None
-
-
-def import_plugin(module: str, what: str, trust: bool) -> Any:
-    """``importlib.import_module(module)``, unless it is not imported yet and not trusted.
-
-    The one trust rule for plug-ins: a module named by a run folder or a settings file is code,
-    imported only when the user already imported it or passed ``trust``.
-
-    Raises:
-        PluginError: naming the module to import or trust, or why it cannot be imported.
-    """
-    if not trust and module not in sys.modules:
-        raise PluginError(
-            f"{what} comes from the module {module!r}, which is not imported; a run's plug-ins "
-            f"are code, and vaekit imports none that you did not ask for: import {module} "
-            "yourself if you trust it, or pass trust_plugins=True (--trust-plugins)")
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise PluginError(f"cannot import {what} ({e}); make its module importable from here "
-                          "(install it, or add its folder to PYTHONPATH)") from None
-
-
-def _import_net(spec: str | type, part: str, trust: bool = True) -> type:
-    """The class named by ``"package.module:Class"`` (or the class itself).
-
-    With ``trust=False`` a module that is not imported yet is refused (see `VAE.from_config`).
-    """
-    if isinstance(spec, type):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"the {part} {spec!r} is not package.module:Class")
-    module, _, name = spec.partition(":")
-    obj: Any = import_plugin(module, f"the {part} {spec!r}", trust)
-    try:
-        for attr in name.split("."):
-            obj = getattr(obj, attr)
-    except AttributeError as e:
-        raise ConfigError(f"cannot import the {part} {spec!r} ({e}); give it as "
-                          "package.module:Class, importable from here") from None
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise ConfigError(f"the {part} {spec!r} is not a torch.nn.Module class")
-    return obj
 
 
 @torch.no_grad()

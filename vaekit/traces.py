@@ -103,6 +103,13 @@ class SiteLogProbs:
         return self.log_q[site] - self.log_p[site]
 
     @property
+    def kl_sampled(self) -> torch.Tensor:
+        """``log q - log p`` at the draws, summed over the latent sites, ``[particles, batch]``
+        (the one-sample KL estimate, whatever has a closed form)."""
+        return sum((self.log_q[s] - self.log_p[s] for s in self.log_q),
+                   torch.zeros_like(self.log_lik))
+
+    @property
     def kl_total(self) -> torch.Tensor:
         """The sum of `kl` over the latent sites, ``[particles, batch]``."""
         return sum((self.kl(s) for s in self.log_q), torch.zeros_like(self.log_lik))

@@ -44,11 +44,12 @@ from vaekit.errors import (
     PluginError,
     TrainingError,
 )
-from vaekit.evaluation import evaluate_elbo, iwae_bound, site_log_probs
+from vaekit.evaluation import evaluate_elbo, iwae_bound
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
-from vaekit.model import VAE, import_plugin
+from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, Objective, check_objective, make_objective
 from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
+from vaekit.plugins import import_plugin
 from vaekit.settings import (
     RESUME_OVERRIDES,
     DataSpec,
@@ -57,6 +58,7 @@ from vaekit.settings import (
     TrainSettings,
     from_mapping,
 )
+from vaekit.traces import site_log_probs
 from vaekit.tracking import Logger, Reporter, epoch_line, make_loggers
 
 __all__ = [
@@ -846,9 +848,8 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch:
     site = "the parameters (a previous update)"
     if x.shape[0] and all(torch.isfinite(p).all() for p in vae.parameters()):
         with torch.no_grad(), pyro.validation_enabled(False):
-            t = site_log_probs(vae, x, y, 1)
-            recon = t.log_lik.sum()
-            kl = sum((t.log_q[k] - t.log_p[k]).sum() for k in t.log_q)
+            t = site_log_probs(vae, x, y, 1, closed_form=False)
+            recon, kl = t.log_lik.sum(), t.kl_sampled.sum()
         if not torch.isfinite(recon):
             site = "the reconstruction term log p(x|z)"
         elif not torch.isfinite(kl):
