@@ -11,6 +11,44 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_ROOT = Path(os.environ.get("VAEKIT_DATA") or REPO.parent / "shared" / "data" / "mnist")
 
 
+_MNIST_FIXTURES = {"mnist_root", "mnist_small", "runner", "mnist_2048", "workdir", "env"}
+_SLOW = {"test_traces.py::test_two_layer_elbo_agrees_with_a_trace_only_estimator",
+         "test_traces.py::test_each_site_kl_is_an_unbiased_estimate_of_its_elbo_term"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers: ``mnist`` for every test that reads real MNIST (through a fixture),
+    ``processes`` for those that start processes, ``slow`` for the long ones. ``make test``
+    runs them all; ``pytest -m "not mnist and not processes and not slow"`` is the fast tier."""
+    for item in items:
+        if _MNIST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mnist)
+        if item.path.name == "test_distributed.py" or "subprocess" in item.name:
+            item.add_marker(pytest.mark.processes)
+        if any(item.nodeid.endswith(s) or f"{s}[" in item.nodeid for s in _SLOW) \
+                or item.path.name in ("test_distributed.py", "test_quality.py"):
+            item.add_marker(pytest.mark.slow)
+
+
+def synthetic_images(n: int = 64, shape: tuple[int, ...] = (1, 28, 28), seed: int = 0
+                     ) -> torch.Tensor:
+    """uint8 images of bright rectangles on black, with no download and no data set: for the
+    fast tests of code that trains (their numbers mean nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, *shape, dtype=torch.uint8)
+    h, w = shape[-2:]
+    for i in range(n):
+        top, left = (int(v) for v in torch.randint(0, h // 2, (2,), generator=g))
+        x[i, :, top : top + h // 3, left : left + w // 3] = 255
+    return x
+
+
+@pytest.fixture
+def synthetic():
+    """`synthetic_images`: 64 training and 32 test images."""
+    return synthetic_images(64), synthetic_images(32, seed=1)
+
+
 @pytest.fixture(autouse=True)
 def _clean_pyro():
     pyro.clear_param_store()

@@ -73,8 +73,8 @@ def test_deleting_the_lock_file_does_not_let_a_second_writer_in(tmp_path):
         holder.stdout.close()
 
 
-def test_overwrite_deletes_only_a_folder_that_is_provably_a_vaekit_run(mnist_small, tmp_path):
-    train_x, test_x = mnist_small
+def test_overwrite_deletes_only_a_folder_that_is_provably_a_vaekit_run(synthetic, tmp_path):
+    train_x, test_x = synthetic
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.json").write_text('{"my": "own settings"}')
@@ -159,10 +159,10 @@ def test_a_plugin_named_by_a_config_file_is_not_imported_untrusted(workdir, monk
     (lambda x: x.tolist(), "must be a torch.Tensor"),
     (lambda x: x[:0], "no training images"),
 ])
-def test_fit_refuses_images_it_cannot_use_in_one_line(mnist_small, tmp_path, bad, match):
+def test_fit_refuses_images_it_cannot_use_in_one_line(synthetic, tmp_path, bad, match):
     from vaekit.errors import DataError
 
-    train_x, test_x = mnist_small
+    train_x, test_x = synthetic
     with pytest.raises(DataError, match=match):
         fit(VAE(z_dim=2, nets="mlp:16"), bad(train_x), test_x, run_dir=tmp_path / "r", **KW)
     assert not (tmp_path / "r").exists()
@@ -263,12 +263,12 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(workdir, delay):
         assert "nothing to resume" in err or "interrupted" == err.strip()[7:], err
 
 
-def test_pictures_of_an_older_epoch_are_redrawn_on_resume(mnist_small, tmp_path):
+def test_pictures_of_an_older_epoch_are_redrawn_on_resume(synthetic, tmp_path):
     """Killed (or a full disk) while drawing the last epoch's pictures: the folder holds epoch
     N-1's. Resume draws epoch N's, though every file is there and non-empty."""
     from vaekit.train import resume
 
-    train_x, test_x = mnist_small
+    train_x, test_x = synthetic
     fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r", **KW)
     old = {f: (tmp_path / "r" / f).read_bytes() for f in ("samples.png", "loss.png")}
     resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
@@ -281,12 +281,12 @@ def test_pictures_of_an_older_epoch_are_redrawn_on_resume(mnist_small, tmp_path)
     assert (tmp_path / "r" / "loss.png").read_bytes() != old["loss.png"]  # two epochs drawn
 
 
-def test_a_tracker_that_cannot_start_is_one_line_and_the_folder_resumable(mnist_small, tmp_path):
+def test_a_tracker_that_cannot_start_is_one_line_and_the_folder_resumable(synthetic, tmp_path):
     pytest.importorskip("tensorboard")
     from vaekit.tracking import TensorBoardLogger
     from vaekit.train import resume
 
-    train_x, test_x = mnist_small
+    train_x, test_x = synthetic
     (tmp_path / "blocked").write_text("in the way")  # where the event files should go
     with pytest.raises(ConfigError, match="TensorBoardLogger tracker cannot start") as e:
         fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r",
@@ -335,9 +335,9 @@ class _Breaks:
         self._call("finish", summary, status)
 
 
-def test_a_tracker_failing_mid_run_is_one_line_and_training_goes_on(mnist_small, tmp_path,
+def test_a_tracker_failing_mid_run_is_one_line_and_training_goes_on(synthetic, tmp_path,
                                                                     capsys):
-    train_x, test_x = mnist_small
+    train_x, test_x = synthetic
     broken = _Breaks("log_metrics", n=2)
     result = fit(VAE(z_dim=2, nets="mlp:16"), train_x, test_x, run_dir=tmp_path / "r",
                  loggers=[broken], **{**KW, "epochs": 3})
@@ -347,10 +347,10 @@ def test_a_tracker_failing_mid_run_is_one_line_and_training_goes_on(mnist_small,
     assert "finish" not in broken.calls  # dropped: not called again
 
 
-def test_a_tracker_failing_at_the_end_does_not_hide_the_real_error(mnist_small, tmp_path, capsys):
+def test_a_tracker_failing_at_the_end_does_not_hide_the_real_error(synthetic, tmp_path, capsys):
     from vaekit.errors import TrainingError
 
-    train_x, test_x = mnist_small
+    train_x, test_x = synthetic
     with pytest.raises(TrainingError):
         fit(VAE(z_dim=2, nets="mlp:16", likelihood="gaussian"), train_x, test_x, lr=1e30,
             run_dir=tmp_path / "r", loggers=[_Breaks("finish")], **{**KW, "epochs": 2})

@@ -620,7 +620,9 @@ class _Trainer:
                 if self.stopping:
                     raise Interrupted(self.stopping, epoch, pos.step, self.run_path)
         self.train_loss = self.dist.all_sum(acc).item() / n
-        if not math.isfinite(self.train_loss):
+        if not math.isfinite(self.train_loss) or not all(  # the last update made them NaN
+                bool(torch.isfinite(t).all()) for t in (*vae.parameters(), *vae.buffers())
+                if t.is_floating_point()):  # (BatchNorm's running statistics too)
             raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self._saved))
 
     def _finite_gradients(self) -> bool:
@@ -674,7 +676,14 @@ class _Trainer:
                                 ("val", self.val_y, self.val_lab)):
             if split == "val" and obs is None:
                 continue  # no validation columns without validation images
-            m = self._evaluate(obs, lab) if obs is not None else {}
+            try:
+                m = self._evaluate(obs, lab) if obs is not None else {}
+            except ValueError as e:  # a distribution fed NaN: weights that overflow on these
+                if "invalid values" not in str(e):
+                    raise
+                raise TrainingError(_nonfinite_message(self.vae, obs[:64], None if lab is None
+                                                       else lab[:64], epoch, None, self.s,
+                                                       self._saved)) from None
             for key in ("neg_elbo", "recon", "kl"):
                 row[f"{split}_{key}"] = m.get(key, float("nan"))
         if self.val_y is not None and self.s.objective == "iwae":  # select on the trained bound
