@@ -12,13 +12,14 @@ import getpass
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from vaekit.errors import ConfigError
 
-__all__ = ["resolve_device", "eval_mode", "separate_compile_cache"]
+__all__ = ["resolve_device", "eval_mode", "separate_compile_cache", "deterministic"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -69,3 +70,23 @@ def separate_compile_cache() -> str | None:
     folder = os.path.join(default, f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     return folder
+
+
+class deterministic:
+    """Context manager: ``torch.use_deterministic_algorithms`` for the block, then as it was."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.before = (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled(),
+                       torch.backends.cudnn.benchmark)
+        if self.on:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+    def __exit__(self, *exc: Any) -> None:
+        enabled, warn_only, benchmark = self.before
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark

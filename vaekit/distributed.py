@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["Context", "setup", "launch", "GlobalBatchNorm2d", "convert_sync_batchnorm",
-           "relaunch", "lost_a_rank", "LAUNCHED"]
+           "relaunch", "lost_a_rank", "LAUNCHED", "stop_on_signals", "StopFlag"]
 
 
 class Context:
@@ -330,3 +331,30 @@ def _die_with_parent() -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class StopFlag:
+    """The signal received (0: none yet)."""
+
+    signum: int = 0
+
+
+class stop_on_signals:
+    """Context manager: SIGINT/SIGTERM set a flag that the loop checks after each step."""
+
+    def __enter__(self) -> StopFlag:
+        self.flag = StopFlag()
+        self.old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self.flag
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.flag.signum:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.flag.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -25,6 +26,8 @@ from vaekit.traces import SiteLogProbs, site_log_probs
 __all__ = [
     "elbo_terms",
     "evaluate_elbo",
+    "evaluate_elbo_sharded",
+    "iwae_bound_sharded",
     "iwae_bound",
     "evaluate",
     "Evaluation",
@@ -102,6 +105,29 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1024,
     n = x.shape[0]
     recon_f, kl_f = recon.item() / n, kl.item() / n
     return {"neg_elbo": recon_f + kl_f, "recon": recon_f, "kl": kl_f}
+
+
+def evaluate_elbo_sharded(vae: VAE, x: torch.Tensor, dist: Any, batch_size: int = 1024,
+                          y: torch.Tensor | None = None) -> dict[str, float]:
+    """`evaluate_elbo` with several processes: each rank scores its shard ``x[rank::world]``
+    and the sums are added over ranks (``dist``: a `vaekit.distributed.Context`)."""
+    rank, world = dist.rank, dist.world
+    shard = x[rank::world]
+    m = evaluate_elbo(vae, shard, batch_size, None if y is None else y[rank::world])
+    sums = torch.tensor([m["recon"] * len(shard), m["kl"] * len(shard)], dtype=torch.float64)
+    recon, kl = (dist.all_sum(sums) / len(x)).tolist()
+    return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
+
+
+def iwae_bound_sharded(vae: VAE, x: torch.Tensor, dist: Any, num_samples: int,
+                       batch_size: int = 100, y: torch.Tensor | None = None) -> float:
+    """The mean `iwae_bound` over ``x`` (nats per image), each rank on its shard, with fixed
+    draws (seeded by the rank: epochs compare on the same noise, global RNGs untouched)."""
+    rank, world = dist.rank, dist.world
+    per_image = iwae_bound(vae, x[rank::world], num_samples, batch_size, seed=rank,
+                           y=None if y is None else y[rank::world])
+    total = dist.all_sum(per_image.double().sum().reshape(1).cpu())
+    return float(total[0]) / len(x)
 
 
 # -- importance sampling ------------------------------------------------------------------------

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +33,8 @@ import torch
 
 from vaekit import distributed, plots, runs
 from vaekit.data import Splits, load_splits, resolve_data_root, to_unit
-from vaekit.devices import resolve_device, separate_compile_cache
+from vaekit.devices import deterministic, resolve_device, separate_compile_cache
+from vaekit.distributed import stop_on_signals
 from vaekit.errors import (
     CheckpointError,
     ConfigError,
@@ -44,7 +43,7 @@ from vaekit.errors import (
     PluginError,
     TrainingError,
 )
-from vaekit.evaluation import evaluate_elbo, iwae_bound
+from vaekit.evaluation import evaluate_elbo_sharded, iwae_bound_sharded
 from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, Objective, check_objective, make_objective
@@ -426,11 +425,11 @@ class _Trainer:
                 self.folder.release()
 
     def _train(self, position: Position | None, state: dict[str, Any]) -> FitResult:
-        with _deterministic(self.s.deterministic):
+        with deterministic(self.s.deterministic):
             self._build()
             pos = self._restore(position, state)
             self.stopping = 0  # the signal every rank agreed to stop on (see `_agreed_stop`)
-            with _stop_on_signals() as self.stop:
+            with stop_on_signals() as self.stop:
                 if position is None:
                     self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
                 self.report.start(self.config, self.run_path,  # after it: resumable
@@ -725,24 +724,12 @@ class _Trainer:
 
     def _evaluate(self, obs: torch.Tensor, lab: torch.Tensor | None) -> dict[str, float]:
         """-ELBO and its parts of `model` on ``obs``, each rank on its shard, summed over ranks."""
-        rank, world = self.dist.rank, self.dist.world
-        shard = obs[rank::world]
-        lab = None if lab is None else lab[rank::world]
-        m = evaluate_elbo(self.model, shard, self.s.batch_size, lab)
-        sums = torch.tensor([m["recon"] * len(shard), m["kl"] * len(shard)], dtype=torch.float64)
-        recon, kl = (self.dist.all_sum(sums) / len(obs)).tolist()
-        return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
+        return evaluate_elbo_sharded(self.model, obs, self.dist, self.s.batch_size, lab)
 
     def _evaluate_iwae(self, obs: torch.Tensor, lab: torch.Tensor | None) -> float:
-        """The IWAE bound of `model` with the training's K, as -nats per image (fixed draws, so
-        epochs compare on the same noise; global RNGs untouched, so resume stays exact)."""
-        rank, world = self.dist.rank, self.dist.world
-        shard = obs[rank::world]
-        lab = None if lab is None else lab[rank::world]
-        per_image = iwae_bound(self.model, shard, self.s.iwae_samples, self.s.batch_size,
-                               seed=rank, y=lab)
-        total = self.dist.all_sum(per_image.double().sum().reshape(1).cpu())
-        return float(total[0]) / len(obs)
+        """The IWAE bound of `model` with the training's K (see `iwae_bound_sharded`)."""
+        return iwae_bound_sharded(self.model, obs, self.dist, self.s.iwae_samples,
+                                  self.s.batch_size, lab)
 
     def _save_best(self, epoch: int, key: str, value: float) -> None:
         """Keep `model`'s weights as the best so far: in memory, and as best.pt in the folder."""
@@ -872,48 +859,3 @@ def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch:
     return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
             f"(lr, now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or skip such "
             "batches (skip_nonfinite)" + (f". {saved}: resume it with a lower lr" if saved else ""))
-
-
-class _deterministic:
-    """Context manager: ``torch.use_deterministic_algorithms`` for the block, then as it was."""
-
-    def __init__(self, on: bool) -> None:
-        self.on = on
-
-    def __enter__(self) -> None:
-        self.before = (torch.are_deterministic_algorithms_enabled(),
-                       torch.is_deterministic_algorithms_warn_only_enabled(),
-                       torch.backends.cudnn.benchmark)
-        if self.on:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-
-    def __exit__(self, *exc: Any) -> None:
-        enabled, warn_only, benchmark = self.before
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        torch.backends.cudnn.benchmark = benchmark
-
-
-class _StopFlag:
-    signum: int = 0
-
-
-class _stop_on_signals:
-    """Context manager: SIGINT/SIGTERM set a flag that the loop checks after each step."""
-
-    def __enter__(self) -> _StopFlag:
-        self.flag = _StopFlag()
-        self.old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self.flag
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag.signum:  # a second signal: stop at once
-            raise KeyboardInterrupt
-        self.flag.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
