@@ -668,50 +668,58 @@ class _Trainer:
         return self.ema.module if self.ema is not None else self.vae  # type: ignore[return-value]
 
     def _end_epoch(self, pos: Position) -> None:
-        """Evaluate, then checkpoint (best.pt first), write metrics.csv and the pictures, print."""
+        """The end of an epoch: evaluate -> select -> save -> report -> stop?
+
+        The ordering rules:
+          1. The row is complete (every bound evaluated) before anything is written.
+          2. best.pt before the checkpoint of its epoch: a kill between the two redoes the
+             epoch, never leaves a checkpoint whose best epoch has no best.pt.
+          3. metrics.csv after the checkpoint (`runs.RunFolder.save_checkpoint`): the table never
+             holds an epoch the checkpoint does not; resume rewrites it from the checkpoint.
+          4. The pictures after the checkpoint, marked complete last: a kill while drawing them
+             is redrawn on resume.
+          5. The trackers and the console line last, once the epoch is safe on disk.
+          6. The stop signal is agreed on by every rank at this one point.
+        """
         epoch = pos.epoch + 1
+        # -- evaluate ------------------------------------------------------------------------
         row: dict[str, float] = {"epoch": epoch, "train_loss": self.train_loss}
         for split, obs, lab in (("test", self.test_y, self.test_lab),
                                 ("val", self.val_y, self.val_lab)):
             if split == "val" and obs is None:
                 continue  # no validation columns without validation images
-            try:
-                m = self._evaluate(obs, lab) if obs is not None else {}
-            except ValueError as e:  # a distribution fed NaN: weights that overflow on these
-                if "invalid values" not in str(e):
-                    raise
-                raise TrainingError(_nonfinite_message(self.vae, obs[:64], None if lab is None
-                                                       else lab[:64], epoch, None, self.s,
-                                                       self._saved)) from None
+            m = self._evaluate(obs, lab, epoch) if obs is not None else {}
             for key in ("neg_elbo", "recon", "kl"):
                 row[f"{split}_{key}"] = m.get(key, float("nan"))
         if self.val_y is not None and self.s.objective == "iwae":  # select on the trained bound
             row["val_neg_iwae"] = self._evaluate_iwae(self.val_y, self.val_lab)
-        row["beta"] = self.vae.beta
-        row["lr"] = self.lr.current
-        row["skipped"] = pos.skipped
-        row["seconds"] = time.perf_counter() - self.t0
+        row.update(beta=self.vae.beta, lr=self.lr.current, skipped=pos.skipped,
+                   seconds=time.perf_counter() - self.t0)
+        # -- select --------------------------------------------------------------------------
         best = runs.best_validation(pos.history)[1]
         key = runs.validation_key([row])  # val_neg_iwae when training IWAE, else val_neg_elbo
         improved = self.val_y is not None and row[key] < best
         pos.history.append(row)
         pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
         self.lr.at_epoch_end(row.get(key))
-        if improved:  # before the checkpoint: a kill between the two redoes this epoch
+        # -- save (rules 2-4) ----------------------------------------------------------------
+        if improved:
             self._save_best(epoch, key, row[key])
         self._checkpoint(pos, row)
-        if self.run_path is not None and self.dist.main:
+        if self.folder is not None and self.dist.main:
             self._write_pictures(pos.history)
+        # -- report (rule 5) -----------------------------------------------------------------
         pictures = ({"samples": self.run_path / runs.SAMPLES,
                      "reconstructions": self.run_path / runs.RECONSTRUCTIONS}
                     if self.run_path is not None else None)
-        self.report.epoch(row, epoch * self.steps, self.train_x.shape[0] / max(row["seconds"], 1e-9),
-                          pictures)
+        self.report.epoch(row, epoch * self.steps,
+                          self.train_x.shape[0] / max(row["seconds"], 1e-9), pictures)
         self.report.line(epoch_line(row, self.s.epochs, improved, key, self.s.iwae_samples))
         if self._out_of_patience(pos.history) and epoch < self.s.epochs:
             what = "IWAE bound" if key == "val_neg_iwae" else "-ELBO"
             self.report.line(f"early stop: no better validation {what} in {self.s.patience} "
                              f"epochs (best: epoch {runs.best_validation(pos.history)[0]})")
+        # -- stop? (rule 6) ------------------------------------------------------------------
         if self._agreed_stop():
             raise Interrupted(self.stopping, epoch, 0, self.run_path)
 
@@ -722,9 +730,18 @@ class _Trainer:
             return False
         return history[-1]["epoch"] - runs.best_validation(history)[0] >= self.s.patience
 
-    def _evaluate(self, obs: torch.Tensor, lab: torch.Tensor | None) -> dict[str, float]:
-        """-ELBO and its parts of `model` on ``obs``, each rank on its shard, summed over ranks."""
-        return evaluate_elbo_sharded(self.model, obs, self.dist, self.s.batch_size, lab)
+    def _evaluate(self, obs: torch.Tensor, lab: torch.Tensor | None, epoch: int
+                  ) -> dict[str, float]:
+        """-ELBO and its parts of `model` on ``obs``, each rank on its shard, summed over ranks;
+        weights that overflow on these images are a `TrainingError` naming the term."""
+        try:
+            return evaluate_elbo_sharded(self.model, obs, self.dist, self.s.batch_size, lab)
+        except ValueError as e:  # a distribution fed NaN
+            if "invalid values" not in str(e):
+                raise
+            raise TrainingError(_nonfinite_message(self.vae, obs[:64], None if lab is None
+                                                   else lab[:64], epoch, None, self.s,
+                                                   self._saved)) from None
 
     def _evaluate_iwae(self, obs: torch.Tensor, lab: torch.Tensor | None) -> float:
         """The IWAE bound of `model` with the training's K (see `iwae_bound_sharded`)."""
