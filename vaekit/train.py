@@ -525,13 +525,7 @@ class _Trainer:
         if position is None:
             return Position(rng={"shuffle": self.shuffle.get_state()})
         try:
-            if "optimizer" in state:
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.lr.load_state_dict(state.get("lr_schedule") or {})
-            if self.ema is not None and state.get("ema"):
-                load_ema_state(self.ema, state["ema"])
-            if self.aux and "objective" in state:
-                self.loss_fn.load_auxiliary_state(state["objective"])
+            self.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the checkpoint in {self.run_path} does not fit this run's "
                                   f"settings ({type(e).__name__}: {e})") from None
@@ -789,13 +783,32 @@ class _Trainer:
             return
         shuffle = self.shuffle.get_state() if pos.step == 0 else pos.rng["shuffle"]
         pos.rng = {**ranks[0], "shuffle": shuffle, "ranks": ranks}
-        extra = {"ema": ema_state(self.ema)} if self.ema is not None else {}
-        if self.aux:
-            extra["objective"] = self.loss_fn.auxiliary_state()
-        self.folder.save_checkpoint({
-            "model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": self.lr.state_dict(), **extra, **dataclasses.asdict(pos)}, row)
+        self.folder.save_checkpoint({**self.state_dict(), **dataclasses.asdict(pos)}, row)
         self.report.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state but the position: the weights, the optimizer, the learning
+        rate schedule, the weight average, and what the objective owns (its networks and their
+        optimizers). With `Position` (its random states included) it is the checkpoint."""
+        state: dict[str, Any] = {"model": self.vae.state_dict(),
+                                 "optimizer": self.optimizer.state_dict(),
+                                 "lr_schedule": self.lr.state_dict()}
+        if self.ema is not None:
+            state["ema"] = ema_state(self.ema)
+        if self.aux:
+            state["objective"] = self.loss_fn.auxiliary_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict` (the weights are loaded before the trainer is built); parts a
+        checkpoint of an older vaekit lacks keep their fresh values."""
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.lr.load_state_dict(state.get("lr_schedule") or {})
+        if self.ema is not None and state.get("ema"):
+            load_ema_state(self.ema, state["ema"])
+        if self.aux and "objective" in state:
+            self.loss_fn.load_auxiliary_state(state["objective"])
 
     def _write_pictures(self, history: list[dict[str, float]]) -> None:
         """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
