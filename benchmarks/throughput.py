@@ -41,7 +41,7 @@ class VaekitStep:
 
     def train_images(self, n: int) -> float:
         x = self.x[:n] if n <= self.x.shape[0] else self.x
-        r = vaekit.fit(self.vae, x, epochs=1, batch_size=self.bs, device=self.device,
+        r = vaekit.fit(self.vae, x, epochs=1, batch_size=self.bs, device=str(self.device),
                        amp=self.amp, progress=False)
         return r.final["seconds"] * n / x.shape[0]
 
