@@ -99,5 +99,7 @@ def test_the_command_line_starts_without_torch_and_every_public_name_resolves():
     import sys
 
     code = ("import sys, vaekit, vaekit.cli; assert 'torch' not in sys.modules, 'torch'; "
-            "[getattr(vaekit, n) for n in vaekit.__all__]; assert 'torch' in sys.modules")
+            "[getattr(vaekit, n) for n in vaekit.__all__]; assert 'torch' in sys.modules; "
+            "assert vaekit.priors.Prior and vaekit.posteriors.Posterior and vaekit.nets; "
+            "assert not hasattr(vaekit, 'nosuchthing')")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -61,10 +61,13 @@ def __getattr__(name: str) -> Any:
             value = version("vaekit")
         except PackageNotFoundError:
             value = "0.0.0"  # a source tree, as `vaekit.runs.package_version` says
-    elif name in ("likelihoods", "runs"):
-        value = importlib.import_module(f"vaekit.{name}")
-    else:
-        raise AttributeError(f"module 'vaekit' has no attribute {name!r}")
+    else:  # a submodule: vaekit.priors, vaekit.runs ... as after `import vaekit.priors`
+        try:
+            value = importlib.import_module(f"vaekit.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"vaekit.{name}":
+                raise
+            raise AttributeError(f"module 'vaekit' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 
