@@ -367,37 +367,13 @@ class _Trainer:
     def __init__(self, vae: VAE, splits: Splits, settings: TrainSettings,
                  run_dir: str | os.PathLike[str] | None, progress: bool, verbose: bool,
                  loggers: Sequence[Logger] | None = None) -> None:
+        # -- check everything before touching the disk --------------------------------------
+        _check_images(vae, splits.train[0], "training")
+        self.dist, self.dev = distributed.setup(resolve_device(settings.device))
+        splits = _checked(vae, splits, settings, self.dist.world)
         (train_data, train_labels) = splits.train
         (test_data, test_labels) = splits.test if splits.test is not None else (None, None)
         (val_data, val_labels) = splits.val if splits.val is not None else (None, None)
-        # -- check everything before touching the disk --------------------------------------
-        _check_images(vae, train_data, "training")
-        if settings.batch_size > train_data.shape[0]:
-            raise ConfigError(f"batch_size {settings.batch_size} is larger than the "
-                              f"{train_data.shape[0]} training images; lower it")
-        self.dist, self.dev = distributed.setup(resolve_device(settings.device))
-        if settings.batch_size % self.dist.world:
-            raise ConfigError(f"batch_size {settings.batch_size} does not split over "
-                              f"{self.dist.world} processes; use a multiple of {self.dist.world}")
-        check_objective(vae, settings.objective)
-        wants_val = [what for what, on in (("patience", settings.patience),
-                                           ("lr_schedule plateau",
-                                            settings.lr_schedule.startswith("plateau")))
-                     if on]
-        if wants_val and val_data is None:
-            raise ConfigError(f"{' and '.join(wants_val)} needs validation images: hold some "
-                              "out (--val N; val_data in Python)")
-        for data, what in ((test_data, "test"), (val_data, "validation")):
-            if data is not None:
-                _check_images(vae, data, what)
-        if vae.num_classes:
-            _check_labels(vae, train_data, train_labels, "training")
-            for data, lab, what in ((test_data, test_labels, "test"),
-                                    (val_data, val_labels, "validation")):
-                if data is not None:
-                    _check_labels(vae, data, lab, what)
-        else:
-            train_labels = test_labels = val_labels = None
         self.vae, self.s = vae, settings
         self.train_data, self.test_data, self.val_data = train_data, test_data, val_data
         self.train_labels, self.test_labels, self.val_labels = train_labels, test_labels, val_labels
@@ -836,6 +812,35 @@ def _splits(train: torch.Tensor | Splits, test: torch.Tensor | None,
         return train
     return Splits((train, train_labels), None if val is None else (val, val_labels),
                   None if test is None else (test, test_labels))
+
+
+def _checked(vae: VAE, splits: Splits, s: TrainSettings, world: int) -> Splits:
+    """The data and settings checked against each other before anything touches the disk
+    (one-line errors); labels dropped for an unconditional VAE."""
+    train = splits.train[0]
+    if s.batch_size > train.shape[0]:
+        raise ConfigError(f"batch_size {s.batch_size} is larger than the {train.shape[0]} "
+                          "training images; lower it")
+    if s.batch_size % world:
+        raise ConfigError(f"batch_size {s.batch_size} does not split over {world} processes; "
+                          f"use a multiple of {world}")
+    check_objective(vae, s.objective)
+    wants_val = [what for what, on in (("patience", s.patience),
+                                       ("lr_schedule plateau", s.lr_schedule.startswith("plateau")))
+                 if on]
+    if wants_val and splits.val is None:
+        raise ConfigError(f"{' and '.join(wants_val)} needs validation images: hold some out "
+                          "(--val N; val_data in Python)")
+    parts = {"training": splits.train, "validation": splits.val, "test": splits.test}
+    for what, part in parts.items():
+        if part is not None:
+            _check_images(vae, part[0], what)
+            if vae.num_classes:
+                _check_labels(vae, part[0], part[1], what)
+    if vae.num_classes:
+        return splits
+    return Splits((train, None), None if splits.val is None else (splits.val[0], None),
+                  None if splits.test is None else (splits.test[0], None))
 
 
 def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
