@@ -539,11 +539,13 @@ class _Trainer:
         bar = self.report.bar(n, min(pos.step * bs, n), f"epoch {epoch}/{s.epochs}")
         with pyro.settings.context(module_local_params=True), bar:
             for step in range(pos.step, self.steps):
-                idx = perm[step * bs : (step + 1) * bs][rank::world]  # this rank's shard
+                # -- the batch: this rank's shard, as the likelihood observes it ----------
+                idx = perm[step * bs : (step + 1) * bs][rank::world]
                 x = lik.targets(to_unit(self.train_x[idx])).contiguous(
                     memory_format=self.memory_format)
                 y = None if self.labels is None else self.labels[idx]
                 global_step = pos.epoch * self.steps + step
+                # -- the step: schedules, the objective, one update (skipped if not finite)
                 if self.schedule.kind != "constant":
                     vae.beta = self.schedule(global_step)
                 if isinstance(self.loss_fn, Capacity):
@@ -570,6 +572,7 @@ class _Trainer:
                     self.ema.update_parameters(vae)
                 if self.aux:  # the objective's own updates, after the VAE's
                     self.loss_fn.auxiliary_step(x, y, global_step)
+                # -- bookkeeping: the sums, the reports, a checkpoint or a stop if due ----
                 acc += loss.detach()
                 if self.report.tracking and step % self.check_every == 0:
                     self.report.step(global_step + 1, {
