@@ -1,6 +1,9 @@
 """Shared fixtures: a clean param store, seeds and validation before each test; MNIST slices."""
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyro
@@ -47,6 +50,22 @@ def synthetic_images(n: int = 64, shape: tuple[int, ...] = (1, 28, 28), seed: in
 def synthetic():
     """`synthetic_images`: 64 training and 32 test images."""
     return synthetic_images(64), synthetic_images(32, seed=1)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder):
+    """Another process holding `vaekit.io.FolderLock` on ``folder`` for the block; yields it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vaekit.io import FolderLock; "
+         "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+         str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 @pytest.fixture(autouse=True)

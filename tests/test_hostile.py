@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import lock_held_elsewhere
 
 from vaekit import runs
 from vaekit.cli import cli
@@ -58,19 +59,10 @@ def test_a_fit_through_a_linked_lock_file_is_one_line_and_harmless(workdir):
 
 
 def test_deleting_the_lock_file_does_not_let_a_second_writer_in(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from vaekit.io import FolderLock; "
-         "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
-         str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path / "r"):
         (tmp_path / "r" / LOCK_FILE).unlink()
         with pytest.raises(OSError, match="another vaekit process"):
             FolderLock(tmp_path / "r").acquire()
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
 
 
 def test_overwrite_deletes_only_a_folder_that_is_provably_a_vaekit_run(synthetic, tmp_path):

@@ -11,6 +11,7 @@ import time
 import pyro
 import pytest
 import torch
+from conftest import lock_held_elsewhere
 
 import vaekit
 from vaekit import VAE, fit, likelihoods, resume, runs
@@ -207,12 +208,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(mnist_small, tmp_path):
     fit(VAE(z_dim=2), train_x, test_x, epochs=1, run_dir=tmp_path / "r", **kw)
     stale = tmp_path / "r" / ".checkpoint.pt.x1.vaekit.tmp"  # as if the holder were mid-write
     stale.write_bytes(b"being written")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from vaekit.io import FolderLock; "
-         "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
-         str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path / "r") as holder:
         with pytest.raises(ConfigError, match=f"being written by another vaekit process "
                                               f"\\(PID {holder.pid}\\)"):
             resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
@@ -221,10 +217,6 @@ def test_a_second_writer_is_refused_with_the_holders_pid(mnist_small, tmp_path):
                 **kw)
         assert stale.read_bytes() == b"being written"  # nothing of the holder's was touched
         assert [r["epoch"] for r in runs.read_metrics(tmp_path / "r")] == [1]
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
     # the holder is gone (killed: the OS released its lock): the folder can be resumed
     resume(tmp_path / "r", train_x, test_x, epochs=2, progress=False, verbose=False)
     assert [r["epoch"] for r in runs.read_metrics(tmp_path / "r")] == [1, 2]

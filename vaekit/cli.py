@@ -303,7 +303,14 @@ def _file_run_section(ctx: click.Context, from_file: dict[str, dict[str, Any]],
     refused unless ``--mlflow-uri`` gives the same. Without ``--out`` the folder is chosen
     here, once, so that every rank of ``--nproc`` uses the same one.
     """
+    from vaekit.io import holds_nothing
     from vaekit.runs import default_run_dir
+
+    def _free(path: Path) -> bool:
+        try:
+            return holds_nothing(path)
+        except OSError:  # not readable: not free
+            return False
 
     run = dict(from_file.get("run", {}))
     run.pop("overwrite", None)
@@ -316,7 +323,7 @@ def _file_run_section(ctx: click.Context, from_file: dict[str, dict[str, Any]],
                                f"{uri} to send it there, or another --mlflow-uri")
     if "out" not in given["run"] and "LOCAL_RANK" not in os.environ:
         wanted = run.pop("out", None)
-        if wanted is not None and _is_free(Path(wanted)):
+        if wanted is not None and _free(Path(wanted)):
             run["out"] = wanted
         else:
             run["out"] = str(default_run_dir())
@@ -326,17 +333,6 @@ def _file_run_section(ctx: click.Context, from_file: dict[str, dict[str, Any]],
     else:
         run.pop("out", None)
     return {**from_file, "run": run}, note
-
-
-def _is_free(path: Path) -> bool:
-    """A folder a new run may go into: missing, or empty but for vaekit's own leftovers."""
-    from vaekit.io import is_own_leftover
-
-    try:
-        return not path.exists() or (path.is_dir() and all(
-            is_own_leftover(p) for p in path.iterdir()))
-    except OSError:
-        return False
 
 
 def _flag(ctx: click.Context, section: str, name: str) -> str:

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "is_own_leftover", "FolderLock", "FolderBusy",
-           "LOCK_FILE"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "is_own_leftover", "holds_nothing",
+           "FolderLock", "FolderBusy", "LOCK_FILE"]
 
 LOCK_FILE = ".vaekit.lock"
 """The file in a run folder that its writer holds an OS lock on (and writes its PID into)."""
@@ -55,6 +55,14 @@ def is_own_leftover(path: str | os.PathLike[str]) -> bool:
     of `atomic_write` (a killed writer's). A folder holding only these is free for a new run."""
     name = Path(path).name
     return name == LOCK_FILE or (name.startswith(".") and name.endswith(_TMP_SUFFIX))
+
+
+def holds_nothing(folder: str | os.PathLike[str]) -> bool:
+    """Whether a folder is missing, or holds nothing but vaekit's own leftovers
+    (`is_own_leftover`): a new run may go into it."""
+    folder = Path(folder)
+    return not folder.exists() or (folder.is_dir() and all(
+        is_own_leftover(p) for p in folder.iterdir()))
 
 
 def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:

@@ -511,12 +511,11 @@ class RunFolder:
             ConfigError: the folder is in the way, busy or not writable (nothing is changed).
         """
         from vaekit.errors import ConfigError
-        from vaekit.io import FolderBusy, FolderLock, is_own_leftover, remove_stale_temporaries
+        from vaekit.io import FolderBusy, FolderLock, holds_nothing, remove_stale_temporaries
 
         path = self.path
         try:
-            if not resuming and path.exists() and not all(
-                    is_own_leftover(p) for p in path.iterdir()):  # e.g. killed mid-config
+            if not resuming and not holds_nothing(path):  # leftovers: e.g. killed mid-config
                 if not overwrite:
                     what = "a vaekit run" if is_run_dir(path) else "not empty"
                     raise ConfigError(f"{path} already exists and is {what}; pick another out "
