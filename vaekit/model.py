@@ -21,21 +21,23 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from vaekit.devices import eval_mode
-from vaekit.errors import ConfigError
-from vaekit.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
-from vaekit.nets import (
-    ConditionalDecoder,
-    ConditionalEncoder,
-    Decoder,
-    Encoder,
-    MLPDecoder,
-    MLPEncoder,
-    make_nets,
+from vaekit.building import (
+    arguments_from_config,
+    arguments_from_spec,
+    build_net,
+    call_net,
+    check_nets,
+    likelihood_id,
+    net_name,
+    part_config,
+    part_spec,
 )
-from vaekit.plugins import import_class, import_plugin, is_plugin_name
-from vaekit.posteriors import POSTERIORS, Diagonal, Posterior, get_posterior
-from vaekit.priors import PRIORS, Prior, StandardNormal, VampPrior, get_prior
+from vaekit.errors import ConfigError
+from vaekit.likelihoods import Likelihood, get_likelihood
+from vaekit.nets import make_nets
+from vaekit.plugins import import_class
+from vaekit.posteriors import Diagonal, Posterior, get_posterior
+from vaekit.priors import Prior, StandardNormal, get_prior
 from vaekit.settings import MAX_Z_DIM, ModelSpec
 
 __all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer",
@@ -95,7 +97,7 @@ class Model(nn.Module):
         with pyro.plate("data", x.shape[0]):
             with _kl_weight(self.beta):
                 z = pyro.sample("z", self.prior(x.shape[0]))
-            out = _call(self.decoder, z, y).float()  # float32 likelihood under mixed precision
+            out = call_net(self.decoder, z, y).float()  # float32 likelihood under mixed precision
             return pyro.sample("x", self.likelihood(out), obs=x)
     # --8<-- [end:model]
 
@@ -123,7 +125,7 @@ class Guide(nn.Module):
         _register("encoder", self.encoder)
         _register("posterior", self.posterior)
         with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = _call(self.encoder, x, y)
+            z_loc, z_scale = call_net(self.encoder, x, y)
             z_loc, z_scale = z_loc.float(), z_scale.float()  # float32 under mixed precision
             with _kl_weight(self.beta):
                 return pyro.sample("z", self.posterior(z_loc, z_scale))
@@ -179,7 +181,7 @@ class HierarchicalModel(nn.Module):
                 z2 = pyro.sample("z2", self.prior(x.shape[0]))
                 loc, scale = self.p_z1(z2)
                 z1 = pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
-            out = _call(self.decoder, z1, y).float()
+            out = call_net(self.decoder, z1, y).float()
             return pyro.sample("x", self.likelihood(out), obs=x)
 
 
@@ -204,7 +206,7 @@ class HierarchicalGuide(nn.Module):
                            ("q_z2", self.q_z2)):
             _register(name, part)
         with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = _call(self.encoder, x, y)
+            z_loc, z_scale = call_net(self.encoder, x, y)
             with _kl_weight(self.beta):
                 z1 = pyro.sample("z1", self.posterior(z_loc.float(), z_scale.float()))
                 loc, scale = self.q_z2(z1)
@@ -269,19 +271,19 @@ class VAE(nn.Module):
         lik = get_likelihood(likelihood)
         out_channels = self.image_shape[0] * lik.params_per_channel
         if isinstance(encoder, (str, type)):
-            encoder = _build_net(import_class(encoder, "encoder"), "encoder", num_classes,
+            encoder = build_net(import_class(encoder, "encoder"), "encoder", num_classes,
                                  self.image_shape, z_dim)
         if isinstance(decoder, (str, type)):
-            decoder = _build_net(import_class(decoder, "decoder"), "decoder", num_classes,
+            decoder = build_net(import_class(decoder, "decoder"), "decoder", num_classes,
                                  self.image_shape, z_dim, out_channels)
         if encoder is None or decoder is None:
             own_enc, own_dec = make_nets(nets, self.image_shape, z_dim, out_channels, num_classes)
             encoder = own_enc if encoder is None else encoder
             decoder = own_dec if decoder is None else decoder
         self.nets = nets
-        self._custom_nets = {"encoder": _net_name(encoder, nets),
-                             "decoder": _net_name(decoder, nets)}
-        _check_nets(encoder, decoder, self.image_shape, z_dim, out_channels, num_classes)
+        self._custom_nets = {"encoder": net_name(encoder, nets),
+                             "decoder": net_name(decoder, nets)}
+        check_nets(encoder, decoder, self.image_shape, z_dim, out_channels, num_classes)
         prior_mod = get_prior(prior, z_dim, self.image_shape)
         if prior_mod.name == "vamp" and num_classes:
             raise ConfigError("the VampPrior passes pseudo-inputs through the encoder, which in a "
@@ -362,7 +364,7 @@ class VAE(nn.Module):
         With the diagonal posterior these are q(z|x)'s mean and standard deviation; with a flow
         they are its base distribution's (``vae.posterior(z_loc, z_scale)`` is q(z|x) itself).
         """
-        return _call(self.encoder, x, self._labels(y, x.shape[0]))
+        return call_net(self.encoder, x, self._labels(y, x.shape[0]))
 
     def qz_dist(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
         """q(z|x) (q(z|x, y) when conditional) as a distribution, differentiable."""
@@ -371,7 +373,7 @@ class VAE(nn.Module):
 
     def px(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
         """The distribution p(x|z) (p(x|z, y) when conditional) over images, differentiable."""
-        return self.likelihood(_call(self.decoder, z, self._labels(y, z.shape[-2] if z.dim() > 1
+        return self.likelihood(call_net(self.decoder, z, self._labels(y, z.shape[-2] if z.dim() > 1
                                                                    else 1)).float())
 
     @torch.no_grad()
@@ -382,14 +384,14 @@ class VAE(nn.Module):
         Exact for the diagonal posterior (the encoder's ``(z_loc, z_scale)``); for a flow they are
         estimated from 64 draws of q(z|x) (`vaekit.posteriors.Posterior.moments`).
         """
-        z_loc, z_scale = _call(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
+        z_loc, z_scale = call_net(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
         return self.posterior.moments(z_loc.float(), z_scale.float())
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Mean image of p(x|z) (p(x|z, y) when conditional), in [0, 1]."""
         z = z.to(self.device)
-        return self.likelihood.mean(_call(self.decoder, z, self._labels(y, z.shape[0])))
+        return self.likelihood.mean(call_net(self.decoder, z, self._labels(y, z.shape[0])))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
@@ -416,12 +418,12 @@ class VAE(nn.Module):
         return {
             **plugin,
             "latents": self.latents,
-            "prior": _part_config(self.prior, "vaekit.priors"),
-            "posterior": _part_config(self.posterior, "vaekit.posteriors"),
+            "prior": part_config(self.prior, "vaekit.priors"),
+            "posterior": part_config(self.posterior, "vaekit.posteriors"),
             "z_dim": self.z_dim,
             "beta": self.beta,
             "image_shape": list(self.image_shape),
-            "likelihood": {**_likelihood_id(self.likelihood), **self.likelihood.config()},
+            "likelihood": {**likelihood_id(self.likelihood), **self.likelihood.config()},
             "encoder": self._custom_nets["encoder"],
             "decoder": self._custom_nets["decoder"],
             "num_classes": self.num_classes,
@@ -434,40 +436,20 @@ class VAE(nn.Module):
 
         A config that names code of its own (a network ``"module:Class"``, or a likelihood that
         a module registers) is code: its modules are imported only if they already are, or with
-        ``trust_plugins=True``. Otherwise a `ConfigError` names the module to import.
+        ``trust_plugins=True``. Otherwise a `ConfigError` names the module to import (the rules
+        are `vaekit.building.arguments_from_config`'s).
 
         Args:
             config: What `VAE.config` returned (e.g. from a run's ``config.json``).
             trust_plugins: Import the modules the config names.
         """
-        cfg = dict(config)
-        lik_cfg = dict(cfg.pop("likelihood"))
-        lik_module = cfg.pop("likelihood_module", None)
-        for part in ("encoder", "decoder"):  # "module:Class" of a custom net, imported if allowed
-            if cfg.get(part) in (None, "default"):
-                cfg.pop(part, None)
-            else:
-                cfg[part] = import_class(cfg[part], part, trust=trust_plugins)
-        if "class" in lik_cfg:  # a likelihood class given as module:Class, not registered
-            lik_cls = import_class(lik_cfg.pop("class"), "likelihood", trust=trust_plugins)
-            lik_cfg.pop("name", None)
-            likelihood = _build_likelihood(lik_cls, lik_cfg)
-        else:
-            name = lik_cfg.pop("name")
-            if name not in LIKELIHOODS and lik_module:
-                import_plugin(lik_module, f"the likelihood {name!r}", trust_plugins)
-            likelihood = get_likelihood(name, **lik_cfg)
-        z_dim, image_shape = cfg["z_dim"], tuple(cfg.get("image_shape", (1, 28, 28)))
-        cfg["prior"] = _build_part(cfg.get("prior"), "prior", PRIORS, trust_plugins,
-                                   z_dim=z_dim, image_shape=image_shape)
-        cfg["posterior"] = _build_part(cfg.get("posterior"), "posterior", POSTERIORS,
-                                       trust_plugins, z_dim=z_dim)
-        return cls(likelihood=likelihood, **cfg)
+        return cls(**arguments_from_config(config, trust_plugins))
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, image_shape: Sequence[int] = (1, 28, 28),
                   num_classes: int = 0, trust_plugins: bool = True) -> VAE:
-        """Build the VAE a `ModelSpec` describes, for images of ``image_shape``.
+        """Build the VAE a `ModelSpec` describes, for images of ``image_shape``
+        (`vaekit.building.arguments_from_spec`).
 
         Args:
             spec: The model settings.
@@ -476,28 +458,7 @@ class VAE(nn.Module):
             trust_plugins: Import the modules of networks named ``module:Class``; False for a
                 spec read from a file (see `VAE.from_config`).
         """
-        options = spec.likelihood_options()
-        if spec.scale_mode == "channel":
-            options["channels"] = int(image_shape[0])
-        nets = {part: None if name is None else import_class(name, part, trust=trust_plugins)
-                for part, name in (("encoder", spec.encoder), ("decoder", spec.decoder))}
-        prior: str | Prior = spec.prior
-        posterior: str | Posterior = spec.posterior
-        if is_plugin_name(spec.prior):
-            prior = _construct(import_class(spec.prior, "prior", trust=trust_plugins), "prior",
-                               spec.z_dim)
-        if is_plugin_name(spec.posterior):
-            posterior = _construct(import_class(spec.posterior, "posterior", trust=trust_plugins),
-                                   "posterior", spec.z_dim)
-        if is_plugin_name(spec.likelihood):
-            lik_cls = import_class(spec.likelihood, "likelihood", trust=trust_plugins)
-            likelihood = _build_likelihood(lik_cls, options)
-        else:
-            likelihood = get_likelihood(spec.likelihood, **options)
-        return cls(z_dim=spec.z_dim, likelihood=likelihood,
-                   beta=spec.beta, image_shape=image_shape,
-                   num_classes=num_classes if spec.conditional else 0, prior=prior,
-                   posterior=posterior, latents=spec.latents, nets=spec.nets, **nets)
+        return cls(**arguments_from_spec(spec, image_shape, num_classes, trust_plugins))
 
     def spec(self) -> ModelSpec:
         """The `ModelSpec` of this VAE: what ``config.json`` records under ``"model"``.
@@ -508,138 +469,12 @@ class VAE(nn.Module):
         lik = self.likelihood.config()
         fields = ("binarize", "scale", "learn_scale", "scale_mode")
         custom = {k: (None if v == "default" else v) for k, v in self._custom_nets.items()}
-        lik_id = _likelihood_id(self.likelihood)
+        lik_id = likelihood_id(self.likelihood)
         return ModelSpec(likelihood=lik_id.get("class", lik_id.get("name")), beta=self.beta,
                          z_dim=self.z_dim,
-                         conditional=self.num_classes > 0, prior=_part_spec(self.prior),
-                         posterior=_part_spec(self.posterior), latents=self.latents,
+                         conditional=self.num_classes > 0, prior=part_spec(self.prior),
+                         posterior=part_spec(self.posterior), latents=self.latents,
                          nets=self.nets, **custom,
                          **{k: lik[k] for k in fields if k in lik})
 
 
-def _call(net: nn.Module, inp: torch.Tensor, y: torch.Tensor | None) -> Any:
-    """``net(inp)``, or ``net(inp, y)`` for the nets of a conditional VAE."""
-    return net(inp) if y is None else net(inp, y)
-
-
-def _build_net(cls: type, part: str, num_classes: int, image_shape: tuple[int, ...], z_dim: int,
-               out_channels: int | None = None) -> nn.Module:
-    """A user's net class built by the documented contract (see `VAE`), or a one-line error.
-
-    Unconditional: ``Class(image_shape, z_dim)`` / ``Class(image_shape, z_dim, out_channels)``;
-    conditional: the same with ``out_channels`` by name and ``num_classes=K`` added.
-    """
-    args: tuple[Any, ...] = (image_shape, z_dim)
-    kwargs: dict[str, Any] = {}
-    if part == "decoder":
-        if num_classes:
-            kwargs["out_channels"] = out_channels
-        else:
-            args += (out_channels,)
-    if num_classes:
-        kwargs["num_classes"] = num_classes
-    shown = ", ".join(["image_shape", "z_dim", *(["out_channels"] if part == "decoder" and
-                                                 not num_classes else []),
-                       *(f"{k}={v!r}" for k, v in kwargs.items())])
-    try:
-        return cls(*args, **kwargs)
-    except TypeError as e:
-        kind = "a conditional " if num_classes else "an "
-        raise ConfigError(f"cannot build the {part} {cls.__qualname__}({shown}) ({e}); "
-                          f"{kind}{part} class must take these arguments (see vaekit.VAE)"
-                          ) from None
-
-
-def _net_name(net: nn.Module, nets: str) -> str:
-    """``"default"`` for vaekit's own nets of the family ``nets``, else ``module:Class``."""
-    family = (MLPEncoder, MLPDecoder) if nets.startswith("mlp") else (Encoder, Decoder)
-    if type(net) in (*family, ConditionalEncoder, ConditionalDecoder):
-        return "default"
-    return f"{type(net).__module__}:{type(net).__qualname__}"
-
-
-def _likelihood_id(lik: Likelihood) -> dict[str, str]:
-    """``{"name": ...}`` for a registered likelihood, ``{"class": "module:Class"}`` otherwise."""
-    if LIKELIHOODS.get(lik.name) is type(lik):
-        return {"name": lik.name}
-    return {"class": f"{type(lik).__module__}:{type(lik).__qualname__}"}
-
-
-def _build_likelihood(cls: type, options: dict[str, Any]) -> Likelihood:
-    """``cls(**options)`` for a likelihood class named as module:Class."""
-    if not issubclass(cls, Likelihood):
-        raise ConfigError(f"{cls.__module__}:{cls.__qualname__} is not a vaekit Likelihood")
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise ConfigError(f"the likelihood {cls.__qualname__} does not take these options: {e}"
-                          ) from None
-
-
-def _part_config(part: Prior | Posterior, builtin_module: str) -> dict[str, Any]:
-    """How `VAE.config` records a prior or posterior: its name and arguments, or its class."""
-    if type(part).__module__ == builtin_module:
-        return {"name": part.name, **part.config()}
-    return {"class": f"{type(part).__module__}:{type(part).__qualname__}", **part.config()}
-
-
-def _part_spec(part: Prior | Posterior) -> str:
-    """The `ModelSpec` string of a prior or posterior: ``"mog:10"``, ``"iaf:2"``, or its class."""
-    if type(part).__module__ not in ("vaekit.priors", "vaekit.posteriors"):
-        return f"{type(part).__module__}:{type(part).__qualname__}"
-    count = part.config().get("k", part.config().get("steps"))
-    return part.name if count is None else f"{part.name}:{count}"
-
-
-def _build_part(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
-                trust: bool, **kwargs: Any) -> Any:
-    """Rebuild a prior or posterior from `_part_config` output (None: the default)."""
-    if cfg is None:
-        return "standard" if part == "prior" else "diagonal"
-    cfg = dict(cfg)
-    if "class" in cfg:
-        cls = import_class(cfg.pop("class"), part, trust=trust)
-    else:
-        cls = builtin[cfg.pop("name")]
-    if "image_shape" in cfg or (cls is VampPrior):
-        cfg["image_shape"] = tuple(cfg.get("image_shape", kwargs.get("image_shape")))
-    return _construct(cls, part, kwargs["z_dim"], **cfg)
-
-
-def _construct(cls: type, part: str, *args: Any, **kwargs: Any) -> Any:
-    """``cls(*args, **kwargs)`` for a prior or posterior, with a one-line error for a class whose
-    constructor does not take them."""
-    try:
-        return cls(*args, **kwargs)
-    except TypeError as e:
-        shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
-        raise ConfigError(f"cannot build the {part} {cls.__qualname__}({shown}): {e}; a {part} "
-                          f"class is built as Class(z_dim, **config()), see docs/extending.md"
-                          ) from None
-
-
-@torch.no_grad()
-def _check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, ...], z_dim: int,
-                out_channels: int, num_classes: int) -> None:
-    """Run both nets once on two blank inputs and check the shapes they give back."""
-    how_e, how_d = (" as encoder(x, y)", " as decoder(z, y)") if num_classes else ("", "")
-    with eval_mode(encoder, decoder):
-        dev = next(encoder.parameters(), torch.empty(0)).device
-        y = torch.zeros(2, dtype=torch.long, device=dev) if num_classes else None
-        x = torch.zeros(2, *image_shape, device=dev)
-        try:
-            out = _call(encoder, x, y)
-        except Exception as e:
-            raise ConfigError(f"the encoder cannot take {image_shape} images{how_e}: {e}"
-                              ) from None
-        if not (isinstance(out, tuple) and len(out) == 2
-                and all(t.shape == (2, z_dim) for t in out)):
-            raise ConfigError(f"the encoder must return (z_loc, z_scale), each [batch, {z_dim}]")
-        try:
-            img = _call(decoder, torch.zeros(2, z_dim, device=dev), y)
-        except Exception as e:
-            raise ConfigError(f"the decoder cannot take z of size {z_dim}{how_d}: {e}") from None
-        want = (2, out_channels, *image_shape[1:])
-        if tuple(img.shape) != want:
-            raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "
-                              f"{want[1:]} for {tuple(image_shape)} images and this likelihood")

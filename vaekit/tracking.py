@@ -170,6 +170,12 @@ class Reporter:
         self.verbose, self.progress = verbose and main, progress and main
         self.pending: list[tuple[int, dict[str, float]]] = []
 
+    def on_rank(self, main: bool) -> None:
+        """Silence this reporter unless ``main`` (rank 0 reports for all)."""
+        if not main:
+            self.trackers = Trackers([])
+            self.verbose = self.progress = False
+
     @property
     def tracking(self) -> bool:
         """Whether any tracker listens (step metrics are worth computing)."""

@@ -31,24 +31,16 @@ from typing import Any
 import pyro
 import torch
 
-from vaekit import distributed, plots, runs
+from vaekit import distributed, runs
+from vaekit.checks import as_splits, check_images, checked_splits, nonfinite_message
 from vaekit.data import Splits, load_splits, resolve_data_root, to_unit
-from vaekit.devices import deterministic, resolve_device, separate_compile_cache
+from vaekit.devices import deterministic, resolve_device
 from vaekit.distributed import stop_on_signals
-from vaekit.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    Interrupted,
-    PluginError,
-    TrainingError,
-)
-from vaekit.evaluation import evaluate_elbo_sharded, iwae_bound_sharded
-from vaekit.likelihoods import TEST_BINARIZATION_SEED, test_observations
+from vaekit.errors import CheckpointError, ConfigError, Interrupted, PluginError, TrainingError
+from vaekit.likelihoods import TEST_BINARIZATION_SEED
 from vaekit.model import VAE
-from vaekit.objectives import BetaSchedule, Capacity, Objective, check_objective, make_objective
-from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
 from vaekit.plugins import import_plugin
+from vaekit.session import Position, TrainingState
 from vaekit.settings import (
     RESUME_OVERRIDES,
     DataSpec,
@@ -57,7 +49,6 @@ from vaekit.settings import (
     TrainSettings,
     from_mapping,
 )
-from vaekit.traces import site_log_probs
 from vaekit.tracking import Logger, Reporter, epoch_line, make_loggers
 
 __all__ = [
@@ -103,58 +94,6 @@ class FitResult:
     def final(self) -> dict[str, float]:
         """The last epoch's metrics."""
         return self.history[-1]
-
-
-@dataclass
-class Position:
-    """Where training stands; a checkpoint saves exactly this, beside the weights and optimizer.
-
-    Attributes:
-        epoch: Epochs finished.
-        step: Steps finished of the next epoch (0 at an epoch's end).
-        total: Sum of the objective over those steps, over all ranks.
-        skipped: Non-finite batches skipped in those steps.
-        history: The finished epochs' rows of ``metrics.csv``.
-        rng: The random states when it was saved: ``torch`` (and ``cuda``) of rank 0, ``ranks``
-            (each rank's), and ``shuffle``, the shuffling generator as the epoch started.
-    """
-
-    epoch: int = 0
-    step: int = 0
-    total: float = 0.0
-    skipped: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    rng: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_checkpoint(cls, state: dict[str, Any]) -> Position:
-        """The position saved in a checkpoint, checked for what resuming relies on.
-
-        Raises:
-            KeyError, TypeError, ValueError: naming what is missing or wrong.
-        """
-        def count(key: str) -> int:
-            value = state.get(key, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**40:
-                raise ValueError(f"{key} = {str(value)[:40]!r} is not a count")
-            return value
-
-        epoch, step, skipped = count("epoch"), count("step"), count("skipped")
-        history, rng = state["history"], state["rng"]
-        if not (isinstance(history, list) and all(
-                isinstance(r, dict) and all(isinstance(v, (int, float)) for v in r.values())
-                for r in history)):
-            raise TypeError("history is not a list of rows of numbers")
-        if [r.get("epoch") for r in history] != list(range(1, epoch + 1)):
-            raise ValueError(f"history does not hold epochs 1..{epoch}")
-        if not (isinstance(rng, dict) and isinstance(rng.get("shuffle"), torch.Tensor)
-                and (isinstance(rng.get("torch"), torch.Tensor) or rng.get("ranks"))):
-            raise KeyError("rng (the random states) is incomplete")
-        total = state.get("total", 0.0)
-        if not isinstance(total, (int, float)):
-            raise TypeError("total is not a number")
-        return cls(epoch=epoch, step=step, total=float(total), skipped=skipped,
-                   history=list(history), rng=rng)
 
 
 def fit(
@@ -219,9 +158,9 @@ def fit(
     run = RunOptions(out=None if run_dir is None else str(run_dir), overwrite=overwrite,
                      progress=progress)
     config = runs.make_config(vae, settings, model_spec, data_spec, run, data_info)
-    splits = _splits(train_data, test_data, train_labels, test_labels, val_data, val_labels)
-    trainer = _Trainer(vae, splits, settings, run_dir, progress, verbose, loggers)
-    return trainer.run(config, overwrite=overwrite)
+    splits = as_splits(train_data, test_data, train_labels, test_labels, val_data, val_labels)
+    report = Reporter(loggers or [], verbose, progress)
+    return train_loop(vae, splits, settings, run_dir, report, config, overwrite=overwrite)
 
 
 def resume(
@@ -290,10 +229,10 @@ def resume(
             raise CheckpointError(f"the checkpoint in {run_dir} has no valid training position "
                                   f"({type(e).__name__}: {e}); delete it to start over") from None
     config = {**config, "train": dataclasses.asdict(settings)}
-    splits = _splits(train_data, test_data, train_labels, test_labels, val_data, val_labels)
-    trainer = _Trainer(vae, splits, settings, run_dir, progress, verbose, loggers)
-    trainer.new_lr = "lr" in changes
-    return trainer.run(config, resuming=True, position=position, state=state)
+    splits = as_splits(train_data, test_data, train_labels, test_labels, val_data, val_labels)
+    report = Reporter(loggers or [], verbose, progress)
+    return train_loop(vae, splits, settings, run_dir, report, config, position=position,
+                      checkpoint=state, new_lr="lr" in changes)
 
 
 def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: RunOptions,
@@ -320,8 +259,8 @@ def fit_settings(model: ModelSpec, data: DataSpec, train: TrainSettings, run: Ru
             "n_val": 0 if splits.val is None else len(splits.val[0]),
             "n_test": len(splits.test[0])}
     config = runs.make_config(vae, train, model, data, run, info)
-    trainer = _Trainer(vae, splits, train, out, run.progress, verbose, loggers)
-    return trainer.run(config, overwrite=run.overwrite)
+    report = Reporter(loggers, verbose, run.progress)
+    return train_loop(vae, splits, train, out, report, config, overwrite=run.overwrite)
 
 
 def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
@@ -361,539 +300,219 @@ def resume_run(run_dir: str | os.PathLike[str], *, root: str | None = None,
                   trust_plugins=trust_plugins, loggers=loggers, **overrides)
 
 
-class _Trainer:
-    """The training loop and everything it must save to resume exactly."""
+def train_loop(vae: VAE, splits: Splits, s: TrainSettings,
+               run_dir: str | os.PathLike[str] | None, report: Reporter, config: dict[str, Any],
+               *, overwrite: bool = False, position: Position | None = None,
+               checkpoint: dict[str, Any] | None = None, new_lr: bool = False) -> FitResult:
+    """The training loop: prepare -> restore -> per epoch (per step: batch -> objective step
+    -> bookkeeping), evaluate -> select -> save -> report -> stop? -> finish.
 
-    def __init__(self, vae: VAE, splits: Splits, settings: TrainSettings,
-                 run_dir: str | os.PathLike[str] | None, progress: bool, verbose: bool,
-                 loggers: Sequence[Logger] | None = None) -> None:
-        # -- check everything before touching the disk --------------------------------------
-        _check_images(vae, splits.train[0], "training")
-        self.dist, self.dev = distributed.setup(resolve_device(settings.device))
-        splits = _checked(vae, splits, settings, self.dist.world)
-        (train_data, train_labels) = splits.train
-        (test_data, test_labels) = splits.test if splits.test is not None else (None, None)
-        (val_data, val_labels) = splits.val if splits.val is not None else (None, None)
-        self.vae, self.s = vae, settings
-        self.train_data, self.test_data, self.val_data = train_data, test_data, val_data
-        self.train_labels, self.test_labels, self.val_labels = train_labels, test_labels, val_labels
-        self.report = Reporter(loggers or [], verbose, progress, self.dist.main)  # rank 0
-        self.run_path = Path(run_dir) if run_dir is not None else None
-        self.folder = runs.RunFolder(self.run_path) if self.run_path is not None else None
-        self.best_weights: dict[str, torch.Tensor] | None = None  # this session's best epoch
-        self.new_lr = False  # resume was given a learning rate
-
-    # -- the table of contents -------------------------------------------------------------------
-    def run(self, config: dict[str, Any], overwrite: bool = False, resuming: bool = False,
-            position: Position | None = None,
-            state: dict[str, Any] | None = None) -> FitResult:
-        """Train from ``position`` (and the rest of checkpoint ``state``) or from the start."""
-        self.config = config
-        try:
-            self._prepare_run_dir(config, overwrite, resuming)
-            return self._train(position, state or {})
-        except BaseException as e:
-            self.report.finish({}, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt))
-                                 else "FAILED")
-            raise
-        finally:
-            if self.folder is not None:
-                self.folder.release()
-
-    def _train(self, position: Position | None, state: dict[str, Any]) -> FitResult:
-        with deterministic(self.s.deterministic):
-            self._build()
-            pos = self._restore(position, state)
-            self.stopping = 0  # the signal every rank agreed to stop on (see `_agreed_stop`)
-            with stop_on_signals() as self.stop:
-                if position is None:
-                    self._checkpoint(pos)  # step 0: resume restores these weights, not a seed
-                self.report.start(self.config, self.run_path,  # after it: resumable
-                                  pos.epoch * self.steps + pos.step, resumed=position is not None)
-                while pos.epoch < self.s.epochs and not self._out_of_patience(pos.history):
-                    self._train_epoch(pos)
-                    self._end_epoch(pos)
-                if self.folder is not None and self.dist.main and pos.history and \
-                        not self.folder.pictures_complete(pos.epoch):  # killed while
-                    self._write_pictures(pos.history)  # drawing them, a full disk: draw again
-        return self._finish(pos)
-
-    # -- set-up ---------------------------------------------------------------------------------
-    def _prepare_run_dir(self, config: dict[str, Any], overwrite: bool, resuming: bool) -> None:
-        """Claim the run folder on rank 0 (`runs.RunFolder.claim`); its error stops every rank."""
-        if self.folder is None:
-            return
-        error = None
-        if self.dist.main:
-            try:
-                self.folder.claim(config, overwrite, resuming)
-            except ConfigError as e:
-                error = str(e)
-        error = self.dist.from_main(error)
-        if error:
-            raise ConfigError(error)
-        if not resuming:  # announced once it is claimed, never before
-            self.report.line(f"run folder: {self.folder.path}")
-
-    def _build(self) -> None:
-        """Seeds, the model and data on the device, the objective, the optimizer."""
-        s, vae, dev = self.s, self.vae, self.dev
-        rank, world = self.dist.rank, self.dist.world
-        pyro.set_rng_seed(s.seed + rank)  # each rank its own noise; the same shuffling on all
-        self.shuffle = torch.Generator().manual_seed(s.seed)
-        vae.to(dev).train()
-        if world > 1 and s.sync_batchnorm:
-            distributed.convert_sync_batchnorm(vae, dev)
-        self.memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-        vae.to(memory_format=self.memory_format)
-        if s.compile:
-            if dev.type == "cpu":
-                separate_compile_cache()
-            vae.encoder.compile()
-            vae.decoder.compile()
-        lik = vae.likelihood
-        self.train_x = self.train_data.to(dev)
-        self.labels = self.train_labels.to(dev) if self.train_labels is not None else None
-        self.test_y = self.test_lab = self.val_y = self.val_lab = None
-        if self.test_data is not None:
-            self.test_y = test_observations(lik, self.test_data).to(dev)
-            self.test_lab = self.test_labels.to(dev) if self.test_labels is not None else None
-        if self.val_data is not None:
-            self.val_y = test_observations(lik, self.val_data).to(dev)
-            self.val_lab = self.val_labels.to(dev) if self.val_labels is not None else None
-        # the pictures' images: test observations, else 32 training images
-        self.show = self.test_y if self.test_y is not None else lik.targets(to_unit(self.train_x[:32]))
-        self.show_lab = self.test_lab if self.test_y is not None else (
-            self.labels[:32] if self.labels is not None else None)
-        self.base_beta = vae.beta
-        self.schedule = BetaSchedule.parse(s.beta_schedule, beta=self.base_beta)
-        with pyro.settings.context(module_local_params=True):
-            self.loss_fn = make_objective(vae, s.objective, iwae_samples=s.iwae_samples,
-                                          gamma=s.gamma, capacity=s.capacity,
-                                          capacity_steps=s.capacity_steps, free_bits=s.free_bits)
-        self.optimizer = torch.optim.Adam(self.loss_fn.parameters(), lr=s.lr)
-        # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
-        # world size to give the gradient of the global batch's sum, as one process computes it.
-        self.train_fn = self.loss_fn
-        wrap = None
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            def wrap(module: torch.nn.Module) -> torch.nn.Module:
-                return DistributedDataParallel(
-                    module, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-            self.train_fn = wrap(self.loss_fn)
-        # an objective that owns part of the step: its networks and optimizers, wrapped alike
-        self.aux = isinstance(self.loss_fn, Objective)
-        if self.aux:
-            self.loss_fn.setup(dev, wrap)
-        n, bs = self.train_x.shape[0], s.batch_size
-        self.steps = n // bs + (1 if n % bs >= world else 0)  # a last batch too small to split: dropped
-        self.lr = LearningRate(self.optimizer, s.lr_schedule, s.lr, s.lr_min, s.epochs * self.steps)
-        self.ema = make_ema(vae, s.ema) if s.ema else None
-        # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
-        self.check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
-
-    def _restore(self, position: Position | None, state: dict[str, Any]) -> Position:
-        """The position to start from: a checkpoint's (optimizer, schedule, average and RNG
-        too), or the start."""
-        if position is None:
-            return Position(rng={"shuffle": self.shuffle.get_state()})
-        try:
-            self.load_state_dict(state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"the checkpoint in {self.run_path} does not fit this run's "
-                                  f"settings ({type(e).__name__}: {e})") from None
-        if self.new_lr or "optimizer" not in state:  # a new lr given to resume wins; else the
-            for group in self.optimizer.param_groups:  # restored one (where a plateau took it)
-                group["lr"] = self.s.lr
-        if position.step >= self.steps and position.step:
-            raise CheckpointError(f"the checkpoint in {self.run_path} is at step {position.step} "
-                                  f"of an epoch of {self.steps} steps; restore it or delete it "
-                                  "to start over")
-        try:
-            self.shuffle.set_state(position.rng["shuffle"])
-            self.dist.restore_random_state(position.rng, self.dev)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"the checkpoint in {self.run_path} has unusable random states "
-                                  f"({type(e).__name__}: {e}); restore it or delete it to start "
-                                  "over") from None
-        if self.folder is not None and self.dist.main:  # metrics.csv follows the checkpoint
-            self.folder.rewrite_metrics(position.history)
-        return position
-
-    # -- one epoch --------------------------------------------------------------------------------
-    def _train_epoch(self, pos: Position) -> None:
-        """One pass over the shuffled training data, from ``pos.step``; moves ``pos`` along."""
-        s, vae, dev, lik = self.s, self.vae, self.dev, self.vae.likelihood
-        rank, world, bs = self.dist.rank, self.dist.world, s.batch_size
-        epoch = pos.epoch + 1
-        self.t0 = time.perf_counter()
-        vae.train()
-        pos.rng["shuffle"] = self.shuffle.get_state()  # this epoch's order, for a resume in it
-        n = self.train_x.shape[0]
-        perm = torch.randperm(n, generator=self.shuffle).to(dev)
-        acc = torch.tensor(pos.total if self.dist.main else 0.0, device=dev)  # summed over ranks
-        x, y = self.train_x[:0], None  # for the message if a resumed epoch has no step left
-        bar = self.report.bar(n, min(pos.step * bs, n), f"epoch {epoch}/{s.epochs}")
-        with pyro.settings.context(module_local_params=True), bar:
-            for step in range(pos.step, self.steps):
-                # -- the batch: this rank's shard, as the likelihood observes it ----------
-                idx = perm[step * bs : (step + 1) * bs][rank::world]
-                x = lik.targets(to_unit(self.train_x[idx])).contiguous(
-                    memory_format=self.memory_format)
-                y = None if self.labels is None else self.labels[idx]
-                global_step = pos.epoch * self.steps + step
-                # -- the step: schedules, the objective, one update (skipped if not finite)
-                if self.schedule.kind != "constant":
-                    vae.beta = self.schedule(global_step)
-                if isinstance(self.loss_fn, Capacity):
-                    self.loss_fn.set_step(global_step)
-                self.lr.at_step(global_step)
-                loss = self._loss(x, y)
-                if step % self.check_every == 0 and not torch.isfinite(loss):
-                    if not s.skip_nonfinite:
-                        raise TrainingError(_nonfinite_message(vae, x, y, epoch, step + 1, s,
-                                                               self._saved))
-                    pos.skipped += 1
-                    bar.update(x.shape[0])
-                    continue
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss * world if world > 1 else loss).backward()
-                if s.skip_nonfinite and not self._finite_gradients():  # a skipped step must
-                    pos.skipped += 1                                   # not touch the weights
-                    bar.update(x.shape[0] * world)
-                    continue
-                if s.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(self.loss_fn.parameters(), s.clip_grad)
-                self.optimizer.step()
-                if self.ema is not None:
-                    self.ema.update_parameters(vae)
-                if self.aux:  # the objective's own updates, after the VAE's
-                    self.loss_fn.auxiliary_step(x, y, global_step)
-                # -- bookkeeping: the sums, the reports, a checkpoint or a stop if due ----
-                acc += loss.detach()
-                if self.report.tracking and step % self.check_every == 0:
-                    self.report.step(global_step + 1, {
-                        "train/loss": loss.item() / x.shape[0], "train/lr": self.lr.current,
-                        "train/beta": float(vae.beta)})
-                bar.update(x.shape[0] * world)
-                if self.report.progress and step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
-                pos.step = step + 1
-                done = pos.epoch * self.steps + pos.step
-                every = s.checkpoint_every and done % s.checkpoint_every == 0
-                # `self.stopping`, not the flag itself: every rank must take the same branch,
-                # and a signal handled after this step's agreement waits for the next step
-                if self.stopping or (every and pos.step < self.steps):
-                    pos.total = self.dist.all_sum(acc.clone()).item()
-                    self._checkpoint(pos)
-                if self.stopping:
-                    raise Interrupted(self.stopping, epoch, pos.step, self.run_path)
-        self.train_loss = self.dist.all_sum(acc).item() / n
-        if not math.isfinite(self.train_loss) or not all(  # the last update made them NaN
-                bool(torch.isfinite(t).all()) for t in (*vae.parameters(), *vae.buffers())
-                if t.is_floating_point()):  # (BatchNorm's running statistics too)
-            raise TrainingError(_nonfinite_message(vae, x, y, epoch, None, s, self._saved))
-
-    def _finite_gradients(self) -> bool:
-        """Whether every gradient is finite (on every rank)."""
-        finite = all(bool(torch.isfinite(p.grad).all()) for p in self.loss_fn.parameters()
-                     if p.grad is not None)
-        if self.dist.world > 1:
-            finite = not bool(self.dist.all_max(torch.tensor([float(not finite)])).item())
-        return finite
-
-    def _agreed_stop(self) -> int:
-        """The signal that stops training, the same on every rank (0: none so far)."""
-        self.stopping = self.dist.agree(self.stop.signum)[0]
-        return self.stopping
-
-    def _loss(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The objective on this rank's batch; NaN on every rank if it is NaN on any. Also
-        agrees on whether a signal stops training (`self.stopping`)."""
-        dev = self.dev
-        try:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.s.amp):
-                loss = self.train_fn(x) if y is None else self.train_fn(x, y)
-        except ValueError as e:  # validation of a distribution fed NaN
-            if "invalid values" not in str(e):
-                raise
-            loss = torch.tensor(float("nan"), device=dev)
-        if self.dist.world > 1:  # every rank learns of a signal or a bad loss on any rank
-            self.stopping, bad = self.dist.agree(self.stop.signum, not torch.isfinite(loss))
-            if bad:
-                loss = loss * float("nan")
-        else:
-            self.stopping = self.stop.signum
-        return loss
-
-    @property
-    def _saved(self) -> str | None:
-        """What the last checkpoint holds (None: no run folder, or none written yet)."""
-        return self.folder.saved if self.folder is not None else None
-
-    @property
-    def model(self) -> VAE:
-        """The weights that are evaluated, drawn and saved as the run's model: the average's
-        (``ema``), else the trained ones."""
-        return self.ema.module if self.ema is not None else self.vae  # type: ignore[return-value]
-
-    def _end_epoch(self, pos: Position) -> None:
-        """The end of an epoch: evaluate -> select -> save -> report -> stop?
-
-        The ordering rules:
-          1. The row is complete (every bound evaluated) before anything is written.
-          2. best.pt before the checkpoint of its epoch: a kill between the two redoes the
-             epoch, never leaves a checkpoint whose best epoch has no best.pt.
-          3. metrics.csv after the checkpoint (`runs.RunFolder.save_checkpoint`): the table never
-             holds an epoch the checkpoint does not; resume rewrites it from the checkpoint.
-          4. The pictures after the checkpoint, marked complete last: a kill while drawing them
-             is redrawn on resume.
-          5. The trackers and the console line last, once the epoch is safe on disk.
-          6. The stop signal is agreed on by every rank at this one point.
-        """
-        epoch = pos.epoch + 1
-        # -- evaluate ------------------------------------------------------------------------
-        row: dict[str, float] = {"epoch": epoch, "train_loss": self.train_loss}
-        for split, obs, lab in (("test", self.test_y, self.test_lab),
-                                ("val", self.val_y, self.val_lab)):
-            if split == "val" and obs is None:
-                continue  # no validation columns without validation images
-            m = self._evaluate(obs, lab, epoch) if obs is not None else {}
-            for key in ("neg_elbo", "recon", "kl"):
-                row[f"{split}_{key}"] = m.get(key, float("nan"))
-        if self.val_y is not None and self.s.objective == "iwae":  # select on the trained bound
-            row["val_neg_iwae"] = self._evaluate_iwae(self.val_y, self.val_lab)
-        row.update(beta=self.vae.beta, lr=self.lr.current, skipped=pos.skipped,
-                   seconds=time.perf_counter() - self.t0)
-        # -- select --------------------------------------------------------------------------
-        best = runs.best_validation(pos.history)[1]
-        key = runs.validation_key([row])  # val_neg_iwae when training IWAE, else val_neg_elbo
-        improved = self.val_y is not None and row[key] < best
-        pos.history.append(row)
-        pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
-        self.lr.at_epoch_end(row.get(key))
-        # -- save (rules 2-4) ----------------------------------------------------------------
-        if improved:
-            self._save_best(epoch, key, row[key])
-        self._checkpoint(pos, row)
-        if self.folder is not None and self.dist.main:
-            self._write_pictures(pos.history)
-        # -- report (rule 5) -----------------------------------------------------------------
-        pictures = ({"samples": self.run_path / runs.SAMPLES,
-                     "reconstructions": self.run_path / runs.RECONSTRUCTIONS}
-                    if self.run_path is not None else None)
-        self.report.epoch(row, epoch * self.steps,
-                          self.train_x.shape[0] / max(row["seconds"], 1e-9), pictures)
-        self.report.line(epoch_line(row, self.s.epochs, improved, key, self.s.iwae_samples))
-        if self._out_of_patience(pos.history) and epoch < self.s.epochs:
-            what = "IWAE bound" if key == "val_neg_iwae" else "-ELBO"
-            self.report.line(f"early stop: no better validation {what} in {self.s.patience} "
-                             f"epochs (best: epoch {runs.best_validation(pos.history)[0]})")
-        # -- stop? (rule 6) ------------------------------------------------------------------
-        if self._agreed_stop():
-            raise Interrupted(self.stopping, epoch, 0, self.run_path)
-
-    # -- experiment tracking (rank 0) -------------------------------------------------------------
-    def _out_of_patience(self, history: list[dict[str, float]]) -> bool:
-        """Whether ``patience`` epochs have passed since the best validation -ELBO."""
-        if not (self.s.patience and self.val_y is not None and history):
-            return False
-        return history[-1]["epoch"] - runs.best_validation(history)[0] >= self.s.patience
-
-    def _evaluate(self, obs: torch.Tensor, lab: torch.Tensor | None, epoch: int
-                  ) -> dict[str, float]:
-        """-ELBO and its parts of `model` on ``obs``, each rank on its shard, summed over ranks;
-        weights that overflow on these images are a `TrainingError` naming the term."""
-        try:
-            return evaluate_elbo_sharded(self.model, obs, self.dist, self.s.batch_size, lab)
-        except ValueError as e:  # a distribution fed NaN
-            if "invalid values" not in str(e):
-                raise
-            raise TrainingError(_nonfinite_message(self.vae, obs[:64], None if lab is None
-                                                   else lab[:64], epoch, None, self.s,
-                                                   self._saved)) from None
-
-    def _evaluate_iwae(self, obs: torch.Tensor, lab: torch.Tensor | None) -> float:
-        """The IWAE bound of `model` with the training's K (see `iwae_bound_sharded`)."""
-        return iwae_bound_sharded(self.model, obs, self.dist, self.s.iwae_samples,
-                                  self.s.batch_size, lab)
-
-    def _save_best(self, epoch: int, key: str, value: float) -> None:
-        """Keep `model`'s weights as the best so far: in memory, and as best.pt in the folder."""
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        self.best_weights = weights
-        if self.folder is not None and self.dist.main:
-            self.folder.save_best(weights, epoch, key, value)
-
-    def _finish(self, pos: Position) -> FitResult:
-        """Hand back the model as `vaekit.load` builds it, so both compute the same numbers:
-        the best validation epoch's weights, else the average's, else the trained ones."""
-        best_epoch, best_value = runs.best_validation(pos.history)
-        best_epoch = best_epoch if self.val_y is not None else None
-        weights = self.best_weights
-        if best_epoch and weights is None and self.run_path is not None:  # best before a resume
-            weights = runs.load_checkpoint(self.run_path, name=runs.BEST)["model"]
-        if weights is None and self.ema is not None:
-            weights = self.ema.module.state_dict()
-        if weights is not None:
-            self.vae.load_state_dict(weights)
-        self.vae.beta = self.base_beta
-        self.vae.to(memory_format=torch.contiguous_format).eval()
-        summary = {k: v for k, v in (pos.history[-1] if pos.history else {}).items()
-                   if k.startswith(("test_", "val_", "train_"))}
-        if best_epoch:
-            summary["best_epoch"] = best_epoch
-            summary[f"best_{runs.validation_key(pos.history)}"] = best_value
-        self.report.finish(summary, "FINISHED")
-        return FitResult(vae=self.vae, history=pos.history, run_dir=self.run_path,
-                         best_epoch=best_epoch, stopped_early=pos.epoch < self.s.epochs)
-
-    # -- saving ---------------------------------------------------------------------------------
-    def _checkpoint(self, pos: Position, row: dict[str, float] | None = None) -> None:
-        """Save ``pos`` with the weights and optimizer (and ``row`` into metrics.csv)."""
-        if self.run_path is None:
-            self.report.flush()  # nothing to resume from: hand them over now
-            return
-        ranks = self.dist.random_states(self.dev)  # every rank's, for an exact resume
-        if not self.dist.main:
-            return
-        shuffle = self.shuffle.get_state() if pos.step == 0 else pos.rng["shuffle"]
-        pos.rng = {**ranks[0], "shuffle": shuffle, "ranks": ranks}
-        self.folder.save_checkpoint({**self.state_dict(), **dataclasses.asdict(pos)}, row)
-        self.report.flush()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The whole training state but the position: the weights, the optimizer, the learning
-        rate schedule, the weight average, and what the objective owns (its networks and their
-        optimizers). With `Position` (its random states included) it is the checkpoint."""
-        state: dict[str, Any] = {"model": self.vae.state_dict(),
-                                 "optimizer": self.optimizer.state_dict(),
-                                 "lr_schedule": self.lr.state_dict()}
-        if self.ema is not None:
-            state["ema"] = ema_state(self.ema)
-        if self.aux:
-            state["objective"] = self.loss_fn.auxiliary_state()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict` (the weights are loaded before the trainer is built); parts a
-        checkpoint of an older vaekit lacks keep their fresh values."""
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.lr.load_state_dict(state.get("lr_schedule") or {})
-        if self.ema is not None and state.get("ema"):
-            load_ema_state(self.ema, state["ema"])
-        if self.aux and "objective" in state:
-            self.loss_fn.load_auxiliary_state(state["objective"])
-
-    def _write_pictures(self, history: list[dict[str, float]]) -> None:
-        """samples.png, reconstructions.png and loss.png (atomically); a full disk is one line."""
-        self.folder.write_pictures(lambda _: self._draw(history), int(history[-1]["epoch"]))
-
-    def _draw(self, history: list[dict[str, float]]) -> None:
-        assert self.run_path is not None
-        k = self.vae.num_classes
-        plots.save_samples(self.model, self.run_path / runs.SAMPLES,
-                           labels=torch.arange(64) % k if k else None)
-        plots.save_reconstructions(self.model, self.show[:32],
-                                   self.run_path / runs.RECONSTRUCTIONS,
-                                   labels=None if self.show_lab is None else self.show_lab[:32])
-        plots.save_loss_curve(history, self.run_path / runs.LOSS)
-
-
-def _splits(train: torch.Tensor | Splits, test: torch.Tensor | None,
-            train_labels: torch.Tensor | None, test_labels: torch.Tensor | None,
-            val: torch.Tensor | None, val_labels: torch.Tensor | None) -> Splits:
-    """The data of `fit` and `resume` as one `Splits` (given as one, or as tensors)."""
-    if isinstance(train, Splits):
-        if any(t is not None for t in (test, train_labels, test_labels, val, val_labels)):
-            raise ConfigError("data given as Splits holds the test, validation and label "
-                              "tensors too; leave those arguments out")
-        return train
-    return Splits((train, train_labels), None if val is None else (val, val_labels),
-                  None if test is None else (test, test_labels))
-
-
-def _checked(vae: VAE, splits: Splits, s: TrainSettings, world: int) -> Splits:
-    """The data and settings checked against each other before anything touches the disk
-    (one-line errors); labels dropped for an unconditional VAE."""
-    train = splits.train[0]
-    if s.batch_size > train.shape[0]:
-        raise ConfigError(f"batch_size {s.batch_size} is larger than the {train.shape[0]} "
-                          "training images; lower it")
-    if s.batch_size % world:
-        raise ConfigError(f"batch_size {s.batch_size} does not split over {world} processes; "
-                          f"use a multiple of {world}")
-    check_objective(vae, s.objective)
-    wants_val = [what for what, on in (("patience", s.patience),
-                                       ("lr_schedule plateau", s.lr_schedule.startswith("plateau")))
-                 if on]
-    if wants_val and splits.val is None:
-        raise ConfigError(f"{' and '.join(wants_val)} needs validation images: hold some out "
-                          "(--val N; val_data in Python)")
-    parts = {"training": splits.train, "validation": splits.val, "test": splits.test}
-    for what, part in parts.items():
-        if part is not None:
-            _check_images(vae, part[0], what)
-            if vae.num_classes:
-                _check_labels(vae, part[0], part[1], what)
-    if vae.num_classes:
-        return splits
-    return Splits((train, None), None if splits.val is None else (splits.val[0], None),
-                  None if splits.test is None else (splits.test[0], None))
-
-
-def _check_images(vae: VAE, x: torch.Tensor, what: str) -> None:
-    """A one-line `DataError` for images `fit` cannot train or test on."""
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{what} images must be a torch.Tensor [N, C, H, W], got "
-                        f"{type(x).__name__}; convert them with torch.as_tensor(...)")
-    if x.dtype not in (torch.uint8, torch.float32):
-        raise DataError(f"{what} images are {x.dtype}; pass uint8 (0..255) or float32 in [0, 1] "
-                        "(e.g. x.float())")
-    if x.dim() >= 1 and x.shape[0] == 0:
-        raise DataError(f"there are no {what} images (the tensor is empty); pass at least one")
-    if x.dim() != 4 or tuple(x.shape[1:]) != vae.image_shape:
-        raise DataError(
-            f"{what} images have shape {tuple(x.shape[1:])} but the model takes {vae.image_shape}; "
-            "resize the images or build the VAE with image_shape matching them"
-        )
-    vae.likelihood.check(to_unit(x))
-
-
-def _check_labels(vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, what: str) -> None:
-    if labels is None or labels.shape != (x.shape[0],):
-        raise DataError(f"a conditional VAE needs one integer label per {what} image; pass "
-                        f"{what}_labels with shape [{x.shape[0]}]")
-    if labels.is_floating_point() or int(labels.min()) < 0 or int(labels.max()) >= vae.num_classes:
-        raise DataError(f"{what} labels must be integers in 0..{vae.num_classes - 1}")
-
-
-def _nonfinite_message(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, epoch: int,
-                       step: int | None, s: TrainSettings, saved: str | None) -> str:
-    """Name where the loss stopped being finite, which term did it, and what to try.
-
-    ``saved`` says which checkpoint is kept (None: no run folder, nothing saved).
+    `fit` and `resume` call it; ``position`` and ``checkpoint`` (a `resume`) continue a run,
+    ``new_lr`` replaces the restored learning rate. The ordering rules:
+      1. Everything is checked before the disk is touched; rank 0 claims the run folder and
+         its error stops every rank.
+      2. A fresh run writes a checkpoint before its first step: resume restores those
+         weights and random states, not a seed.
+      3. A signal stops a step at its end, at the step every rank agrees on (`TrainingState.loss`),
+         after a checkpoint of that step.
+      4. An epoch's row is complete (every bound evaluated) before anything is written.
+      5. best.pt before the checkpoint of its epoch: a kill between the two redoes the
+         epoch, never leaves a checkpoint whose best epoch has no best.pt.
+      6. metrics.csv after the checkpoint (`runs.RunFolder.save_checkpoint`): the table never
+         holds an epoch the checkpoint does not; resume rewrites it from the checkpoint.
+      7. The pictures after the checkpoint, marked complete last: a kill while drawing them
+         is redrawn on resume (as the loop ends).
+      8. The trackers and the console line last, once the epoch is safe on disk.
+      9. At an epoch's end the stop signal is agreed on by every rank at one point.
     """
-    where = f"epoch {epoch}" + (f", step {step}" if step else "")
-    site = "the parameters (a previous update)"
-    if x.shape[0] and all(torch.isfinite(p).all() for p in vae.parameters()):
-        with torch.no_grad(), pyro.validation_enabled(False):
-            t = site_log_probs(vae, x, y, 1, closed_form=False)
-            recon, kl = t.log_lik.sum(), t.kl_sampled.sum()
-        if not torch.isfinite(recon):
-            site = "the reconstruction term log p(x|z)"
-        elif not torch.isfinite(kl):
-            site = "the KL term log q(z|x) - log p(z)"
-        elif s.objective != "elbo" or vae.beta > 1e3:
-            site = (f"the {s.objective} objective's arithmetic on finite ELBO terms (check its "
-                    f"settings: beta {vae.beta:g}, gamma {s.gamma:g}, capacity {s.capacity:g}, "
-                    f"free_bits {s.free_bits:g})")
-        else:
-            site = "a term that was finite when recomputed (a transient fault)"
-    return (f"the loss became NaN or infinite in {where}, in {site}; lower the learning rate "
-            f"(lr, now {s.lr:g}) or, for a Gaussian likelihood, raise its scale, or skip such "
-            "batches (skip_nonfinite)" + (f". {saved}: resume it with a lower lr" if saved else ""))
+    # -- prepare: check everything before touching the disk (rule 1) -----------------------
+    check_images(vae, splits.train[0], "training")
+    dist, dev = distributed.setup(resolve_device(s.device))
+    splits = checked_splits(vae, splits, s, dist.world)
+    report.on_rank(dist.main)  # rank 0 reports for all
+    folder = runs.RunFolder(run_dir) if run_dir is not None else None
+    run_path = folder.path if folder is not None else None
+    try:
+        _claim(folder, config, overwrite, position is not None or checkpoint is not None,
+               dist, report)
+        with deterministic(s.deterministic):
+            # -- restore: the state built, then a checkpoint's loaded -----------------------
+            t = TrainingState(vae, splits, s, dist, dev)
+            data, lik, bs = t.data, vae.likelihood, s.batch_size
+            pos = t.restore(position, checkpoint or {}, run_path, new_lr)
+            if position is not None and folder is not None and dist.main:
+                folder.rewrite_metrics(pos.history)  # metrics.csv follows the checkpoint
+            best_weights = None  # this session's best epoch, in memory
+            with stop_on_signals() as stop:
+                if position is None:
+                    _checkpoint(t, pos, folder, report)  # rule 2
+                report.start(config, run_path, pos.epoch * t.steps + pos.step,
+                             resumed=position is not None)
+                while pos.epoch < s.epochs and not _out_of_patience(s, t, pos.history):
+                    epoch, t0, n = pos.epoch + 1, time.perf_counter(), data.train_x.shape[0]
+                    vae.train()
+                    pos.rng["shuffle"] = t.shuffle.get_state()  # this epoch's order
+                    perm = torch.randperm(n, generator=t.shuffle).to(dev)
+                    acc = torch.tensor(pos.total if dist.main else 0.0, device=dev)  # all ranks'
+                    x, y = data.train_x[:0], None  # for the message if no step is left
+                    bar = report.bar(n, min(pos.step * bs, n), f"epoch {epoch}/{s.epochs}")
+                    with pyro.settings.context(module_local_params=True), bar:
+                        for step in range(pos.step, t.steps):
+                            # -- the batch: this rank's shard, as the likelihood observes it
+                            idx = perm[step * bs : (step + 1) * bs][dist.rank::dist.world]
+                            x = lik.targets(to_unit(data.train_x[idx])).contiguous(
+                                memory_format=t.memory_format)
+                            y = None if data.labels is None else data.labels[idx]
+                            global_step = pos.epoch * t.steps + step
+                            # -- the objective's step: schedules, loss, update (or a skip)
+                            t.schedule(global_step)
+                            loss, stopping = t.loss(x, y, stop.signum)
+                            if step % t.check_every == 0 and not torch.isfinite(loss):
+                                if not s.skip_nonfinite:
+                                    raise TrainingError(nonfinite_message(
+                                        vae, x, y, epoch, step + 1, s, _saved(folder)))
+                                pos.skipped += 1
+                                bar.update(x.shape[0])
+                                continue
+                            if not t.update(loss, x, y, global_step):  # a non-finite gradient
+                                pos.skipped += 1
+                                bar.update(x.shape[0] * dist.world)
+                                continue
+                            # -- bookkeeping: sums, reports, a checkpoint or a stop if due
+                            acc += loss.detach()
+                            if report.tracking and step % t.check_every == 0:
+                                report.step(global_step + 1, {
+                                    "train/loss": loss.item() / x.shape[0],
+                                    "train/lr": t.lr.current, "train/beta": float(vae.beta)})
+                            bar.update(x.shape[0] * dist.world)
+                            if report.progress and step % 10 == 0:
+                                bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.2f}")
+                            pos.step = step + 1
+                            done = pos.epoch * t.steps + pos.step
+                            due = s.checkpoint_every and done % s.checkpoint_every == 0
+                            if stopping or (due and pos.step < t.steps):  # rule 3
+                                pos.total = dist.all_sum(acc.clone()).item()
+                                _checkpoint(t, pos, folder, report)
+                            if stopping:
+                                raise Interrupted(stopping, epoch, pos.step, run_path)
+                    train_loss = dist.all_sum(acc).item() / n
+                    if not math.isfinite(train_loss) or not t.finite_weights():  # the last
+                        raise TrainingError(nonfinite_message(  # update made them NaN
+                            vae, x, y, epoch, None, s, _saved(folder)))
+                    # -- evaluate (rule 4) -------------------------------------------------
+                    row = t.evaluate(epoch, train_loss, _saved(folder))
+                    row.update(beta=vae.beta, lr=t.lr.current, skipped=pos.skipped,
+                               seconds=time.perf_counter() - t0)
+                    # -- select --------------------------------------------------------------
+                    key = runs.validation_key([row])  # val_neg_iwae when training IWAE
+                    improved = data.val is not None and row[key] < runs.best_validation(
+                        pos.history)[1]
+                    pos.history.append(row)
+                    pos.epoch, pos.step, pos.total, pos.skipped = epoch, 0, 0.0, 0
+                    t.lr.at_epoch_end(row.get(key))
+                    # -- save (rules 5-7) ----------------------------------------------------
+                    if improved:
+                        best_weights = {k: v.detach().to("cpu", copy=True)
+                                        for k, v in t.model.state_dict().items()}
+                        if folder is not None and dist.main:
+                            folder.save_best(best_weights, epoch, key, row[key])
+                    _checkpoint(t, pos, folder, report, row)
+                    if folder is not None and dist.main:
+                        folder.write_pictures(t.pictures(folder.path, pos.history), pos.epoch)
+                    # -- report (rule 8) -----------------------------------------------------
+                    pictures = None if run_path is None else {
+                        "samples": run_path / runs.SAMPLES,
+                        "reconstructions": run_path / runs.RECONSTRUCTIONS}
+                    report.epoch(row, epoch * t.steps, n / max(row["seconds"], 1e-9), pictures)
+                    report.line(epoch_line(row, s.epochs, improved, key, s.iwae_samples))
+                    if _out_of_patience(s, t, pos.history) and epoch < s.epochs:
+                        what = "IWAE bound" if key == "val_neg_iwae" else "-ELBO"
+                        report.line(f"early stop: no better validation {what} in {s.patience} "
+                                    f"epochs (best: epoch {runs.best_validation(pos.history)[0]})")
+                    # -- stop? (rule 9) ------------------------------------------------------
+                    stopping = dist.agree(stop.signum)[0]
+                    if stopping:
+                        raise Interrupted(stopping, epoch, 0, run_path)
+                if folder is not None and dist.main and pos.history and \
+                        not folder.pictures_complete(pos.epoch):  # killed while drawing
+                    # them, or a full disk: drawn again
+                    folder.write_pictures(t.pictures(folder.path, pos.history), pos.epoch)
+        # -- finish ---------------------------------------------------------------------------
+        return _finish(t, pos, best_weights, run_path, report)
+    except BaseException as e:
+        report.finish({}, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt))
+                      else "FAILED")
+        raise
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _claim(folder: runs.RunFolder | None, config: dict[str, Any], overwrite: bool,
+           resuming: bool, dist: distributed.Context, report: Reporter) -> None:
+    """Claim the run folder on rank 0 (`runs.RunFolder.claim`); its error stops every rank."""
+    if folder is None:
+        return
+    error = None
+    if dist.main:
+        try:
+            folder.claim(config, overwrite, resuming)
+        except ConfigError as e:
+            error = str(e)
+    error = dist.from_main(error)
+    if error:
+        raise ConfigError(error)
+    if not resuming:  # announced once it is claimed, never before
+        report.line(f"run folder: {folder.path}")
+
+
+def _saved(folder: runs.RunFolder | None) -> str | None:
+    """What the last checkpoint holds (None: no run folder, or none written yet)."""
+    return folder.saved if folder is not None else None
+
+
+def _out_of_patience(s: TrainSettings, t: TrainingState, history: list[dict[str, float]]
+                     ) -> bool:
+    """Whether ``patience`` epochs have passed since the best validation bound."""
+    if not (s.patience and t.data.val is not None and history):
+        return False
+    return history[-1]["epoch"] - runs.best_validation(history)[0] >= s.patience
+
+
+def _checkpoint(t: TrainingState, pos: Position, folder: runs.RunFolder | None,
+                report: Reporter, row: dict[str, float] | None = None) -> None:
+    """Save ``pos`` with the training state (and ``row`` into metrics.csv), then hand the
+    buffered step metrics to the trackers."""
+    if folder is None:
+        report.flush()  # nothing to resume from: hand them over now
+        return
+    state = t.snapshot(pos)  # every rank's random state: a call on every rank
+    if state is not None:
+        folder.save_checkpoint(state, row)
+        report.flush()
+
+
+def _finish(t: TrainingState, pos: Position, best_weights: dict[str, torch.Tensor] | None,
+            run_path: Path | None, report: Reporter) -> FitResult:
+    """Hand back the model as `vaekit.load` builds it, so both compute the same numbers:
+    the best validation epoch's weights, else the average's, else the trained ones."""
+    vae = t.vae
+    best_epoch, best_value = runs.best_validation(pos.history)
+    best_epoch = best_epoch if t.data.val is not None else None
+    weights = best_weights
+    if best_epoch and weights is None and run_path is not None:  # best before a resume
+        weights = runs.load_checkpoint(run_path, name=runs.BEST)["model"]
+    if weights is None and t.ema is not None:
+        weights = t.ema.module.state_dict()
+    if weights is not None:
+        vae.load_state_dict(weights)
+    vae.beta = t.base_beta
+    vae.to(memory_format=torch.contiguous_format).eval()
+    summary = {k: v for k, v in (pos.history[-1] if pos.history else {}).items()
+               if k.startswith(("test_", "val_", "train_"))}
+    if best_epoch:
+        summary["best_epoch"] = best_epoch
+        summary[f"best_{runs.validation_key(pos.history)}"] = best_value
+    report.finish(summary, "FINISHED")
+    return FitResult(vae=vae, history=pos.history, run_dir=run_path, best_epoch=best_epoch,
+                     stopped_early=pos.epoch < t.settings.epochs)
