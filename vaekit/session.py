@@ -205,9 +205,11 @@ class TrainingState:
             self.objective.set_step(global_step)
         self.lr.at_step(global_step)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None, signum: int) -> tuple[torch.Tensor, int]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None,
+             stop: distributed.StopFlag) -> tuple[torch.Tensor, int]:
         """The objective on this rank's batch (NaN on every rank if it is NaN on any), and the
-        stop signal every rank agrees on (``signum`` is this rank's; 0: none)."""
+        stop signal every rank agrees on (0: none). ``stop.signum`` is read after the forward
+        pass, so a signal that arrives during it stops at this step."""
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.amp):
                 loss = self.train_fn(x) if y is None else self.train_fn(x, y)
@@ -215,6 +217,7 @@ class TrainingState:
             if "invalid values" not in str(e):
                 raise
             loss = torch.tensor(float("nan"), device=self.device)
+        signum = stop.signum
         if self.dist.world > 1:  # every rank learns of a signal or a bad loss on any rank
             signum, bad = self.dist.agree(signum, not torch.isfinite(loss))
             if bad:

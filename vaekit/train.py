@@ -366,7 +366,7 @@ def train_loop(vae: VAE, splits: Splits, s: TrainSettings,
                             global_step = pos.epoch * t.steps + step
                             # -- the objective's step: schedules, loss, update (or a skip)
                             t.schedule(global_step)
-                            loss, stopping = t.loss(x, y, stop.signum)
+                            loss, stopping = t.loss(x, y, stop)
                             if step % t.check_every == 0 and not torch.isfinite(loss):
                                 if not s.skip_nonfinite:
                                     raise TrainingError(nonfinite_message(
