@@ -141,12 +141,12 @@ def test_deterministic_mode_is_restored_after_fit(mnist_small):
 # The package's layers: a module imports only from the layers above it (and its own).
 LAYERS = [
     {"errors"},
-    {"settings", "io", "devices", "plugins"},
+    {"settings", "io", "devices", "plugins", "features"},
     {"data"},
     {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim", "traces"},
     {"building"},
     {"model"},
-    {"objectives", "evaluation", "plots"},
+    {"objectives", "evaluation", "plots", "quality"},
     {"runs", "tracking", "checks"},
     {"session"},
     {"train", "comparison"},

@@ -510,33 +510,86 @@ def _check_index(name: str, index: int, n: int) -> None:
               help="Seeds the importance samples.")
 @click.option("--progress/--no-progress", "progress", default=True, show_default=True,
               help="Show a progress bar over the test images.")
+@click.option("--bound/--no-bound", "bound", default=True, show_default=True,
+              help="Measure the -ELBO, its parts and the IWAE -log p(x).")
+@click.option("--sample-quality", is_flag=True, default=False,
+              help="Also score samples of the prior against the test images: FID, KID, precision "
+                   "and recall in the reference digit classifier's features (not comparable with "
+                   "Inception FIDs).")
+@click.option("--quality-samples", type=click.IntRange(min=10, max=10**7), default=10_000,
+              show_default=True, help="--sample-quality: samples drawn (and test images compared).")
 def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, batch_size: int,
              chunk_size: int, data_root: Path | None, download: bool, seed: int,
-             progress: bool) -> None:
-    """Test numbers of a run: -ELBO, its parts, the IWAE -log p(x), active units, bits/dim.
+             progress: bool, bound: bool, sample_quality: bool, quality_samples: int) -> None:
+    """Test numbers of a run: -ELBO, its parts, the IWAE -log p(x), active units, bits/dim; with
+    --sample-quality, FID, KID, precision and recall of its samples.
 
     Observations are made as in training (Bernoulli: the test set binarized with a fixed seed).
-    Prints a table and writes eval.json into RUN_DIR.
+    Prints a table and writes eval.json into RUN_DIR (numbers it holds for the same weights and
+    not measured again are kept).
     """
     import torch
 
-    from vaekit.evaluation import evaluate as evaluate_vae
-    from vaekit.runs import evaluation_record, write_evaluation
+    from vaekit.errors import ConfigError
+    from vaekit.runs import evaluation_record, merged_evaluation, write_evaluation
 
+    if not (bound or sample_quality):
+        raise click.UsageError("--no-bound leaves nothing to measure; add --sample-quality")
     t0 = time.perf_counter()
     with _UserErrors():
         vae = _open_run(run_dir, device).to(memory_format=torch.channels_last)  # faster convs
-        x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
-        r = evaluate_vae(vae, x_obs, num_samples=num_samples, batch_size=batch_size,
-                         chunk_size=chunk_size, seed=seed, progress=progress,
-                         y=labels if vae.num_classes else None)
-        seconds = time.perf_counter() - t0
-        which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")
         record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
-                  "limit": limit, "seed": seed, "device": str(vae.device), **r.to_dict(),
-                  "seconds": seconds}
-        measured = evaluation_record(run_dir, record, checkpoint=which)
+                  "limit": limit, "seed": seed, "device": str(vae.device)}
+        if bound:
+            from vaekit.evaluation import evaluate as evaluate_vae
 
+            x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
+            r = evaluate_vae(vae, x_obs, num_samples=num_samples, batch_size=batch_size,
+                             chunk_size=chunk_size, seed=seed, progress=progress,
+                             y=labels if vae.num_classes else None)
+            record.update(r.to_dict())
+        if sample_quality:
+            from vaekit.quality import sample_quality as score_samples
+            from vaekit.runs import load_test_set
+
+            real, _ = load_test_set(run_dir, vae, None if data_root is None else str(data_root),
+                                    download, limit, observations=False)
+            if len(real) < quality_samples:
+                raise ConfigError(f"--quality-samples {quality_samples} is more than the "
+                                  f"{len(real)} test images; pass at most {len(real)}")
+            q = score_samples(vae, real[:quality_samples], n=quality_samples, seed=seed)
+            record["sample_quality"] = q.to_dict()
+        record["seconds"] = seconds = time.perf_counter() - t0
+        which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")
+        measured = merged_evaluation(run_dir, evaluation_record(run_dir, record, checkpoint=which))
+
+    click.echo(f"{run_dir} ({measured['checkpoint']}, epoch {measured['epoch']})")
+    if bound:
+        _print_bound(vae, r)
+    if sample_quality:
+        _print_sample_quality(q)
+    with _UserErrors("the numbers above are not saved: make the run folder writable and "
+                     "evaluate again"):
+        path, _ = write_evaluation(run_dir, measured, complete=True)
+    click.echo(f"wrote {path} ({seconds:.1f} s)")
+
+
+def _print_sample_quality(q: Any) -> None:
+    """The table of `vaekit.quality.SampleQuality`."""
+    click.echo(f"  {q.n_fake} samples of the prior against {q.n_real} test images, in the reference "
+               "digit classifier's features (± standard error)")
+    rows = [("FID", f"{q.fid:.3f} ± {q.fid_se:.3f}"), ("KID", f"{q.kid:.4f} ± {q.kid_se:.4f}"),
+            (f"precision (k={q.k})", f"{q.precision:.4f} ± {q.precision_se:.4f}"),
+            (f"recall (k={q.k})", f"{q.recall:.4f} ± {q.recall_se:.4f}")]
+    if q.label_accuracy is not None:
+        rows.append(("asked label = classified label", f"{q.label_accuracy:.4f} ± "
+                                                       f"{q.label_accuracy_se:.4f}"))
+    for name, value in rows:
+        click.echo(f"  {name:<34} {value}")
+
+
+def _print_bound(vae: Any, r: Any) -> None:
+    """The table of `vaekit.evaluation.Evaluation`."""
     kl = sorted(enumerate(r.kl_per_dim or []), key=lambda t: -t[1])
     top = (", ".join(f"z{d} {v:.2f}" for d, v in kl[:8]) + (" ..." if len(kl) > 8 else "")
            if kl else "n/a (two latent layers: z1's KL has no closed form)" if vae.latents == 2
@@ -558,14 +611,9 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
          f"{r.active_units} of {vae.z_dim}"),
         ("KL per dimension, largest", top),
     ]
-    click.echo(f"{run_dir} ({measured['checkpoint']}, epoch {measured['epoch']}): {r.n_images} "
-               "test images, nats per image (± standard error)")
+    click.echo(f"  {r.n_images} test images, nats per image (± standard error)")
     for name, value in rows:
         click.echo(f"  {name:<34} {value}")
-    with _UserErrors("the numbers above are not saved: make the run folder writable and "
-                     "evaluate again"):
-        path, _ = write_evaluation(run_dir, measured, complete=True)
-    click.echo(f"wrote {path} ({seconds:.1f} s)")
 
 
 @cli.command()

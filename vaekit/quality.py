@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -184,7 +184,7 @@ def compare_features(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3, boot
 
 
 def compare_images(real: torch.Tensor, fake: torch.Tensor, *, net: DigitFeatures | None = None,
-                   **options) -> SampleQuality:
+                   **options: Any) -> SampleQuality:
     """All scores of image set ``fake`` against image set ``real`` (see `compare_features`)."""
     net = net or load_digit_features()
     return compare_features(image_features(real, net), image_features(fake, net), **options)
@@ -212,7 +212,7 @@ def model_samples(vae: VAE, n: int, *, seed: int = 0, batch_size: int = 500
 
 @torch.no_grad()
 def sample_quality(vae: VAE, real: torch.Tensor, *, n: int = 10_000, seed: int = 0,
-                   batch_size: int = 500, **options) -> SampleQuality:
+                   batch_size: int = 500, **options: Any) -> SampleQuality:
     """Scores of ``n`` samples of ``vae``'s prior against the real images ``real`` (e.g. the test set).
 
     Works for any vaekit model with a ``sample`` method; for conditional models it also reports

@@ -38,6 +38,7 @@ __all__ = [
     "run_data_spec",
     "load_test_set",
     "write_evaluation",
+    "merged_evaluation",
     "best_validation",
     "validation_key",
     "atomic_write",
@@ -324,9 +325,12 @@ def run_data_spec(config: dict[str, Any], **changes: Any) -> DataSpec:  # noqa: 
 
 
 def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = None,  # noqa: F821
-                  download: bool = True, limit: int | None = None
+                  download: bool = True, limit: int | None = None, *, observations: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The test observations of a run's data set, made as in training, and their labels.
+
+    With ``observations=False``, the test images themselves (uint8 or in [0, 1], as the data set
+    gives them) instead: what sample-quality scores compare samples with.
 
     The data root is ``root`` if given, else ``$VAEKIT_DATA``, else the one the run used (if it
     still exists), else the default cache folder. Bernoulli observations are the test images
@@ -351,6 +355,8 @@ def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = 
     if tuple(x.shape[1:]) != tuple(vae.image_shape):
         raise DataError(f"this run's model takes {tuple(vae.image_shape)} images but its data "
                         f"set gives {tuple(x.shape[1:])}; use vaekit.evaluate from Python")
+    if not observations:
+        return x, labels
     return test_observations(vae.likelihood, x).to(vae.device), labels
 
 
@@ -389,6 +395,18 @@ def write_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any],
     path = Path(run_dir) / EVALUATION
     atomic_write(path, lambda f: f.write(text.encode()))
     return path, record
+
+
+def merged_evaluation(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (an `evaluation_record`) over the numbers ``eval.json`` already holds for the
+    same weights (checkpoint, epoch and step), so evaluating one part does not lose another."""
+    try:
+        old = json.loads((Path(run_dir) / EVALUATION).read_text())
+    except (OSError, ValueError, RecursionError):
+        return record
+    same = isinstance(old, dict) and all(old.get(k) == record.get(k)
+                                         for k in ("checkpoint", "epoch", "step"))
+    return {**old, **record} if same else record
 
 
 def model_checkpoint(run_dir: str | os.PathLike[str], which: str = "auto"
