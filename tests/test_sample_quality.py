@@ -172,6 +172,8 @@ def test_cli_evaluate_sample_quality_adds_its_scores_and_keeps_the_bound(runner)
     q = record["sample_quality"]
     assert q["n_fake"] == q["n_real"] == 200 and q["fid"] > 0 and 0 <= q["recall"] <= 1
     assert record["neg_log_px"] == bound["neg_log_px"]  # the same weights: the bound is kept
+    res = runner.invoke(cli, ["compare", "run", "--out", "c.png"])
+    assert res.exit_code == 0 and "FID (eval.json)" in res.output and f"{q['fid']:.2f}" in res.output
 
     res = runner.invoke(cli, [*base, "--no-bound"])
     assert res.exit_code == 2 and "add --sample-quality" in res.output

@@ -77,6 +77,9 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
         record = json.loads((run_dir / runs.EVALUATION).read_text())
         ev = {k: v for k, v in record.items() if isinstance(v, (int, float))} \
             if isinstance(record, dict) else {}
+        quality = record.get("sample_quality") if isinstance(record, dict) else None
+        if isinstance(quality, dict) and isinstance(quality.get("fid"), (int, float)):
+            ev["fid"] = quality["fid"]
     except (OSError, ValueError, RecursionError):  # no eval.json, or not one vaekit wrote
         pass
     return {"epochs": last.get("epoch"), "final train loss": last.get("train_loss"),
@@ -86,7 +89,7 @@ def _metrics(run_dir: Path) -> dict[str, float | None]:
             "final test reconstruction": last.get("test_recon"),
             "final test KL": last.get("test_kl"),
             "IWAE -log p(x) (eval.json)": ev.get("neg_log_px"),
-            "KL (eval.json)": ev.get("kl")}
+            "KL (eval.json)": ev.get("kl"), "FID (eval.json)": ev.get("fid")}
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> Comparison:
