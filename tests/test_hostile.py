@@ -262,10 +262,14 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(workdir, delay):
     p = subprocess.Popen([sys.executable, "-m", "vaekit", *FIT, "--epochs", "1000", "--out", "r"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ))
-    _wait_until_torch_loads(p)
-    time.sleep(delay)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    try:
+        _wait_until_torch_loads(p)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:  # a child that did not stop is not left running into the next test
+        p.kill()
+        p.communicate()
     assert p.returncode == 130, (out, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     if not runs.is_run_dir(workdir / "r"):
