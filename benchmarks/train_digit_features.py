@@ -20,6 +20,7 @@ from torch import nn
 
 from vaekit.data import load_mnist, to_unit
 from vaekit.features import FEATURES_FILE, DigitFeatures, sha256
+from vaekit.quality import classifier_accuracy
 
 OUT = Path(__file__).resolve().parents[1] / "vaekit" / "assets" / FEATURES_FILE
 
@@ -37,9 +38,7 @@ def shifted(x: torch.Tensor, g: torch.Generator, most: int = 2) -> torch.Tensor:
 
 def accuracy(net: DigitFeatures, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
-    with torch.inference_mode():
-        pred = torch.cat([net.logits(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-    return (pred == y).float().mean().item()
+    return classifier_accuracy(x, y, net, batch_size=1000)
 
 
 def main() -> None:

@@ -458,12 +458,13 @@ def _open_run(run_dir: Path, device: str) -> Any:
 
 
 def _test_set(vae: Any, run_dir: Path, data_root: Path | None, download: bool,
-              limit: int | None) -> tuple[Any, Any]:
-    """The run's test observations (made as in training) and labels: `vaekit.runs.load_test_set`."""
+              limit: int | None, observations: bool = True) -> tuple[Any, Any]:
+    """The run's test observations (made as in training), or its test images, and labels:
+    `vaekit.runs.load_test_set`."""
     from vaekit.runs import load_test_set
 
     return load_test_set(run_dir, vae, None if data_root is None else str(data_root), download,
-                         limit)
+                         limit, observations=observations)
 
 
 def _label_option(text: str) -> Any:
@@ -540,24 +541,23 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         vae = _open_run(run_dir, device).to(memory_format=torch.channels_last)  # faster convs
         record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
                   "limit": limit, "seed": seed, "device": str(vae.device)}
+        images, labels = _test_set(vae, run_dir, data_root, download, limit, observations=False)
+        if sample_quality and len(images) < quality_samples:  # checked before any work
+            raise ConfigError(f"--quality-samples {quality_samples} is more than the "
+                              f"{len(images)} test images; pass at most {len(images)}")
         if bound:
             from vaekit.evaluation import evaluate as evaluate_vae
+            from vaekit.likelihoods import test_observations
 
-            x_obs, labels = _test_set(vae, run_dir, data_root, download, limit)
+            x_obs = test_observations(vae.likelihood, images).to(vae.device)
             r = evaluate_vae(vae, x_obs, num_samples=num_samples, batch_size=batch_size,
                              chunk_size=chunk_size, seed=seed, progress=progress,
                              y=labels if vae.num_classes else None)
             record.update(r.to_dict())
         if sample_quality:
             from vaekit.quality import sample_quality as score_samples
-            from vaekit.runs import load_test_set
 
-            real, _ = load_test_set(run_dir, vae, None if data_root is None else str(data_root),
-                                    download, limit, observations=False)
-            if len(real) < quality_samples:
-                raise ConfigError(f"--quality-samples {quality_samples} is more than the "
-                                  f"{len(real)} test images; pass at most {len(real)}")
-            q = score_samples(vae, real[:quality_samples], n=quality_samples, seed=seed)
+            q = score_samples(vae, images[:quality_samples], n=quality_samples, seed=seed)
             record["sample_quality"] = q.to_dict()
         record["seconds"] = seconds = time.perf_counter() - t0
         which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")

@@ -11,6 +11,7 @@ features are **not** comparable with Inception-feature FIDs in papers.
 from __future__ import annotations
 
 import hashlib
+import io
 from importlib import resources
 
 import torch
@@ -88,8 +89,6 @@ def load_digit_features(device: str | torch.device = "cpu") -> DigitFeatures:
         raise ConfigError(f"the reference classifier {FEATURES_FILE} has SHA-256 {sha256(data)}, not "
                           f"{FEATURES_SHA256}; reinstall vaekit (sample-quality scores need the "
                           "shipped weights)")
-    import io
-
     net = DigitFeatures()
     net.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     return net.eval().requires_grad_(False).to(device)

@@ -82,6 +82,13 @@ def _torchmetrics():
 
 
 @torch.no_grad()
+def _batched(fn: Any, net: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``fn`` of ``images`` in batches on ``net``'s device, joined on the CPU."""
+    dev = next(net.parameters()).device
+    return torch.cat([fn(images[i:i + batch_size].to(dev)).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
 def image_features(images: torch.Tensor, net: DigitFeatures | None = None,
                    batch_size: int = 500) -> torch.Tensor:
     """The reference classifier's features of ``images`` (``[N, C, H, W]``, in [0, 1] or uint8).
@@ -90,9 +97,7 @@ def image_features(images: torch.Tensor, net: DigitFeatures | None = None,
         float64 ``[N, 128]`` on the CPU.
     """
     net = net or load_digit_features()
-    dev = next(net.parameters()).device
-    return torch.cat([net(images[i:i + batch_size].to(dev)).double().cpu()
-                      for i in range(0, len(images), batch_size)])
+    return _batched(net, net, images, batch_size).double()
 
 
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -233,10 +238,11 @@ def sample_quality(vae: VAE, real: torch.Tensor, *, n: int = 10_000, seed: int =
         fake, labels = model_samples(vae, n, seed=seed, batch_size=batch_size)
     finally:
         vae.train(was_training)
-    scores = compare_features(image_features(real, net, batch_size), image_features(fake, net, batch_size),
-                              seed=seed, **options)
-    if labels is not None:
-        scores.label_accuracy = classifier_accuracy(fake, labels, net, batch_size)
+    fake_features = image_features(fake, net, batch_size)
+    scores = compare_features(image_features(real, net, batch_size), fake_features, seed=seed, **options)
+    if labels is not None:  # the classifier's head on the features already computed
+        pred = _batched(lambda f: net.head(f).argmax(1), net, fake_features.float(), batch_size)
+        scores.label_accuracy = float((pred == labels).double().mean())
         scores.label_accuracy_se = _binomial_se(scores.label_accuracy, n)
     return scores
 
@@ -246,7 +252,5 @@ def classifier_accuracy(images: torch.Tensor, labels: torch.Tensor, net: DigitFe
                         batch_size: int = 500) -> float:
     """The reference classifier's accuracy on ``images`` with true ``labels``."""
     net = net or load_digit_features()
-    dev = next(net.parameters()).device
-    pred = torch.cat([net.logits(images[i:i + batch_size].to(dev)).argmax(1).cpu()
-                      for i in range(0, len(images), batch_size)])
+    pred = _batched(lambda x: net.logits(x).argmax(1), net, images, batch_size)
     return float((pred == labels.cpu()).double().mean())
