@@ -30,6 +30,8 @@ __all__ = [
     "Gaussian",
     "Laplace",
     "DiscretizedLogistic",
+    "DiscriminatorFeatures",
+    "FeatureNormal",
     "LIKELIHOODS",
     "register_likelihood",
     "get_likelihood",
@@ -46,7 +48,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
 _L = TypeVar("_L", bound=type["Likelihood"])
 
-KINDS = ("binary", "continuous", "discrete")
+KINDS = ("binary", "continuous", "discrete", "features")
 """The values of `Likelihood.kind`."""
 
 
@@ -123,6 +125,9 @@ class Likelihood(nn.Module):
       change of variables, ``(NLL / D + ln 255) / ln 2`` (`vaekit.evaluation.bits_per_dim`).
     - ``"discrete"`` (`DiscretizedLogistic`): a probability of the 256 levels of 8-bit images;
       bits/dim = ``NLL / (D ln 2)``, comparable with published figures for 8-bit images.
+
+    - ``"features"`` (`DiscriminatorFeatures`, the VAE-GAN's): a density of a discriminator's
+      features of the image, not of the image: no -log p(x), no bits/dim.
 
     Only numbers of the same kind, on the same data, compare. The default, ``"continuous"``,
     suits a density on [0, 1]; set it on your own likelihood otherwise.
@@ -518,6 +523,133 @@ class DiscretizedLogistic(_LocScale):
         """See `Likelihood.check`: pixels must lie in [0, 1]."""
         super().check(x)
         _check_unit_interval(self, x)
+
+
+class FeatureNormal(dist.TorchDistribution):
+    """``N(f(x) | f(images), I)`` as a distribution over images x: the log-density of an image is
+    that of its features ``f(x)`` under a unit Normal centred on the features of ``images``.
+
+    It is not a density on pixels (no change of variables is taken), and it has no pixel noise:
+    `sample` returns ``images`` themselves.
+
+    Args:
+        images: The decoder's images ``[..., C, H, W]``, the batch shape in front.
+        features: Maps ``[N, C, H, W]`` images to ``[N, F]`` features.
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    support = constraints.independent(constraints.unit_interval, 3)
+
+    def __init__(self, images: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],
+                 validate_args: bool | None = None) -> None:
+        self.images, self.features = images, features
+        super().__init__(images.shape[:-3], images.shape[-3:], validate_args=False)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> FeatureNormal:
+        """The same with ``images`` broadcast to ``batch_shape``."""
+        shape = torch.Size(batch_shape) + self.event_shape
+        return FeatureNormal(self.images.expand(shape), self.features)
+
+    def _f(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x.reshape(-1, *x.shape[-3:])).reshape(*x.shape[:-3], -1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log N(f(value) | f(images), I)``, summed over the features: ``[batch...]``."""
+        return dist.Normal(self._f(self.images), 1.0).log_prob(self._f(value)).sum(-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The decoder's images."""
+        return self.images
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """The decoder's images (there is no pixel noise to draw)."""
+        return self.images.detach().expand(torch.Size(sample_shape) + self.images.shape)
+
+
+class _Shared:
+    """A reference that is not a submodule and that deep copies (the weight average's copy of
+    the VAE) share rather than copy."""
+
+    def __init__(self, obj: nn.Module) -> None:
+        self.obj = obj
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Shared:
+        return self
+
+
+@register_likelihood("discriminator")
+class DiscriminatorFeatures(Likelihood):
+    """The VAE-GAN's p(x|z) (Larsen et al. 2016): ``N(D_l(x) | D_l(x~), I)``, a unit Gaussian on
+    the features of hidden layer l of a discriminator D, at the decoder's image ``x~ =
+    sigmoid(decoder(z))``.
+
+    The discriminator is not part of the VAE: the VAE-GAN objective
+    (`vaekit.adversarial.VAEGAN`, what ``objective="elbo"`` trains with this likelihood) owns
+    it, trains it against the decoder and `bind`s it here. The features are computed with D's
+    weights detached, so the VAE's loss never moves D. Targets are the grayscale images in
+    [0, 1] as they are (the discriminator compares them with the decoder's images). -log p(x)
+    is not defined: the density is of features, not pixels (``kind = "features"``).
+
+    Args:
+        feature_layer: The hidden block l of the discriminator (1-based); default its last
+            (Larsen et al.: the third of four layers, the one before the logit).
+    """
+
+    kind = "features"
+
+    def __init__(self, feature_layer: int | None = None) -> None:
+        super().__init__()
+        if feature_layer is not None and not (isinstance(feature_layer, int) and feature_layer >= 1):
+            raise ConfigError(f"feature_layer must be an integer >= 1, got {feature_layer!r}")
+        self.feature_layer = feature_layer
+        self._disc: _Shared | None = None
+
+    def bind(self, discriminator: nn.Module) -> None:
+        """Measure reconstructions in ``discriminator``'s features (it must take ``layer=``
+        and have ``layers`` hidden blocks, as `vaekit.nets.Discriminator`).
+
+        Raises:
+            ConfigError: for a layer the discriminator does not have.
+        """
+        most = int(discriminator.layers)  # type: ignore[arg-type]
+        if self.feature_layer is not None and self.feature_layer > most:
+            raise ConfigError(f"feature_layer {self.feature_layer} is deeper than the "
+                              f"discriminator's {most} hidden blocks; use 1..{most}")
+        self._disc = _Shared(discriminator)
+
+    @property
+    def discriminator(self) -> nn.Module | None:
+        """The bound discriminator (None until the VAE-GAN objective binds it)."""
+        return None if self._disc is None else self._disc.obj
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``D_l(x)`` ``[N, F]`` with D's weights detached (gradients reach ``x`` only)."""
+        d = self.discriminator
+        if d is None:
+            raise ConfigError("this VAE-GAN's discriminator is not loaded: -log p(x) is not "
+                              "defined for its feature likelihood; score its samples instead "
+                              "(vaekit evaluate RUN --sample-quality --no-bound)")
+        weights = {name: w.detach() for name, w in d.named_parameters()}
+        layer = self.feature_layer or int(d.layers)  # type: ignore[arg-type]
+        return torch.func.functional_call(d, weights, (x.to(next(d.parameters()).dtype),),
+                                          {"layer": layer})
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        """See `Likelihood.forward`: `FeatureNormal` at ``sigmoid(out)``."""
+        return FeatureNormal(torch.sigmoid(out), self.features)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """See `Likelihood.mean`: the decoder's image, ``sigmoid(out)``."""
+        return torch.sigmoid(out)
+
+    def check(self, x: torch.Tensor) -> None:
+        """See `Likelihood.check`: pixels must lie in [0, 1]."""
+        _check_unit_interval(self, x)
+
+    def config(self) -> dict[str, Any]:
+        """See `Likelihood.config`."""
+        return {} if self.feature_layer is None else {"feature_layer": self.feature_layer}
 
 
 def test_observations(likelihood: Likelihood, images: torch.Tensor,

@@ -23,7 +23,7 @@ from torch import nn
 from vaekit.errors import ConfigError
 
 __all__ = ["Block", "Encoder", "Decoder", "MLPEncoder", "MLPDecoder", "ConditionalEncoder",
-           "ConditionalDecoder", "default_layers", "make_nets", "NETS"]
+           "ConditionalDecoder", "Discriminator", "default_layers", "make_nets", "NETS"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,54 @@ class Encoder(nn.Module):
         h = self.net(x).flatten(1)
         z_loc, z_log_scale = h.chunk(2, dim=-1)
         return z_loc, z_log_scale.exp()
+
+
+class Discriminator(nn.Module):
+    """The DCGAN discriminator of a VAE-GAN: the seed encoder's conv stack with one logit out.
+
+    Blocks are Conv2d + norm + LeakyReLU(0.2), with no norm in the first (as DCGAN's). The norm
+    is per image, GroupNorm with one group (LayerNorm over channels and positions), not DCGAN's
+    BatchNorm: a hidden block's features of an image then depend on that image alone, so the
+    feature likelihood built on them (`vaekit.likelihoods.DiscriminatorFeatures`) is a density
+    per image whatever the batch, and the features have unit scale from the start.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images (28, 32 or 64 square).
+        blocks: Layers to use instead of the encoder's `default_layers` (the last block's
+            channel count is replaced by 1, the logit).
+    """
+
+    def __init__(self, image_shape: Sequence[int], blocks: Sequence[Block] | None = None) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        blocks = list(blocks) if blocks is not None else default_layers(image_shape, 1)[0]
+        self.hidden = nn.ModuleList()
+        in_ch = self.image_shape[0]
+        for i, b in enumerate(blocks[:-1]):
+            norm = nn.GroupNorm(1, b.channels) if i else nn.Identity()
+            self.hidden.append(nn.Sequential(
+                nn.Conv2d(in_ch, b.channels, b.kernel, b.stride, b.padding), norm,
+                nn.LeakyReLU(0.2)))
+            in_ch = b.channels
+        last = blocks[-1]
+        self.head = nn.Conv2d(in_ch, 1, last.kernel, last.stride, last.padding)
+        if _out_size(self.image_shape[1:], blocks, transposed=False) != (1, 1):
+            raise ConfigError("the discriminator's blocks must map the images to 1x1")
+
+    @property
+    def layers(self) -> int:
+        """Its hidden blocks, the layers whose features can be read (1 ... `layers`)."""
+        return len(self.hidden)
+
+    def forward(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """The logit of "real" per image ``[batch]``, or with ``layer`` the flattened output of
+        hidden block ``layer`` (1-based) ``[batch, features]``."""
+        h = x
+        for i, block in enumerate(self.hidden, start=1):
+            h = block(h)
+            if i == layer:
+                return h.flatten(1)
+        return self.head(h).flatten()
 
 
 class Decoder(nn.Module):

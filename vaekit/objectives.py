@@ -19,72 +19,18 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
 
+from vaekit.adversarial import VAEGAN, is_vae_gan
+from vaekit.auxiliary import Objective
 from vaekit.errors import ConfigError
 from vaekit.model import VAE
 from vaekit.settings import parse_beta_schedule
 from vaekit.traces import kl_per_dimension, site_log_probs
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
-           "FreeBits", "Objective", "register_objective", "objective_names"]
+           "FreeBits", "Objective", "VAEGAN", "register_objective", "objective_names"]
 
 OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits")
 """vaekit's own objectives; `register_objective` adds yours."""
-
-
-class Objective(nn.Module):
-    """An objective that owns part of the training step: auxiliary networks, their optimizers,
-    and updates of its own (a discriminator trained in alternation, a moving-average codebook).
-
-    `forward` is the VAE's loss, summed over the batch, which the loop's optimizer steps on the
-    VAE's parameters (with clipping, the weight average, DDP, skipping non-finite steps ...).
-    After each step the loop calls `auxiliary_step`, where the objective updates what it owns.
-    Auxiliary modules added with `add_auxiliary` are not submodules (the loop's optimizer and
-    the VAE's DDP wrapper never see them): the loop moves them to the device, wraps each for DDP
-    with `setup`, and saves and restores them and their optimizers with the checkpoint
-    (`auxiliary_state`), so a resumed run continues bit for bit.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._aux: dict[str, nn.Module] = {}
-        self._aux_optimizer_factories: dict[str, object] = {}
-        self.aux_optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.aux_train: dict[str, nn.Module] = {}
-
-    def add_auxiliary(self, name: str, module: nn.Module, optimizer: object) -> None:
-        """Own ``module`` under ``name``, trained by ``optimizer(parameters)`` (a factory such as
-        ``lambda p: torch.optim.Adam(p, lr=1e-4)``, called by `setup`)."""
-        self._aux[name] = module
-        self._aux_optimizer_factories[name] = optimizer
-
-    def auxiliary(self, name: str) -> nn.Module:
-        """The auxiliary module ``name`` (unwrapped)."""
-        return self._aux[name]
-
-    def setup(self, device: torch.device, wrap: object = None) -> None:
-        """Move the auxiliary modules to ``device``, wrap each with ``wrap`` (DDP with several
-        processes; `aux_train` holds the wrapped ones) and build their optimizers."""
-        for name, module in self._aux.items():
-            module.to(device)
-            self.aux_train[name] = wrap(module) if callable(wrap) else module
-            factory = self._aux_optimizer_factories[name]
-            self.aux_optimizers[name] = factory(module.parameters())  # type: ignore[operator]
-
-    def auxiliary_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int) -> None:
-        """The objective's own updates after the loop's step ``step`` (0-based, global)."""
-
-    def auxiliary_state(self) -> dict[str, object]:
-        """Everything the objective owns, for the checkpoint."""
-        return {"modules": {n: m.state_dict() for n, m in self._aux.items()},
-                "optimizers": {n: o.state_dict() for n, o in self.aux_optimizers.items()}}
-
-    def load_auxiliary_state(self, state: dict[str, object]) -> None:
-        """Restore `auxiliary_state` (after `setup`)."""
-        modules, optimizers = state["modules"], state["optimizers"]
-        for name, module in self._aux.items():
-            module.load_state_dict(modules[name])  # type: ignore[index]
-        for name, opt in self.aux_optimizers.items():
-            opt.load_state_dict(optimizers[name])  # type: ignore[index]
 
 
 _REGISTERED: dict[str, type] = {}
@@ -233,6 +179,10 @@ def check_objective(vae: VAE, name: str) -> None:
         raise ConfigError(f"unknown objective {name!r}; choose one of: "
                           f"{', '.join(objective_names())} (your own: register_objective, and "
                           "import its module first)")
+    if is_vae_gan(vae) and name != "elbo":
+        raise ConfigError(f"the {name} objective cannot train the discriminator of the "
+                          "VAE-GAN (--likelihood discriminator): leave --objective at elbo, "
+                          "which trains it with its adversarial terms")
     if name not in ("capacity", "free-bits"):
         return
     use = "use objective elbo or iwae"
@@ -250,21 +200,27 @@ def check_objective(vae: VAE, name: str) -> None:
 
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,
                    capacity: float = 25.0, capacity_steps: int = 10000,
-                   free_bits: float = 0.5) -> nn.Module:
+                   free_bits: float = 0.5, gan_gamma: float = 0.01,
+                   disc_lr: float = 2e-4) -> nn.Module:
     """The loss module for an objective name (see `OBJECTIVES`).
 
     Args:
         vae: The model.
-        name: ``"elbo"`` (β-weighted ``Trace_ELBO``), ``"iwae"``, ``"capacity"`` or ``"free-bits"``.
+        name: ``"elbo"`` (β-weighted ``Trace_ELBO``; for the VAE-GAN's likelihood,
+            `vaekit.adversarial.VAEGAN`), ``"iwae"``, ``"capacity"`` or ``"free-bits"``.
         iwae_samples: K for ``"iwae"``.
         gamma: γ for ``"capacity"``.
         capacity: The final C (nats per image) for ``"capacity"``.
         capacity_steps: Steps over which C rises from 0.
         free_bits: λ (nats per latent dimension) for ``"free-bits"``.
+        gan_gamma: Larsen's γ for the VAE-GAN.
+        disc_lr: The VAE-GAN discriminator's learning rate.
 
     Raises:
         ConfigError: for an unknown name or settings that do not fit it.
     """
+    if name == "elbo" and is_vae_gan(vae):
+        return VAEGAN(vae, gan_gamma, disc_lr)
     if name == "elbo":
         return Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
     if name in _REGISTERED:

@@ -166,7 +166,8 @@ class TrainingState:
             self.objective = make_objective(vae, s.objective, iwae_samples=s.iwae_samples,
                                             gamma=s.gamma, capacity=s.capacity,
                                             capacity_steps=s.capacity_steps,
-                                            free_bits=s.free_bits)
+                                            free_bits=s.free_bits, gan_gamma=s.gan_gamma,
+                                            disc_lr=s.disc_lr)
         self.optimizer = torch.optim.Adam(self.objective.parameters(), lr=s.lr)
         # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
         # world size to give the gradient of the global batch's sum, as one process computes it.

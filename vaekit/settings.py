@@ -200,8 +200,9 @@ class ModelSpec:
 
     likelihood: str = setting(
         "bernoulli", "p(x|z): bernoulli, continuous-bernoulli, gaussian, laplace, "
-        "discretized-logistic, one you registered, or your own Likelihood as "
-        "package.module:Class.")
+        "discretized-logistic, discriminator (the VAE-GAN of Larsen et al. 2016: a Gaussian on "
+        "a discriminator's features, trained against it), one you registered, or your own "
+        "Likelihood as package.module:Class.")
     binarize: bool | None = setting(
         None, "Bernoulli only: binarize grayscale images each batch (default), or train on "
         "grayscale targets like the seed notebook's BCE (not a proper likelihood).",
@@ -216,6 +217,10 @@ class ModelSpec:
         "channel, or one per pixel predicted by the decoder.",
         choices=("fixed", "global", "channel", "pixel"),
         shown_default="fixed; discretized-logistic pixel")
+    feature_layer: int | None = setting(
+        None, "discriminator (the VAE-GAN): the discriminator's hidden block whose features "
+        "p(x|z) measures (1 = the first).", min=1,
+        shown_default="its last hidden block, as in Larsen et al. 2016")
     prior: str = setting("standard", "p(z): standard (Normal(0, I)), mog:K (a mixture of K "
                          "learned Gaussians), vamp:K (VampPrior, K pseudo-inputs) or your own "
                          "Prior as package.module:Class.")
@@ -255,7 +260,8 @@ class ModelSpec:
         """The likelihood's keyword arguments that were set (the others keep its defaults)."""
         return {k: v for k, v in (("binarize", self.binarize), ("scale", self.scale),
                                   ("learn_scale", self.learn_scale),
-                                  ("scale_mode", self.scale_mode)) if v is not None}
+                                  ("scale_mode", self.scale_mode),
+                                  ("feature_layer", self.feature_layer)) if v is not None}
 
 
 DEFAULT_VAL = 10000
@@ -322,6 +328,12 @@ class TrainSettings:
     capacity_steps: int = setting(10000, "Steps over which C rises linearly from 0.", min=0)
     free_bits: float = setting(0.5, "λ in nats per latent dimension of the free-bits "
                                "objective.", min=0, max=1e6)
+    gan_gamma: float = setting(
+        0.01, "VAE-GAN (--likelihood discriminator): Larsen's γ, the weight of the feature "
+        "reconstruction against the adversarial terms in the decoder's loss.", min=0,
+        min_open=True, max=1e8)
+    disc_lr: float = setting(2e-4, "VAE-GAN: the discriminator's Adam learning rate (betas "
+                             "0.5, 0.999, as DCGAN's).", min=0, min_open=True)
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "
