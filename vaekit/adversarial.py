@@ -1,7 +1,7 @@
 """The VAE-GAN (Larsen et al. 2016) as an objective that owns its discriminator.
 
     vae = VAE(likelihood="discriminator")          # p(x|z): a Gaussian on D's features
-    obj = VAEGAN(vae, gamma=0.01)                  # what objective="elbo" builds for it
+    obj = VAEGAN(vae, gamma=1.0)                  # what objective="elbo" builds for it
     loss = obj(x)                                  # the VAE's loss; the loop steps on it
     obj.auxiliary_step(x, None, step)              # then the discriminator's own step
 
@@ -34,7 +34,7 @@ from vaekit.model import VAE
 from vaekit.nets import Discriminator
 from vaekit.traces import site_log_probs
 
-__all__ = ["VAEGAN", "WINNING_BELOW", "is_vae_gan"]
+__all__ = ["VAEGAN", "WINNING_BELOW", "is_vae_gan", "check_vae_gan"]
 
 WINNING_BELOW = 0.68 - 0.4
 """The discriminator skips its update while its mean cross-entropy on real images and on
@@ -45,6 +45,20 @@ the VAE-GAN implementations in the field (pythae's ``VAEGANConfig``)."""
 def is_vae_gan(vae: VAE) -> bool:
     """Whether the VAE's likelihood is the discriminator's features (a VAE-GAN)."""
     return isinstance(vae.likelihood, DiscriminatorFeatures)
+
+
+def check_vae_gan(vae: VAE) -> None:
+    """Refuse a VAE-GAN whose discriminator cannot be built: an image size the DCGAN stack does
+    not take, or a feature layer deeper than its hidden blocks (before anything is written).
+
+    Raises:
+        ConfigError: naming the problem.
+    """
+    lik = vae.likelihood
+    most = Discriminator(vae.image_shape).layers
+    if isinstance(lik, DiscriminatorFeatures) and (lik.feature_layer or 1) > most:
+        raise ConfigError(f"feature_layer {lik.feature_layer} is deeper than the "
+                          f"discriminator's {most} hidden blocks; use 1..{most}")
 
 
 class VAEGAN(Objective):
@@ -61,7 +75,7 @@ class VAEGAN(Objective):
         ConfigError: for another likelihood, γ <= 0, or a feature layer D does not have.
     """
 
-    def __init__(self, vae: VAE, gamma: float = 0.01, disc_lr: float = 2e-4) -> None:
+    def __init__(self, vae: VAE, gamma: float = 1.0, disc_lr: float = 2e-4) -> None:
         super().__init__()
         if not is_vae_gan(vae):
             raise ConfigError("the VAE-GAN objective needs --likelihood discriminator")

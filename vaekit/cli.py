@@ -542,10 +542,21 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         record = {"run_dir": str(run_dir), "likelihood": vae.likelihood.name, "z_dim": vae.z_dim,
                   "limit": limit, "seed": seed, "device": str(vae.device)}
         images, labels = _test_set(vae, run_dir, data_root, download, limit, observations=False)
+        features = vae.likelihood.kind == "features"  # a VAE-GAN: no -log p(x)
+        if features and bound:
+            click.echo("-log p(x) is not defined for a VAE-GAN (its p(x|z) is a density of "
+                       "discriminator features): measuring the pixel reconstruction error and "
+                       "the sample quality instead")
+            sample_quality = True
         if sample_quality and len(images) < quality_samples:  # checked before any work
             raise ConfigError(f"--quality-samples {quality_samples} is more than the "
                               f"{len(images)} test images; pass at most {len(images)}")
-        if bound:
+        if bound and features:
+            from vaekit.evaluation import pixel_error
+
+            pe = pixel_error(vae, images, y=labels if vae.num_classes else None)
+            record["pixel_error"] = pe.to_dict()
+        elif bound:
             from vaekit.evaluation import evaluate as evaluate_vae
             from vaekit.likelihoods import test_observations
 
@@ -564,7 +575,11 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         measured = merged_evaluation(run_dir, evaluation_record(run_dir, record, checkpoint=which))
 
     click.echo(f"{run_dir} ({measured['checkpoint']}, epoch {measured['epoch']})")
-    if bound:
+    if bound and features:
+        click.echo(f"  {pe.n_images} test images, reconstruction at the mean of q(z|x)")
+        click.echo(f"  {'squared error per image':<34} {pe.squared:.3f} ± {pe.squared_se:.3f}")
+        click.echo(f"  {'mean squared error per pixel':<34} {pe.per_pixel:.5f}")
+    elif bound:
         _print_bound(vae, r)
     if sample_quality:
         _print_sample_quality(q)

@@ -41,6 +41,8 @@ __all__ = [
     "is_standard_gaussian",
     "traversal_plan",
     "TraversalPlan",
+    "pixel_error",
+    "PixelError",
 ]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -552,3 +554,52 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         bits_per_dim=_bits_per_dim(vae, nlp, dims),
         kl_sites={k: float(v.mean()) for k, v in (r.kl_sites or {}).items()},
     )
+
+
+@dataclass(frozen=True)
+class PixelError:
+    """What `pixel_error` returns: the reconstruction error in pixel space.
+
+    Attributes:
+        n_images: Images reconstructed.
+        squared: Mean over images of the summed squared error ``Σ_pixels (x - x~)^2``.
+        squared_se: Its standard error over images.
+        per_pixel: ``squared`` divided by the pixels per image (the mean squared error).
+    """
+
+    n_images: int
+    squared: float
+    squared_se: float
+    per_pixel: float
+
+    def to_dict(self) -> dict[str, object]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+@torch.no_grad()
+def pixel_error(vae: VAE, images: torch.Tensor, batch_size: int = 500,
+                y: torch.Tensor | None = None) -> PixelError:
+    """The squared error between images in [0, 1] and their reconstructions, the mean image of
+    p(x|z) at the mean of q(z|x): a number every model has, a VAE-GAN (whose p(x|z) is a density
+    of discriminator features, with no -log p(x)) included.
+
+    Args:
+        vae: The model; evaluated in eval mode, its previous mode restored.
+        images: uint8 or float images ``[N, C, H, W]``.
+        batch_size: Images at once.
+        y: Labels ``[N]``, for a conditional VAE.
+    """
+    from vaekit.data import to_unit
+
+    errors = []
+    with eval_mode(vae):
+        for i in range(0, images.shape[0], batch_size):
+            x = to_unit(images[i:i + batch_size]).to(vae.device)
+            lab = None if y is None else y[i:i + batch_size]
+            z_mean, _ = vae.encode(x, lab)
+            errors.append((vae.decode(z_mean, lab) - x).pow(2).flatten(1).sum(1).cpu())
+    e = torch.cat(errors)
+    n = e.shape[0]
+    return PixelError(n, float(e.mean()), float(e.std() / math.sqrt(n)) if n > 1 else float("nan"),
+                      float(e.mean()) / math.prod(images.shape[1:]))

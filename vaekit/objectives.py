@@ -19,7 +19,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from vaekit.adversarial import VAEGAN, is_vae_gan
+from vaekit.adversarial import VAEGAN, check_vae_gan, is_vae_gan
 from vaekit.auxiliary import Objective
 from vaekit.errors import ConfigError
 from vaekit.model import VAE
@@ -183,6 +183,8 @@ def check_objective(vae: VAE, name: str) -> None:
         raise ConfigError(f"the {name} objective cannot train the discriminator of the "
                           "VAE-GAN (--likelihood discriminator): leave --objective at elbo, "
                           "which trains it with its adversarial terms")
+    if is_vae_gan(vae):
+        check_vae_gan(vae)
     if name not in ("capacity", "free-bits"):
         return
     use = "use objective elbo or iwae"
@@ -200,7 +202,7 @@ def check_objective(vae: VAE, name: str) -> None:
 
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,
                    capacity: float = 25.0, capacity_steps: int = 10000,
-                   free_bits: float = 0.5, gan_gamma: float = 0.01,
+                   free_bits: float = 0.5, gan_gamma: float = 1.0,
                    disc_lr: float = 2e-4) -> nn.Module:
     """The loss module for an objective name (see `OBJECTIVES`).
 

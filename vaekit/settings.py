@@ -318,7 +318,8 @@ class TrainSettings:
     lr: float = setting(2e-3, "Adam learning rate.", min=0, min_open=True)
     objective: str = setting("elbo", "Training objective: elbo, iwae, capacity, free-bits, or "
                              "one registered with vaekit.objectives.register_objective; the "
-                             "test -ELBO is reported whatever it is.")
+                             "test -ELBO is reported whatever it is. With --likelihood "
+                             "discriminator, elbo is the VAE-GAN's step.")
     beta_schedule: str = setting("constant", "β over steps: constant, linear:STEPS (warm-up) "
                                  "or cyclical:STEPS[:RATIO].")
     iwae_samples: int = setting(5, "K for the iwae objective.", min=1)
@@ -329,7 +330,7 @@ class TrainSettings:
     free_bits: float = setting(0.5, "λ in nats per latent dimension of the free-bits "
                                "objective.", min=0, max=1e6)
     gan_gamma: float = setting(
-        0.01, "VAE-GAN (--likelihood discriminator): Larsen's γ, the weight of the feature "
+        1.0, "VAE-GAN (--likelihood discriminator): Larsen's γ, the weight of the feature "
         "reconstruction against the adversarial terms in the decoder's loss.", min=0,
         min_open=True, max=1e8)
     disc_lr: float = setting(2e-4, "VAE-GAN: the discriminator's Adam learning rate (betas "
