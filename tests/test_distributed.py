@@ -286,3 +286,18 @@ def test_nproc_in_a_settings_file_is_honoured_and_recorded(env, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert runs.read_config(tmp_path / "r")["run"]["nproc"] == 2
     assert len(runs.load_checkpoint(tmp_path / "r")["rng"]["ranks"]) == 2  # two ranks trained
+
+
+def test_a_vae_gan_trains_in_two_processes_like_one(env, tmp_path):
+    """The VAE-GAN's discriminator is wrapped for DDP and skips or steps on every rank alike:
+    two processes finish, save one discriminator and land within noise of one process."""
+    gan = [*FIT, "--likelihood", "discriminator", "--epochs", "1", "--lr", "5e-4"]
+    _run([sys.executable, "-m", "vaekit", "fit", *gan, "--out", "one"], env, tmp_path)
+    p = _run([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *gan, "--out", "two"], env,
+             tmp_path)
+    assert p.stdout.count("done:") == 1
+    one, two = runs.read_metrics(tmp_path / "one"), runs.read_metrics(tmp_path / "two")
+    assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=0.05)
+    state = runs.load_checkpoint(tmp_path / "two")
+    assert state["objective"]["optimizers"]["discriminator"]["state"]  # it stepped
+    assert len(state["rng"]["ranks"]) == 2

@@ -144,7 +144,7 @@ LAYERS = [
     {"settings", "io", "devices", "plugins", "features"},
     {"data"},
     {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim", "traces",
-     "auxiliary"},
+     "auxiliary", "quantize"},
     {"building"},
     {"model"},
     {"adversarial"},

@@ -1,0 +1,163 @@
+"""Vector quantization (van den Oord et al. 2017): a codebook of K vectors, nearest-code
+assignment, straight-through gradients, and the codebook learned by moving averages.
+
+    vq = VectorQuantizer(num_codes=512, dim=64)          # decay 0.99: the EMA codebook
+    q = vq(z_e)                                           # z_e [batch, 64, 7, 7] from an encoder
+    q.quantized                                           # z_e + sg(e_k - z_e): the codes' vectors
+    q.codes                                               # [batch, 7, 7] indices in 0..511
+    q.commitment, q.codebook_loss, q.perplexity
+
+The moving averages (the VQ-VAE paper's appendix; Sonnet's ``VectorQuantizerEMA``) keep, per
+code, the count of encoder vectors assigned to it, N_k, and their sum, m_k, each decayed by
+γ = ``decay`` per update; the code is ``e_k = m_k / Ñ_k`` with Ñ_k the counts Laplace-smoothed,
+``Ñ_k = (N_k + ε) / (Σ N + K ε) Σ N``, so a code that receives nothing is not divided by zero.
+Under `torch.distributed` the batch's counts and sums are all-reduced first, so every rank keeps
+the same codebook. A code whose smoothed count has fallen below ``dead_below`` is dead: at the
+next update it is re-seeded with an encoder vector of the batch drawn at random (the same one on
+every rank: drawn from the all-reduced batch's first rank), and its averages restart there.
+With ``decay=0`` the codebook is a parameter trained by the codebook loss
+``||sg(z_e) - e_k||²`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from vaekit.errors import ConfigError
+
+__all__ = ["VectorQuantizer", "Quantized", "perplexity"]
+
+
+@dataclass
+class Quantized:
+    """What `VectorQuantizer` returns for a batch.
+
+    Attributes:
+        quantized: The codes' vectors with straight-through gradients, shaped like the input.
+        codes: The nearest code per vector, ``[batch, *grid]``.
+        commitment: ``Σ ||z_e - sg(e_k)||²`` per image (unweighted), ``[batch]``.
+        codebook_loss: ``Σ ||sg(z_e) - e_k||²`` per image, ``[batch]`` (zero gradient with the
+            EMA codebook, where the moving averages learn the codes).
+        perplexity: ``exp`` of the entropy of the batch's code frequencies (K when every code is
+            used equally, 1 when one code is).
+        used: How many codes the batch used.
+    """
+
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    commitment: torch.Tensor
+    codebook_loss: torch.Tensor
+    perplexity: float
+    used: int
+
+
+def perplexity(codes: torch.Tensor, num_codes: int) -> float:
+    """``exp(-Σ_k p_k log p_k)`` of the frequencies ``p_k`` of ``codes`` (any shape)."""
+    p = torch.bincount(codes.flatten(), minlength=num_codes).double()
+    p = p / p.sum()
+    return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+
+
+def _all_reduce(*tensors: torch.Tensor) -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        for t in tensors:
+            torch_dist.all_reduce(t)
+
+
+class VectorQuantizer(nn.Module):
+    """Snap each D-vector of a ``[batch, D, *grid]`` tensor to its nearest of K codes.
+
+    Args:
+        num_codes: K.
+        dim: D, the vectors' size (the input's channel dimension).
+        decay: γ of the moving averages (0.99, the paper's); 0: a codebook trained by its loss.
+        eps: ε of the Laplace smoothing of the counts.
+        dead_below: A code whose smoothed count is below this is re-seeded (0: never).
+
+    Raises:
+        ConfigError: for K < 1, D < 1, or a decay outside [0, 1).
+    """
+
+    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5,
+                 dead_below: float = 1e-3) -> None:
+        super().__init__()
+        if num_codes < 1 or dim < 1:
+            raise ConfigError(f"a codebook needs K >= 1 codes of size D >= 1, got K={num_codes}, "
+                              f"D={dim}")
+        if not 0 <= decay < 1:
+            raise ConfigError(f"the codebook's decay must lie in [0, 1), got {decay!r}")
+        self.num_codes, self.dim, self.decay, self.eps = num_codes, dim, decay, eps
+        self.dead_below = dead_below
+        init = torch.randn(num_codes, dim) / math.sqrt(dim)
+        if decay > 0:
+            self.register_buffer("codebook", init)
+            self.register_buffer("counts", torch.ones(num_codes))
+            self.register_buffer("sums", init.clone())
+        else:
+            self.codebook = nn.Parameter(init)
+
+    @property
+    def ema(self) -> bool:
+        """Whether the codebook is learned by moving averages."""
+        return self.decay > 0
+
+    def assign(self, flat: torch.Tensor) -> torch.Tensor:
+        """The index of the nearest code (squared Euclidean distance) of each row of ``flat``
+        ``[N, D]``; ties go to the lower index."""
+        book = self.codebook
+        d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None])
+        return d.argmin(1)
+
+    def forward(self, z_e: torch.Tensor) -> Quantized:
+        """Quantize ``z_e`` ``[batch, D, *grid]``; in training mode with the EMA codebook, update
+        the averages (and re-seed dead codes) after the assignment."""
+        if z_e.dim() < 2 or z_e.shape[1] != self.dim:
+            raise ConfigError(f"the quantizer takes [batch, {self.dim}, ...] tensors, got "
+                              f"{tuple(z_e.shape)}")
+        moved = z_e.movedim(1, -1)  # [batch, *grid, D]
+        flat = moved.reshape(-1, self.dim).float()
+        codes = self.assign(flat.detach())
+        if self.training and self.ema:
+            self._update(flat.detach(), codes)
+        e = self.codebook[codes].view(moved.shape).to(z_e.dtype)
+        per_image = tuple(range(1, moved.dim()))
+        commitment = (moved - e.detach()).pow(2).sum(per_image)
+        codebook_loss = (moved.detach() - e).pow(2).sum(per_image)
+        quantized = (moved + (e - moved).detach()).movedim(-1, 1)  # straight through
+        return Quantized(quantized, codes.view(moved.shape[:-1]), commitment, codebook_loss,
+                         perplexity(codes, self.num_codes),
+                         int(torch.bincount(codes, minlength=self.num_codes).gt(0).sum()))
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
+        """One moving-average step on the (all-reduced) batch's counts and sums."""
+        onehot = torch.nn.functional.one_hot(codes, self.num_codes).to(flat.dtype)
+        count, total = onehot.sum(0), onehot.t() @ flat
+        _all_reduce(count, total)
+        g = self.decay
+        self.counts.mul_(g).add_(count, alpha=1 - g)
+        self.sums.mul_(g).add_(total, alpha=1 - g)
+        n = self.counts.sum()
+        smoothed = (self.counts + self.eps) / (n + self.num_codes * self.eps) * n
+        self.codebook.copy_(self.sums / smoothed[:, None])
+        if self.dead_below > 0:
+            self._reseed(flat, smoothed)
+
+    def _reseed(self, flat: torch.Tensor, smoothed: torch.Tensor) -> None:
+        """Dead codes take encoder vectors of this batch drawn at random; rank 0's draw is
+        broadcast so every rank's codebook stays the same."""
+        dead = smoothed < self.dead_below
+        k = int(dead.sum())
+        if k == 0:
+            return
+        pick = flat[torch.randint(flat.shape[0], (k,), device=flat.device)]
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.broadcast(pick, 0)
+        self.codebook[dead] = pick
+        self.sums[dead] = pick
+        self.counts[dead] = 1.0
