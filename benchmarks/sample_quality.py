@@ -92,7 +92,7 @@ def side_by_side(pictures: list[tuple[str, torch.Tensor]], path: Path) -> None:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
 
 
 if __name__ == "__main__":

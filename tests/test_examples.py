@@ -30,6 +30,8 @@ CASES = {  # id: (example, arguments, text its output must contain, files it mus
     "wandb_logger": ("wandb_logger.py", [], "WandbLogger implements vaekit.tracking.Logger", []),
     "beta_sweep": ("beta_sweep.py", TINY + ["--betas", "0.5", "4"],
                    "wrote runs/beta_sweep/beta_sweep.png", ["runs/beta_sweep/beta_sweep.png"]),
+    "vae_gan": ("vae_gan.py", TINY + ["--samples", "200"], "pixel squared error",
+                ["runs/vae_gan/checkpoint.pt"]),
     "plain_pyro_svi": ("plain_pyro_svi.py", TINY, "epoch 1: -ELBO",
                        ["runs/plain_pyro_svi/samples.png"]),
     "plain_pyro_svi-own": ("plain_pyro_svi.py", TINY + ["--model", "own", "--out", "own"],

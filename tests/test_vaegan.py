@@ -111,6 +111,8 @@ def test_a_vae_gan_run_trains_resumes_exactly_and_its_pictures_change(mnist_smal
                           verbose=False)
     assert [r["train_loss"] for r in again.history] == [r["train_loss"] for r in whole.history]
     assert all(math.isfinite(r["test_neg_elbo"]) for r in whole.history)
+    for r in runs.read_metrics(tmp_path / "half"):  # the discriminator's own columns
+        assert 0 < r["disc_real"] < 5 and 0 < r["disc_fake"] < 5 and 0 <= r["disc_skipped"] <= 4
     a, b = (runs.load_checkpoint(tmp_path / d) for d in ("whole", "half"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     da, db = (c["objective"]["modules"]["discriminator"] for c in (a, b))

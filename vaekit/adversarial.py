@@ -87,8 +87,7 @@ class VAEGAN(Objective):
         self.add_auxiliary("discriminator", disc,
                            lambda p: torch.optim.Adam(p, lr=disc_lr, betas=(0.5, 0.999)))
         self._fakes: torch.Tensor | None = None
-        self.skipped = 0
-        """Discriminator updates skipped because it was winning (this session)."""
+        self._epoch = torch.zeros(4, dtype=torch.float64)  # Σ real, Σ generated, steps, skipped
 
     def _decoded(self, args: tuple[torch.Tensor, ...], latents: dict[str, torch.Tensor] | None
                  ) -> torch.Tensor:
@@ -148,13 +147,32 @@ class VAEGAN(Objective):
                                 f"{float(seen[1]):.3g}): lower --disc-lr or --lr, or raise "
                                 "--gan-gamma, and start again")
         winning = bool((seen < WINNING_BELOW).all())
+        self._epoch += torch.tensor([float(seen[0]), float(seen[1]), 1.0, float(winning)],
+                                    dtype=torch.float64)
         opt.zero_grad(set_to_none=True)
         if winning and not several:
-            self.skipped += 1
             return
         # the loss of Larsen et al.: real, reconstructions and prior samples, each a mean
         ((real + 2 * fake) * (0.0 if winning else 1.0)).backward()  # every rank reduces alike
-        if winning:
-            self.skipped += 1
-        else:
+        if not winning:
             opt.step()
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The epoch's mean discriminator cross-entropy on real (``disc_real``) and generated
+        (``disc_fake``) images, and how many of its steps it skipped while winning
+        (``disc_skipped``); the sums start again for the next epoch."""
+        real, fake, steps, skipped = self._epoch.tolist()
+        self._epoch.zero_()
+        n = max(steps, 1.0)
+        return {"disc_real": real / n, "disc_fake": fake / n, "disc_skipped": skipped}
+
+    def auxiliary_state(self) -> dict[str, object]:
+        """`Objective.auxiliary_state` and the epoch's sums so far (a run resumed mid-epoch
+        reports the same epoch means)."""
+        return {**super().auxiliary_state(), "epoch_sums": self._epoch.clone()}
+
+    def load_auxiliary_state(self, state: dict[str, object]) -> None:
+        """Restore `auxiliary_state`."""
+        super().load_auxiliary_state(state)
+        if "epoch_sums" in state:
+            self._epoch = state["epoch_sums"].clone()  # type: ignore[union-attr]

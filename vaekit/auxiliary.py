@@ -63,6 +63,11 @@ class Objective(nn.Module):
     def auxiliary_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int) -> None:
         """The objective's own updates after the loop's step ``step`` (0-based, global)."""
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Numbers of the objective's own for this epoch's row of ``metrics.csv`` (the same keys
+        every epoch), read once at the epoch's end; none by default."""
+        return {}
+
     def auxiliary_state(self) -> dict[str, object]:
         """Everything the objective owns, for the checkpoint."""
         return {"modules": {n: m.state_dict() for n, m in self._aux.items()},

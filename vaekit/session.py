@@ -280,6 +280,8 @@ class TrainingState:
                         saved)) from None
             for key in ("neg_elbo", "recon", "kl"):
                 row[f"{split}_{key}"] = m.get(key, float("nan"))
+        if self.owns_step:  # the objective's own numbers (a discriminator's losses ...)
+            row.update(self.objective.epoch_metrics())
         if self.data.val is not None and s.objective == "iwae":  # select on the trained bound
             obs, lab = self.data.val
             row["val_neg_iwae"] = iwae_bound_sharded(self.model, obs, self.dist, s.iwae_samples,
