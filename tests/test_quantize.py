@@ -90,3 +90,18 @@ def test_bad_shapes_and_settings_are_one_line_errors():
         VectorQuantizer(4, 3, decay=1.0)
     with pytest.raises(vaekit.ConfigError, match="K >= 1"):
         VectorQuantizer(0, 3)
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_the_grid_nets_map_images_to_a_quarter_size_grid_and_back(size):
+    from vaekit.nets import GridDecoder, GridEncoder
+
+    enc, dec = GridEncoder((1, size, size), dim=8, hidden=16), GridDecoder((1, size, size), 8, 16)
+    x = torch.rand(2, 1, size, size)
+    grid = enc(x)
+    assert grid.shape == (2, 8, size // 4, size // 4)
+    q = VectorQuantizer(5, 8)(grid)
+    assert dec(q.quantized).shape == x.shape
+    assert dec(q.quantized[None]).shape == (1, 2, 1, size, size)  # leading dimensions kept
+    with pytest.raises(vaekit.ConfigError, match="not divisible by 4"):
+        GridEncoder((1, 30, 30))

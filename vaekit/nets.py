@@ -23,7 +23,8 @@ from torch import nn
 from vaekit.errors import ConfigError
 
 __all__ = ["Block", "Encoder", "Decoder", "MLPEncoder", "MLPDecoder", "ConditionalEncoder",
-           "ConditionalDecoder", "Discriminator", "default_layers", "make_nets", "NETS"]
+           "ConditionalDecoder", "Discriminator", "GridEncoder", "GridDecoder", "default_layers",
+           "make_nets", "NETS"]
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,83 @@ class MLPDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Map latents ``[..., z_dim]`` to ``[..., out_channels, H, W]``."""
         return self.net(z).reshape(*z.shape[:-1], *self.out_shape)
+
+
+class _Residual(nn.Module):
+    """``h + Conv1x1(ReLU(Conv3x3(ReLU(h))))``, the VQ-VAE's residual block."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, 1, 1), nn.ReLU(),
+                                 nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.net(h)
+
+
+def _grid_size(image_shape: Sequence[int]) -> tuple[int, int]:
+    c, h, w = image_shape
+    if h % 4 or w % 4:
+        raise ConfigError(f"the grid networks halve the image twice; {h}x{w} is not divisible "
+                          "by 4 (resize it, e.g. to 28, 32 or 64)")
+    return h // 4, w // 4
+
+
+class GridEncoder(nn.Module):
+    """The VQ-VAE's encoder (van den Oord et al. 2017): two stride-2 convolutions (the DCGAN
+    family's kernel 4), a 3x3 convolution, two residual blocks and a 1x1 projection to ``dim``
+    channels: images ``[batch, C, H, W]`` to a grid of vectors ``[batch, dim, H/4, W/4]``
+    (7x7 for 28x28 images).
+
+    Args:
+        image_shape: ``(channels, height, width)``; height and width divisible by 4.
+        dim: D, the size of each grid vector (the codebook's).
+        hidden: Channels of the hidden layers.
+    """
+
+    def __init__(self, image_shape: Sequence[int], dim: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.image_shape, self.dim = tuple(image_shape), dim
+        self.grid = _grid_size(image_shape)
+        self.net = nn.Sequential(
+            nn.Conv2d(self.image_shape[0], hidden // 2, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(hidden // 2, hidden, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, 1, 1),
+            _Residual(hidden, hidden // 4), _Residual(hidden, hidden // 4), nn.ReLU(),
+            nn.Conv2d(hidden, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid ``[batch, dim, H/4, W/4]`` of images ``x``."""
+        return self.net(x)
+
+
+class GridDecoder(nn.Module):
+    """The VQ-VAE's decoder, `GridEncoder` mirrored: a grid ``[..., dim, H/4, W/4]`` to the
+    likelihood's parameters ``[..., out_channels, H, W]``.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images to make.
+        dim: D, the size of each grid vector.
+        hidden: Channels of the hidden layers.
+        out_channels: Output channels (see `Decoder`; default the image's).
+    """
+
+    def __init__(self, image_shape: Sequence[int], dim: int = 64, hidden: int = 128,
+                 out_channels: int | None = None) -> None:
+        super().__init__()
+        self.image_shape, self.dim = tuple(image_shape), dim
+        self.grid = _grid_size(image_shape)
+        self.net = nn.Sequential(
+            nn.Conv2d(dim, hidden, 3, 1, 1),
+            _Residual(hidden, hidden // 4), _Residual(hidden, hidden // 4), nn.ReLU(),
+            nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(hidden // 2, out_channels or self.image_shape[0], 4, 2, 1))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """The parameters for grids ``e`` (leading dimensions kept)."""
+        lead = e.shape[:-3]
+        out = self.net(e.reshape(-1, *e.shape[-3:]))
+        return out.reshape(*lead, *out.shape[1:])
 
 
 NETS = ("dcgan", "mlp")
