@@ -77,7 +77,7 @@ def test_registry_and_user_likelihood():
 
 
 def test_unknown_likelihood_and_bad_options():
-    known = "bernoulli, continuous-bernoulli, discretized-logistic, gaussian, laplace"
+    known = "bernoulli, continuous-bernoulli, discretized-logistic, discriminator, gaussian, laplace"
     with pytest.raises(ConfigError, match=f"unknown likelihood 'poisson'.*{known}"):
         get_likelihood("poisson")
     with pytest.raises(ConfigError, match="does not take"):

@@ -96,8 +96,8 @@ def test_a_vae_gan_refuses_objectives_that_cannot_train_its_discriminator(runner
 
 
 def test_a_vae_gan_run_trains_resumes_exactly_and_its_pictures_change(mnist_small, tmp_path):
-    train_x, test_x = mnist_small
-    kw = dict(batch_size=128, device="cpu", progress=False, verbose=False, lr=5e-4)
+    train_x, test_x = mnist_small[0][:256], mnist_small[1][:64]
+    kw = dict(batch_size=64, device="cpu", progress=False, verbose=False, lr=5e-4)
 
     def new():
         pyro.set_rng_seed(0)
