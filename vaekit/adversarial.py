@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from vaekit.auxiliary import Objective
 from vaekit.errors import ConfigError, TrainingError
-from vaekit.likelihoods import DiscriminatorFeatures, FeatureNormal
+from vaekit.likelihoods import DiscriminatorFeatures, FeatureNormal, call_detached
 from vaekit.model import VAE
 from vaekit.nets import Discriminator
 from vaekit.traces import site_log_probs
@@ -54,11 +54,8 @@ def check_vae_gan(vae: VAE) -> None:
     Raises:
         ConfigError: naming the problem.
     """
-    lik = vae.likelihood
-    most = Discriminator(vae.image_shape).layers
-    if isinstance(lik, DiscriminatorFeatures) and (lik.feature_layer or 1) > most:
-        raise ConfigError(f"feature_layer {lik.feature_layer} is deeper than the "
-                          f"discriminator's {most} hidden blocks; use 1..{most}")
+    if isinstance(vae.likelihood, DiscriminatorFeatures):
+        vae.likelihood.check_layer(Discriminator(vae.image_shape).layers)
 
 
 class VAEGAN(Objective):
@@ -109,15 +106,9 @@ class VAEGAN(Objective):
         recon = self._decoded(args, {name: v[0].detach() for name, v in t.values.items()})
         fakes = torch.cat([recon.reshape(x.shape), self._decoded(args, None).reshape(x.shape)])
         self._fakes = fakes.detach()
-        logits = self._logits(fakes)
+        logits = call_detached(self.auxiliary("discriminator"), fakes)  # D is not moved here
         fool = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="sum")
         return neg_elbo + fool / self.gamma
-
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        """D's logits with its weights detached (the VAE's loss never moves D)."""
-        d = self.auxiliary("discriminator")
-        weights = {name: w.detach() for name, w in d.named_parameters()}
-        return torch.func.functional_call(d, weights, (images,))
 
     def auxiliary_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int) -> None:
         """The discriminator's step on the real batch and the images the VAE's loss generated

@@ -32,6 +32,7 @@ __all__ = [
     "DiscretizedLogistic",
     "DiscriminatorFeatures",
     "FeatureNormal",
+    "call_detached",
     "LIKELIHOODS",
     "register_likelihood",
     "get_likelihood",
@@ -567,6 +568,12 @@ class FeatureNormal(dist.TorchDistribution):
         return self.images.detach().expand(torch.Size(sample_shape) + self.images.shape)
 
 
+def call_detached(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``module(*args, **kwargs)`` with its weights detached: gradients reach the inputs only."""
+    weights = {name: w.detach() for name, w in module.named_parameters()}
+    return torch.func.functional_call(module, weights, args, kwargs)
+
+
 class _Shared:
     """A reference that is not a submodule and that deep copies (the weight average's copy of
     the VAE) share rather than copy."""
@@ -612,11 +619,14 @@ class DiscriminatorFeatures(Likelihood):
         Raises:
             ConfigError: for a layer the discriminator does not have.
         """
-        most = int(discriminator.layers)  # type: ignore[arg-type]
+        self.check_layer(int(discriminator.layers))  # type: ignore[arg-type]
+        self._disc = _Shared(discriminator)
+
+    def check_layer(self, most: int) -> None:
+        """`ConfigError` unless ``feature_layer`` is one of a discriminator's ``most`` blocks."""
         if self.feature_layer is not None and self.feature_layer > most:
             raise ConfigError(f"feature_layer {self.feature_layer} is deeper than the "
                               f"discriminator's {most} hidden blocks; use 1..{most}")
-        self._disc = _Shared(discriminator)
 
     @property
     def discriminator(self) -> nn.Module | None:
@@ -630,10 +640,8 @@ class DiscriminatorFeatures(Likelihood):
             raise ConfigError("this VAE-GAN's discriminator is not loaded: -log p(x) is not "
                               "defined for its feature likelihood; score its samples instead "
                               "(vaekit evaluate RUN --sample-quality --no-bound)")
-        weights = {name: w.detach() for name, w in d.named_parameters()}
         layer = self.feature_layer or int(d.layers)  # type: ignore[arg-type]
-        return torch.func.functional_call(d, weights, (x.to(next(d.parameters()).dtype),),
-                                          {"layer": layer})
+        return call_detached(d, x.to(next(d.parameters()).dtype), layer=layer)
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         """See `Likelihood.forward`: `FeatureNormal` at ``sigmoid(out)``."""
