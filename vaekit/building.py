@@ -28,12 +28,14 @@ from vaekit.nets import (
     ConditionalEncoder,
     Decoder,
     Encoder,
+    GridDecoder,
+    GridEncoder,
     MLPDecoder,
     MLPEncoder,
 )
 from vaekit.plugins import import_class, import_plugin, is_plugin_name
 from vaekit.posteriors import POSTERIORS, Posterior
-from vaekit.priors import PRIORS, Prior, VampPrior
+from vaekit.priors import PRIORS, CodePrior, Prior, VampPrior
 from vaekit.settings import ModelSpec
 
 __all__ = ["arguments_from_config", "arguments_from_spec", "build_likelihood", "build_net",
@@ -104,7 +106,8 @@ def arguments_from_spec(spec: ModelSpec, image_shape: Sequence[int] = (1, 28, 28
         likelihood = get_likelihood(spec.likelihood, **options)
     return dict(z_dim=spec.z_dim, likelihood=likelihood, beta=spec.beta,
                 image_shape=tuple(image_shape), num_classes=num_classes if spec.conditional else 0,
-                prior=prior, posterior=posterior, latents=spec.latents, nets=spec.nets, **nets)
+                prior=prior, posterior=posterior, latents=spec.latents, nets=spec.nets,
+                codebook_decay=spec.codebook_decay, **nets)
 
 
 def call_net(net: nn.Module, inp: torch.Tensor, y: torch.Tensor | None) -> Any:
@@ -142,7 +145,8 @@ def build_net(cls: type, part: str, num_classes: int, image_shape: tuple[int, ..
 
 def net_name(net: nn.Module, nets: str) -> str:
     """``"default"`` for vaekit's own nets of the family ``nets``, else ``module:Class``."""
-    family = (MLPEncoder, MLPDecoder) if nets.startswith("mlp") else (Encoder, Decoder)
+    family = ((MLPEncoder, MLPDecoder) if nets.startswith("mlp") else
+              (GridEncoder, GridDecoder) if nets == "vq" else (Encoder, Decoder))
     if type(net) in (*family, ConditionalEncoder, ConditionalDecoder):
         return "default"
     return f"{type(net).__module__}:{type(net).__qualname__}"
@@ -178,7 +182,9 @@ def part_spec(part: Prior | Posterior) -> str:
     if type(part).__module__ not in ("vaekit.priors", "vaekit.posteriors"):
         return f"{type(part).__module__}:{type(part).__qualname__}"
     count = part.config().get("k", part.config().get("steps"))
-    return part.name if count is None else f"{part.name}:{count}"
+    if count is None or isinstance(part, CodePrior):  # a prior over codes has the codebook's K
+        return part.name
+    return f"{part.name}:{count}"
 
 
 def part_from_config(cfg: dict[str, Any] | None, part: str, builtin: dict[str, type],
@@ -233,3 +239,29 @@ def check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, .
         if tuple(img.shape) != want:
             raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "
                               f"{want[1:]} for {tuple(image_shape)} images and this likelihood")
+
+
+def check_grid_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, ...],
+                    dim: int, out_channels: int) -> tuple[int, ...]:
+    """Run a VQ-VAE's nets once on blank inputs, check their shapes, and return the grid's size:
+    the encoder maps images to ``[batch, dim, *grid]``, the decoder such grids back to
+    ``[batch, out_channels, H, W]``."""
+    with eval_mode(encoder, decoder):
+        dev = next(encoder.parameters(), torch.empty(0)).device
+        try:
+            out = encoder(torch.zeros(2, *image_shape, device=dev))
+        except Exception as e:
+            raise ConfigError(f"the encoder cannot take {image_shape} images: {e}") from None
+        if not (isinstance(out, torch.Tensor) and out.dim() >= 3 and out.shape[:2] == (2, dim)):
+            raise ConfigError(f"a VQ-VAE's encoder must return a grid [batch, {dim}, h, w] "
+                              "(z_dim is the size of a code vector)")
+        try:
+            img = decoder(torch.zeros_like(out))
+        except Exception as e:
+            raise ConfigError(f"the decoder cannot take grids {tuple(out.shape[1:])}: {e}"
+                              ) from None
+        want = (2, out_channels, *image_shape[1:])
+        if tuple(img.shape) != want:
+            raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "
+                              f"{want[1:]} for {tuple(image_shape)} images and this likelihood")
+    return tuple(out.shape[2:])

@@ -616,15 +616,18 @@ def _print_bound(vae: Any, r: Any) -> None:
     rows = [
         ("-ELBO", f"{r.neg_elbo:.2f} ± {r.neg_elbo_se:.2f}"),
         ("  reconstruction -log p(x|z)", f"{r.recon:.2f}"),
-        ("  KL(q(z|x) || p(z))", f"{r.kl:.2f}"),
+        ("  KL(q(z|x) || p(z))" if r.codes_used is None else
+         f"  KL = -log p(codes), {vae.spec().prior}", f"{r.kl:.2f}"),
         *[(f"    site {site}", f"{value:.2f}") for site, value in r.kl_sites.items()
           if len(r.kl_sites) > 1],
         (f"β-objective recon + {r.beta:g}·KL", f"{r.objective:.2f}"),
         (f"IWAE -log p(x), K={r.num_samples}", f"{r.neg_log_px:.2f} ± {r.neg_log_px_se:.2f}"),
         ("bits/dim", bpd),
-        (f"active units{' of z1' if vae.latents == 2 else ''} (Cov > {r.active_threshold:g})",
-         f"{r.active_units} of {vae.z_dim}"),
-        ("KL per dimension, largest", top),
+        *([(f"active units{' of z1' if vae.latents == 2 else ''} (Cov > "
+            f"{r.active_threshold:g})", f"{r.active_units} of {vae.z_dim}"),
+           ("KL per dimension, largest", top)] if r.codes_used is None else
+          [("codes used", f"{r.codes_used} of {vae.posterior.k}, perplexity "
+                          f"{r.code_perplexity:.1f}")]),
     ]
     click.echo(f"  {r.n_images} test images, nats per image (± standard error)")
     for name, value in rows:

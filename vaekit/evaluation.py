@@ -21,6 +21,7 @@ from vaekit.likelihoods import Likelihood
 from vaekit.model import VAE, Guide, Model
 from vaekit.posteriors import Diagonal
 from vaekit.priors import StandardNormal
+from vaekit.quantize import perplexity_of_counts
 from vaekit.traces import SiteLogProbs, site_log_probs
 
 __all__ = [
@@ -243,7 +244,8 @@ def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_s
                 for site in t.log_q:
                     kls.setdefault(site, []).append(t.kl(site))
                 first = "z" if "z" in t.values else "z1" if "z1" in t.values else None
-                if first is not None:  # E_q[z] (of the first layer) for the active units
+                if first is not None and t.values[first].dim() == 3:  # E_q[z] of vectors z, for
+                    # the active units (of the first layer; not of a VQ-VAE's code grid)
                     zs = t.values[first].reshape(-1, b, t.values[first].shape[-1]).sum(0)
                     z_sum = zs if z_sum is None else z_sum + zs
             lw = torch.cat(log_w)
@@ -473,6 +475,8 @@ class Evaluation:
             that observe 8-bit data scaled by 1/255 as it is; ``NLL / (D ln 2)`` for discrete
             ones (discretized logistic); None for binary ones (Bernoulli) and for a likelihood
             whose ``targets`` transform the data (its Jacobian is not known here).
+        codes_used: A VQ-VAE's codes that the images' grids use (None for other models).
+        code_perplexity: ``exp`` of the entropy of those codes' frequencies (None likewise).
     """
 
     n_images: int
@@ -490,6 +494,8 @@ class Evaluation:
     active_threshold: float
     bits_per_dim: float | None
     kl_sites: dict[str, float]
+    codes_used: int | None = None
+    code_perplexity: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -513,7 +519,8 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         vae: The model; evaluated in eval mode, its previous mode restored.
         x_obs: Observations ``[N, C, H, W]``, made as in training (e.g. test images binarized
             with `vaekit.likelihoods.TEST_BINARIZATION_SEED`).
-        num_samples: K, importance samples per image.
+        num_samples: K, importance samples per image (1 for a VQ-VAE, whose q is a point mass:
+            its K weights are equal, so the IWAE bound is the ELBO).
         batch_size: Images encoded at once.
         chunk_size: Most latents decoded at once (memory bound).
         seed: Seeds the draws of z.
@@ -528,6 +535,8 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         ConfigError: for a count below 1.
         DataError: for observations of the wrong shape.
     """
+    if getattr(vae, "is_vq", False):  # a point mass: every importance weight is the same
+        num_samples = 1
     r = _importance_pass(vae, x_obs, num_samples, batch_size, chunk_size, seed, progress, y)
     n = r.neg_log_px.shape[0]
     neg_elbo = r.recon + r.kl
@@ -553,7 +562,22 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         active_threshold=active_threshold,
         bits_per_dim=_bits_per_dim(vae, nlp, dims),
         kl_sites={k: float(v.mean()) for k, v in (r.kl_sites or {}).items()},
+        **_code_usage(vae, x_obs, batch_size),
     )
+
+
+@torch.no_grad()
+def _code_usage(vae: VAE, x_obs: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    """``codes_used`` and ``code_perplexity`` of a VQ-VAE's grids of ``x_obs`` (else nothing)."""
+    if not getattr(vae, "is_vq", False):
+        return {}
+    quantizer = vae.posterior.quantizer
+    counts = torch.zeros(quantizer.num_codes, dtype=torch.float64)
+    with eval_mode(vae):
+        for i in range(0, x_obs.shape[0], batch_size):
+            codes = quantizer.codes_of(vae.encode(x_obs[i : i + batch_size])[0])
+            counts += torch.bincount(codes.flatten().cpu(), minlength=quantizer.num_codes)
+    return {"codes_used": int(counts.gt(0).sum()), "code_perplexity": perplexity_of_counts(counts)}
 
 
 @dataclass(frozen=True)

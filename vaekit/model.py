@@ -26,6 +26,7 @@ from vaekit.building import (
     arguments_from_spec,
     build_net,
     call_net,
+    check_grid_nets,
     check_nets,
     likelihood_id,
     net_name,
@@ -34,20 +35,37 @@ from vaekit.building import (
 )
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import Likelihood, get_likelihood
-from vaekit.nets import make_nets
+from vaekit.nets import GridDecoder, GridEncoder, make_nets
 from vaekit.plugins import import_class
-from vaekit.posteriors import Diagonal, Posterior, get_posterior
-from vaekit.priors import Prior, StandardNormal, get_prior
+from vaekit.posteriors import Diagonal, Posterior, VectorQuantized, get_posterior, parse_posterior
+from vaekit.priors import CodePrior, Prior, StandardNormal, get_prior
 from vaekit.settings import MAX_Z_DIM, ModelSpec
 
-__all__ = ["Model", "Guide", "VAE", "HierarchicalModel", "HierarchicalGuide", "GaussianLayer",
-           ]
+__all__ = ["Model", "Guide", "CodeGuide", "VAE", "HierarchicalModel", "HierarchicalGuide",
+           "GaussianLayer"]
 
 
 def _register(name: str, module: nn.Module) -> None:
     """``pyro.module`` for users of the global param store; a no-op with module-local params."""
     if not pyro.settings.get("module_local_params"):
         pyro.module(name, module)
+
+
+def _is_vq(posterior: str | Posterior) -> bool:
+    """Whether ``posterior`` makes a VQ-VAE (``"vq:K"`` or a `VectorQuantized`)."""
+    if isinstance(posterior, Posterior):
+        return isinstance(posterior, VectorQuantized)
+    try:
+        return parse_posterior(posterior)[0] == "vq"
+    except ConfigError:
+        return False
+
+
+def _record(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Record ``value`` ``[batch, ...]`` in the trace as a guide's auxiliary site that adds
+    nothing to any density (``pyro.deterministic``, marked auxiliary for Pyro's checks)."""
+    with poutine.infer_config(config_fn=lambda msg: {"is_auxiliary": True}):
+        return pyro.deterministic(name, value, event_dim=value.dim() - 1)
 
 
 def _check_beta(beta: float) -> float:
@@ -130,6 +148,32 @@ class Guide(nn.Module):
             with _kl_weight(self.beta):
                 return pyro.sample("z", self.posterior(z_loc, z_scale))
     # --8<-- [end:guide]
+
+
+class CodeGuide(nn.Module):
+    """The VQ-VAE's q(z|x): the encoder's grid ``z_e(x)`` (recorded as the auxiliary site
+    ``"z_e"``, which adds nothing to any density) and the point mass on its nearest codes'
+    vectors (`vaekit.posteriors.VectorQuantized`), log q(z|x) = 0.
+
+    Args:
+        encoder: Maps images to grids ``[batch, D, h, w]``.
+        posterior: The `VectorQuantized` posterior, which owns the codebook.
+    """
+
+    def __init__(self, encoder: nn.Module, posterior: VectorQuantized) -> None:
+        super().__init__()
+        self.encoder, self.posterior = encoder, posterior
+        self.beta = 1.0
+
+    # --8<-- [start:code-guide]
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``z``, the codes' vectors, for each image in ``x``."""
+        _register("encoder", self.encoder)
+        _register("posterior", self.posterior)
+        with pyro.plate("data", x.shape[0]):
+            z_e = _record("z_e", self.encoder(x).float())
+            return pyro.sample("z", self.posterior(z_e))
+    # --8<-- [end:code-guide]
 
 
 class GaussianLayer(nn.Module):
@@ -231,14 +275,19 @@ class VAE(nn.Module):
             (0: unconditional). Its nets take the integer labels ``y`` ``[batch]`` as a second
             argument: ``encoder(x, y)``, ``decoder(z, y)``.
         prior: p(z): ``"standard"`` (default), ``"mog:K"``, ``"vamp:K"`` or a
-            `vaekit.priors.Prior`.
-        posterior: q(z|x): ``"diagonal"`` (default), ``"iaf:N"`` or a
-            `vaekit.posteriors.Posterior`.
+            `vaekit.priors.Prior`; for a VQ-VAE ``"uniform"`` over its codes (what
+            ``"standard"`` means there) or a `vaekit.priors.CodePrior`.
+        posterior: q(z|x): ``"diagonal"`` (default), ``"iaf:N"``, ``"vq:K"`` (a VQ-VAE: the
+            point mass on the nearest of K codes of a grid, `CodeGuide`, with
+            `vaekit.nets.GridEncoder` and `GridDecoder` as default nets and ``z_dim`` the size
+            of a code vector) or a `vaekit.posteriors.Posterior`.
         latents: Stochastic layers: 1 (``"z"``) or 2 (`HierarchicalModel`: ``"z2"`` from the
             prior, ``"z1"`` given ``z2``, the decoder reads ``z1``; the posterior is q(z1|x)).
         nets: The network family of the encoder and decoder not given: ``"dcgan"`` (the seed's
             conv nets) or ``"mlp"`` / ``"mlp:H"`` (two fully connected layers of H = 300 units;
             `vaekit.nets.make_nets`).
+        codebook_decay: A VQ-VAE's moving-average decay of the codebook (0: learned by the
+            codebook loss instead).
 
     Raises:
         ConfigError: for an unknown likelihood, ``beta < 0``, ``z_dim < 1``, an image size the
@@ -258,6 +307,7 @@ class VAE(nn.Module):
         posterior: str | Posterior = "diagonal",
         latents: int = 1,
         nets: str = "dcgan",
+        codebook_decay: float = 0.99,
     ) -> None:
         super().__init__()
         if not (isinstance(z_dim, int) and 1 <= z_dim <= MAX_Z_DIM):
@@ -270,6 +320,11 @@ class VAE(nn.Module):
         self.num_classes = num_classes
         lik = get_likelihood(likelihood)
         out_channels = self.image_shape[0] * lik.params_per_channel
+        self.nets, self.latents = nets, latents
+        if _is_vq(posterior):
+            self._build_vq(lik, posterior, prior, beta, encoder, decoder, out_channels,
+                           codebook_decay)
+            return
         if isinstance(encoder, (str, type)):
             encoder = build_net(import_class(encoder, "encoder"), "encoder", num_classes,
                                  self.image_shape, z_dim)
@@ -280,7 +335,6 @@ class VAE(nn.Module):
             own_enc, own_dec = make_nets(nets, self.image_shape, z_dim, out_channels, num_classes)
             encoder = own_enc if encoder is None else encoder
             decoder = own_dec if decoder is None else decoder
-        self.nets = nets
         self._custom_nets = {"encoder": net_name(encoder, nets),
                              "decoder": net_name(decoder, nets)}
         check_nets(encoder, decoder, self.image_shape, z_dim, out_channels, num_classes)
@@ -294,7 +348,6 @@ class VAE(nn.Module):
             raise ConfigError("the VampPrior is built on q(z|x) of the encoder, which with two "
                               "latent layers gives z1, not z2: use prior standard or mog:K")
         prior_mod.bind(encoder)
-        self.latents = latents
         post_mod = get_posterior(posterior, z_dim)
         if latents == 2:
             self.model: nn.Module = HierarchicalModel(decoder, lik, z_dim, beta, prior_mod)
@@ -302,6 +355,48 @@ class VAE(nn.Module):
         else:
             self.model = Model(decoder, lik, z_dim, beta, prior_mod)
             self.guide = Guide(encoder, beta, post_mod)
+
+    def _build_vq(self, lik: Likelihood, posterior: str | Posterior, prior: str | Prior,
+                  beta: float, encoder: nn.Module | type | str | None,
+                  decoder: nn.Module | type | str | None, out_channels: int,
+                  decay: float) -> None:
+        """The VQ-VAE: `CodeGuide` and `Model` with a prior over the codes."""
+        if self.num_classes or self.latents != 1 or beta != 1.0 or lik.name == "discriminator":
+            raise ConfigError("a VQ-VAE (posterior vq:K) is unconditional, with one grid of "
+                              "codes, beta 1 (log p(codes) is a constant, not a KL to weight) "
+                              "and a pixel likelihood: drop --conditional, --latents, --beta "
+                              "and --likelihood discriminator")
+        if isinstance(prior, str) and prior not in ("standard", "uniform"):
+            raise ConfigError(f"a VQ-VAE's prior is over its codes: use prior uniform (the "
+                              f"default), not {prior!r}; a learned one comes from vaekit fit-prior")
+        if not isinstance(prior, (str, CodePrior)):
+            raise ConfigError("a VQ-VAE's prior must be a vaekit.priors.CodePrior")
+        d = self.z_dim
+        post_mod = posterior if isinstance(posterior, Posterior) else get_posterior(
+            posterior, d, decay=decay)
+        built = {part: build_net(import_class(net, part), part, 0, self.image_shape, d,
+                                 *((out_channels,) if part == "decoder" else ()))
+                 for part, net in (("encoder", encoder), ("decoder", decoder))
+                 if isinstance(net, (str, type))}
+        encoder = built.get("encoder", encoder) or GridEncoder(self.image_shape, d)
+        decoder = built.get("decoder", decoder) or GridDecoder(self.image_shape, d,
+                                                               out_channels=out_channels)
+        self._custom_nets = {"encoder": net_name(encoder, "vq"),
+                             "decoder": net_name(decoder, "vq")}
+        grid = check_grid_nets(encoder, decoder, self.image_shape, d, out_channels)
+        prior_mod = prior if isinstance(prior, CodePrior) else get_prior(
+            "uniform", d, k=post_mod.k)
+        if prior_mod.k != post_mod.k:
+            raise ConfigError(f"the prior is over {prior_mod.k} codes but the codebook has "
+                              f"{post_mod.k}")
+        prior_mod.bind_codebook(post_mod.quantizer, grid)
+        self.model = Model(decoder, lik, d, 1.0, prior_mod)
+        self.guide = CodeGuide(encoder, post_mod)
+
+    @property
+    def is_vq(self) -> bool:
+        """Whether this is a VQ-VAE (posterior ``vq:K``)."""
+        return isinstance(self.guide, CodeGuide)
 
     # -- parts ------------------------------------------------------------------------------
     @property
@@ -336,7 +431,10 @@ class VAE(nn.Module):
 
     @beta.setter
     def beta(self, value: float) -> None:
-        self.model.beta = self.guide.beta = _check_beta(value)
+        value = _check_beta(value)
+        if self.is_vq and value != 1.0:
+            raise ConfigError("a VQ-VAE has no KL term to weight: leave beta at 1")
+        self.model.beta = self.guide.beta = value
 
     @property
     def device(self) -> torch.device:
@@ -366,10 +464,14 @@ class VAE(nn.Module):
         """
         return call_net(self.encoder, x, self._labels(y, x.shape[0]))
 
+    def _posterior_args(self, out: Any) -> tuple[torch.Tensor, ...]:
+        """The encoder's output as the posterior's arguments, in float32: ``(z_loc, z_scale)``,
+        or ``(z_e,)`` of a VQ-VAE."""
+        return tuple(t.float() for t in (out if isinstance(out, tuple) else (out,)))
+
     def qz_dist(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
         """q(z|x) (q(z|x, y) when conditional) as a distribution, differentiable."""
-        z_loc, z_scale = self.qz(x, y)
-        return self.posterior(z_loc.float(), z_scale.float())
+        return self.posterior(*self._posterior_args(self.qz(x, y)))
 
     def px(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
         """The distribution p(x|z) (p(x|z, y) when conditional) over images, differentiable."""
@@ -382,10 +484,11 @@ class VAE(nn.Module):
         """Mean and standard deviation of q(z|x) (q(z|x, y) when conditional) per dimension.
 
         Exact for the diagonal posterior (the encoder's ``(z_loc, z_scale)``); for a flow they are
-        estimated from 64 draws of q(z|x) (`vaekit.posteriors.Posterior.moments`).
+        estimated from 64 draws of q(z|x) (`vaekit.posteriors.Posterior.moments`); for a VQ-VAE
+        the nearest codes' vectors ``[batch, D, h, w]`` and zeros.
         """
-        z_loc, z_scale = call_net(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
-        return self.posterior.moments(z_loc.float(), z_scale.float())
+        out = call_net(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
+        return self.posterior.moments(*self._posterior_args(out))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -475,6 +578,7 @@ class VAE(nn.Module):
                          conditional=self.num_classes > 0, prior=part_spec(self.prior),
                          posterior=part_spec(self.posterior), latents=self.latents,
                          nets=self.nets, **custom,
+                         **({"codebook_decay": self.posterior.decay} if self.is_vq else {}),
                          **{k: lik[k] for k in fields if k in lik})
 
 

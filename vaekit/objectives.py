@@ -25,9 +25,11 @@ from vaekit.errors import ConfigError
 from vaekit.model import VAE
 from vaekit.settings import parse_beta_schedule
 from vaekit.traces import kl_per_dimension, site_log_probs
+from vaekit.vqvae import VQTraining, is_vq
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
-           "FreeBits", "Objective", "VAEGAN", "register_objective", "objective_names"]
+           "FreeBits", "Objective", "VAEGAN", "VQTraining", "register_objective",
+           "objective_names"]
 
 OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits")
 """vaekit's own objectives; `register_objective` adds yours."""
@@ -185,6 +187,10 @@ def check_objective(vae: VAE, name: str) -> None:
                           "which trains it with its adversarial terms")
     if is_vae_gan(vae):
         check_vae_gan(vae)
+    if is_vq(vae) and name != "elbo":
+        raise ConfigError(f"the {name} objective does not train a VQ-VAE's codes (its encoder "
+                          "learns through the straight-through gradient and the commitment "
+                          "loss): leave --objective at elbo")
     if name not in ("capacity", "free-bits"):
         return
     use = "use objective elbo or iwae"
@@ -203,13 +209,14 @@ def check_objective(vae: VAE, name: str) -> None:
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,
                    capacity: float = 25.0, capacity_steps: int = 10000,
                    free_bits: float = 0.5, gan_gamma: float = 1.0,
-                   disc_lr: float = 2e-4) -> nn.Module:
+                   disc_lr: float = 2e-4, commitment: float = 0.25) -> nn.Module:
     """The loss module for an objective name (see `OBJECTIVES`).
 
     Args:
         vae: The model.
         name: ``"elbo"`` (β-weighted ``Trace_ELBO``; for the VAE-GAN's likelihood,
-            `vaekit.adversarial.VAEGAN`), ``"iwae"``, ``"capacity"`` or ``"free-bits"``.
+            `vaekit.adversarial.VAEGAN`; for a VQ-VAE, `vaekit.vqvae.VQTraining`), ``"iwae"``,
+            ``"capacity"`` or ``"free-bits"``.
         iwae_samples: K for ``"iwae"``.
         gamma: γ for ``"capacity"``.
         capacity: The final C (nats per image) for ``"capacity"``.
@@ -217,12 +224,17 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         free_bits: λ (nats per latent dimension) for ``"free-bits"``.
         gan_gamma: Larsen's γ for the VAE-GAN.
         disc_lr: The VAE-GAN discriminator's learning rate.
+        commitment: The VQ-VAE's commitment weight.
 
     Raises:
         ConfigError: for an unknown name or settings that do not fit it.
     """
     if name == "elbo" and is_vae_gan(vae):
         return VAEGAN(vae, gan_gamma, disc_lr)
+    if name == "elbo" and is_vq(vae):
+        return VQTraining(vae, commitment)
+    if is_vq(vae):
+        check_objective(vae, name)
     if name == "elbo":
         return Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
     if name in _REGISTERED:

@@ -22,9 +22,11 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from vaekit.errors import ConfigError
+from vaekit.quantize import VectorQuantizer
 from vaekit.settings import parse_named_count
 
-__all__ = ["Posterior", "Diagonal", "IAF", "POSTERIORS", "get_posterior", "parse_posterior"]
+__all__ = ["Posterior", "Diagonal", "IAF", "VectorQuantized", "POSTERIORS", "get_posterior",
+           "parse_posterior"]
 
 
 class Posterior(nn.Module):
@@ -108,26 +110,67 @@ class IAF(Posterior):
         return {"steps": self.steps, "hidden": self.hidden}
 
 
-POSTERIORS: dict[str, type[Posterior]] = {"diagonal": Diagonal, "iaf": IAF}
+class VectorQuantized(Posterior):
+    """The VQ-VAE's q(z|x) (van den Oord et al. 2017): a point mass on the grid of codebook
+    vectors nearest to the encoder's grid ``z_e(x)`` ``[batch, D, h, w]``.
+
+    ``forward(z_e)`` is ``Delta(e_c(x))`` with ``c(x)`` the nearest codes (`VectorQuantizer`):
+    log q(z|x) = 0 at its draw, so the ELBO is exactly log p(x|z) + log p(z), and the sample
+    carries the straight-through gradient to the encoder. In training mode each call updates the
+    moving-average codebook (once per step: the objective runs the guide once).
+
+    Args:
+        z_dim: D, the size of each code vector (the encoder's output channels).
+        k: K, the number of codes.
+        decay: The codebook's moving-average decay (0.99); 0: a codebook trained by its loss.
+    """
+
+    name = "vq"
+
+    def __init__(self, z_dim: int, k: int = 512, decay: float = 0.99) -> None:
+        super().__init__(z_dim)
+        self.k, self.decay = k, decay
+        self.quantizer = VectorQuantizer(k, z_dim, decay)
+
+    def forward(self, z_e: torch.Tensor, z_scale: torch.Tensor | None = None
+                ) -> dist.TorchDistribution:
+        """The point mass on the nearest codes' vectors: batch ``[batch]``, event ``[D, h, w]``."""
+        return dist.Delta(self.quantizer(z_e).quantized, event_dim=z_e.dim() - 1)
+
+    @torch.no_grad()
+    def moments(self, z_e: torch.Tensor, z_scale: torch.Tensor | None = None,
+                num_samples: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """The point mass's value (the nearest codes' vectors) and zero spread; no update."""
+        vectors = self.quantizer.lookup(self.quantizer.codes_of(z_e.float()))
+        return vectors, torch.zeros_like(vectors)
+
+    def config(self) -> dict[str, Any]:
+        """See `Posterior.config`."""
+        return {"k": self.k, "decay": self.decay}
+
+
+POSTERIORS: dict[str, type[Posterior]] = {"diagonal": Diagonal, "iaf": IAF,
+                                          "vq": VectorQuantized}
 """Built-in posteriors by name."""
 
 
 def parse_posterior(spec: str) -> tuple[str, dict[str, Any]]:
-    """``("iaf", {"steps": 2})`` from ``"iaf:2"``; ``"diagonal"`` alike.
+    """``("iaf", {"steps": 2})`` from ``"iaf:2"``; ``"diagonal"``, ``"vq:K"`` alike.
 
     Raises:
         ConfigError: for a name that is not a built-in posterior or a count below 1.
     """
-    parsed = parse_named_count(spec, "diagonal", ("iaf",), "steps")
+    parsed = (parse_named_count(spec, "diagonal", ("iaf",), "steps")
+              or parse_named_count(spec, "vq", ("vq",), "k"))
     if parsed is not None:
         return parsed
-    raise ConfigError(f"bad posterior {spec!r}; use diagonal or iaf:N (N >= 1 flow steps), or a "
-                      "Posterior of your own as package.module:Class")
+    raise ConfigError(f"bad posterior {spec!r}; use diagonal, iaf:N (N >= 1 flow steps) or vq:K "
+                      "(a VQ-VAE with K codes), or a Posterior of your own as package.module:Class")
 
 
 def get_posterior(spec: str | Posterior, z_dim: int, **kwargs: Any) -> Posterior:
-    """A posterior from ``"diagonal"``, ``"iaf:N"``, a built-in name with ``kwargs``, or a
-    `Posterior` instance (returned as it is).
+    """A posterior from ``"diagonal"``, ``"iaf:N"``, ``"vq:K"``, a built-in name, each with
+    ``kwargs``, or a `Posterior` instance (returned as it is).
 
     Raises:
         ConfigError: for an unknown posterior or a ``Posterior`` whose ``z_dim`` differs.
@@ -136,5 +179,5 @@ def get_posterior(spec: str | Posterior, z_dim: int, **kwargs: Any) -> Posterior
         if spec.z_dim != z_dim:
             raise ConfigError(f"the posterior has z_dim={spec.z_dim} but the VAE {z_dim}")
         return spec
-    name, args = (spec, dict(kwargs)) if spec in POSTERIORS else parse_posterior(spec)
-    return POSTERIORS[name](z_dim, **args)
+    name, args = (spec, {}) if spec in POSTERIORS else parse_posterior(spec)
+    return POSTERIORS[name](z_dim, **{**kwargs, **args})

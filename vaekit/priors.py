@@ -12,18 +12,20 @@ since they are computed from the model's and guide's traces.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 
 from vaekit.devices import eval_mode
 from vaekit.errors import ConfigError
 from vaekit.settings import parse_named_count
 
-__all__ = ["Prior", "StandardNormal", "MixtureOfGaussians", "VampPrior", "PRIORS", "get_prior",
-           "parse_prior"]
+__all__ = ["Prior", "StandardNormal", "MixtureOfGaussians", "VampPrior", "CodePrior",
+           "UniformCodes", "CodeGrid", "PRIORS", "get_prior", "parse_prior"]
 
 
 class Prior(nn.Module):
@@ -158,8 +160,108 @@ class VampPrior(Prior):
         return {"k": self.k, "image_shape": list(self.image_shape)}
 
 
+class CodeGrid(dist.TorchDistribution):
+    """A distribution over grids of codebook vectors ``[D, h, w]``: codes ``c`` ``[h, w]`` drawn
+    from a `CodePrior`, the value their vectors ``e_c``. ``log_prob(z)`` is log p(c) of the codes
+    whose vectors ``z`` are (the nearest ones), so it is a probability mass, in nats.
+
+    Args:
+        prior: The `CodePrior` whose ``log_prob_codes`` and ``sample_codes`` it uses.
+        batch_shape: Its batch shape.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.independent(constraints.real, 3)
+
+    def __init__(self, prior: CodePrior, batch_shape: torch.Size | tuple[int, ...]) -> None:
+        self.prior = prior
+        super().__init__(torch.Size(batch_shape), torch.Size((prior.z_dim, *prior.grid)),
+                         validate_args=False)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None
+               ) -> CodeGrid:
+        """The same distribution with another batch shape."""
+        return CodeGrid(self.prior, batch_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p(c) of the codes of ``value`` ``[..., D, h, w]``: ``[...]``."""
+        codes = self.prior.quantizer.codes_of(value, len(self.prior.grid))
+        lp = self.prior.log_prob_codes(codes.reshape(-1, *self.prior.grid))
+        return lp.reshape(codes.shape[:-len(self.prior.grid)])
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        """Codes drawn from the prior, as their vectors ``[*sample_shape, *batch, D, h, w]``."""
+        lead = torch.Size(sample_shape) + self.batch_shape
+        codes = self.prior.sample_codes(max(1, math.prod(lead)))[:math.prod(lead)]
+        return self.prior.quantizer.lookup(codes, len(self.prior.grid)).reshape(
+            *lead, *self.event_shape)
+
+
+class CodePrior(Prior):
+    """Base class of priors over a VQ-VAE's grid of codes (`vaekit.posteriors.VectorQuantized`):
+    p(z) is a `CodeGrid`, a distribution over the codebook's vectors. Subclasses implement
+    `log_prob_codes` and `sample_codes`; `vaekit.VAE` binds the codebook and the grid's size.
+
+    Args:
+        z_dim: D, the size of the code vectors.
+        k: K, the number of codes.
+    """
+
+    def __init__(self, z_dim: int, k: int = 512) -> None:
+        super().__init__(z_dim)
+        self.k = k
+        self.grid: tuple[int, ...] = ()
+        self._quantizer: list[nn.Module] = []  # not a submodule: the posterior owns the codebook
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def bind_codebook(self, quantizer: nn.Module, grid: tuple[int, ...]) -> None:
+        """Use the posterior's codebook (`vaekit.quantize.VectorQuantizer`) on grids ``grid``."""
+        self._quantizer[:] = [quantizer]
+        self.grid = tuple(grid)
+
+    @property
+    def quantizer(self) -> nn.Module:
+        """The bound codebook."""
+        if not self._quantizer:
+            raise ConfigError("a prior over codes needs the VQ-VAE's codebook: build it inside "
+                              "vaekit.VAE with posterior vq:K")
+        return self._quantizer[0]
+
+    def forward(self, n: int) -> dist.TorchDistribution:
+        """See `Prior.forward`: a `CodeGrid` of batch shape ``[n]``."""
+        return CodeGrid(self, (n,))
+
+    def log_prob_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """log p(c) of code grids ``[n, h, w]``: ``[n]``."""
+        raise NotImplementedError
+
+    def sample_codes(self, n: int) -> torch.Tensor:
+        """``n`` code grids ``[n, h, w]`` from the global random state."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """See `Prior.config`."""
+        return {"k": self.k}
+
+
+class UniformCodes(CodePrior):
+    """The VQ-VAE's prior while it trains: every code of every grid cell equally likely,
+    log p(c) = -h w log K (the bound's constant "KL" term)."""
+
+    name = "uniform"
+
+    def log_prob_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """See `CodePrior.log_prob_codes`."""
+        cells = math.prod(codes.shape[1:])
+        return self._anchor.new_full(codes.shape[:1], -cells * math.log(self.k))
+
+    def sample_codes(self, n: int) -> torch.Tensor:
+        """See `CodePrior.sample_codes`."""
+        return torch.randint(self.k, (n, *self.grid)).to(self._anchor.device)
+
+
 PRIORS: dict[str, type[Prior]] = {"standard": StandardNormal, "mog": MixtureOfGaussians,
-                                  "vamp": VampPrior}
+                                  "vamp": VampPrior, "uniform": UniformCodes}
 """Built-in priors by name."""
 
 

@@ -16,7 +16,7 @@ the same codebook. A code whose smoothed count has fallen below ``dead_below`` i
 next update it is re-seeded with an encoder vector of the batch drawn at random (the same one on
 every rank: drawn from the all-reduced batch's first rank), and its averages restart there.
 With ``decay=0`` the codebook is a parameter trained by the codebook loss
-``||sg(z_e) - e_k||²`` instead.
+``||sg(z_e) - e_k||²`` instead, and no code is re-seeded.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 
-__all__ = ["VectorQuantizer", "Quantized", "perplexity"]
+__all__ = ["VectorQuantizer", "Quantized", "perplexity", "perplexity_of_counts"]
 
 
 @dataclass
@@ -58,9 +58,17 @@ class Quantized:
 
 def perplexity(codes: torch.Tensor, num_codes: int) -> float:
     """``exp(-Σ_k p_k log p_k)`` of the frequencies ``p_k`` of ``codes`` (any shape)."""
-    p = torch.bincount(codes.flatten(), minlength=num_codes).double()
-    p = p / p.sum()
-    return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+    return perplexity_of_counts(torch.bincount(codes.flatten(), minlength=num_codes))
+
+
+def perplexity_of_counts(counts: torch.Tensor) -> float:
+    """``exp(-Σ_k p_k log p_k)`` of the frequencies ``p_k = counts_k / Σ counts`` (NaN when
+    there are none)."""
+    p = counts.double()
+    if float(p.sum()) <= 0:
+        return float("nan")
+    p = p[p > 0] / p.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def _all_reduce(*tensors: torch.Tensor) -> None:
@@ -77,14 +85,17 @@ class VectorQuantizer(nn.Module):
         dim: D, the vectors' size (the input's channel dimension).
         decay: γ of the moving averages (0.99, the paper's); 0: a codebook trained by its loss.
         eps: ε of the Laplace smoothing of the counts.
-        dead_below: A code whose smoothed count is below this is re-seeded (0: never).
+        dead_below: A code whose smoothed moving-average count (vectors per update) is below
+            this is re-seeded (0: never). The default 1 is Jukebox's (Dhariwal et al. 2020):
+            the counts start at 1, so after the first update every code the batch did not use
+            takes one of its encoder vectors, a data-dependent start.
 
     Raises:
         ConfigError: for K < 1, D < 1, or a decay outside [0, 1).
     """
 
     def __init__(self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5,
-                 dead_below: float = 1e-3) -> None:
+                 dead_below: float = 1.0) -> None:
         super().__init__()
         if num_codes < 1 or dim < 1:
             raise ConfigError(f"a codebook needs K >= 1 codes of size D >= 1, got K={num_codes}, "
@@ -112,6 +123,17 @@ class VectorQuantizer(nn.Module):
         book = self.codebook
         d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None])
         return d.argmin(1)
+
+    def lookup(self, codes: torch.Tensor, grid_dims: int = 2) -> torch.Tensor:
+        """The codes' vectors ``[..., D, *grid]`` of indices ``[..., *grid]`` (``grid_dims``
+        trailing grid dimensions)."""
+        return self.codebook[codes].movedim(-1, codes.dim() - grid_dims)
+
+    def codes_of(self, vectors: torch.Tensor, grid_dims: int = 2) -> torch.Tensor:
+        """The nearest code of each vector of ``[..., D, *grid]``: indices ``[..., *grid]``
+        (the codes themselves for the codebook's own vectors)."""
+        moved = vectors.movedim(vectors.dim() - grid_dims - 1, -1)
+        return self.assign(moved.reshape(-1, self.dim).float()).view(moved.shape[:-1])
 
     def forward(self, z_e: torch.Tensor) -> Quantized:
         """Quantize ``z_e`` ``[batch, D, *grid]``; in training mode with the EMA codebook, update

@@ -167,7 +167,7 @@ class TrainingState:
                                             gamma=s.gamma, capacity=s.capacity,
                                             capacity_steps=s.capacity_steps,
                                             free_bits=s.free_bits, gan_gamma=s.gan_gamma,
-                                            disc_lr=s.disc_lr)
+                                            disc_lr=s.disc_lr, commitment=s.commitment)
         self.optimizer = torch.optim.Adam(self.objective.parameters(), lr=s.lr)
         # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
         # world size to give the gradient of the global batch's sum, as one process computes it.

@@ -223,10 +223,16 @@ class ModelSpec:
         shown_default="its last hidden block, as in Larsen et al. 2016")
     prior: str = setting("standard", "p(z): standard (Normal(0, I)), mog:K (a mixture of K "
                          "learned Gaussians), vamp:K (VampPrior, K pseudo-inputs) or your own "
-                         "Prior as package.module:Class.")
-    posterior: str = setting("diagonal", "q(z|x): diagonal (Normal) or iaf:N (N inverse "
-                             "autoregressive flow steps), or your own Posterior as "
+                         "Prior as package.module:Class; for a VQ-VAE uniform over its codes "
+                         "(what standard means there).")
+    posterior: str = setting("diagonal", "q(z|x): diagonal (Normal), iaf:N (N inverse "
+                             "autoregressive flow steps), vq:K (a VQ-VAE: the point mass on the "
+                             "nearest of K codes of a 7x7 grid of z_dim-vectors for 28x28 images, "
+                             "van den Oord et al. 2017), or your own Posterior as "
                              "package.module:Class.")
+    codebook_decay: float = setting(
+        0.99, "vq:K: the codebook's moving-average decay (0: a codebook learned by the codebook "
+        "loss instead).", min=0, max=0.9999)
     latents: int = setting(1, "Stochastic layers: 1 (z) or 2 (z2 from the prior, z1 given z2, "
                            "the decoder reads z1; the posterior is q(z1|x)).", min=1, max=2)
     beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0, max=1e4)
@@ -246,9 +252,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for key, names, shown in (("prior", "standard|(mog|vamp):[1-9][0-9]*",
-                                   "standard, mog:K, vamp:K"),
-                                  ("posterior", "diagonal|iaf:[1-9][0-9]*", "diagonal, iaf:N")):
+        for key, names, shown in (("prior", "standard|uniform|(mog|vamp):[1-9][0-9]*",
+                                   "standard, mog:K, vamp:K, uniform"),
+                                  ("posterior", "diagonal|vq|(iaf|vq):[1-9][0-9]*",
+                                   "diagonal, iaf:N, vq:K")):
             value = getattr(self, key)
             if not re.fullmatch(rf"{names}|[\w.]+:[A-Za-z_][\w.]*", value):
                 raise ConfigError(f"bad {key} {value!r}; use {shown} (K, N >= 1) or "
@@ -335,6 +342,9 @@ class TrainSettings:
         min_open=True, max=1e8)
     disc_lr: float = setting(2e-4, "VAE-GAN: the discriminator's Adam learning rate (betas "
                              "0.5, 0.999, as DCGAN's).", min=0, min_open=True)
+    commitment: float = setting(
+        0.25, "VQ-VAE (--posterior vq:K): the weight of the commitment loss "
+        "||z_e - sg(e)||^2 (van den Oord et al.'s beta).", min=0, max=1e4)
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "

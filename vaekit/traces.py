@@ -77,6 +77,8 @@ class SiteLogProbs:
         values: Per latent site, the draws ``[particles, batch, ...]``.
         dists: Per latent site, ``(q, p)``: the guide's and the model's distributions.
         discrete: The observed sites' support is discrete.
+        recorded: Values of the guide's observed sites (``pyro.deterministic`` records, such as
+            a VQ-VAE's encoder grid ``"z_e"``), which add nothing to any density.
     """
 
     log_lik: torch.Tensor
@@ -86,6 +88,7 @@ class SiteLogProbs:
     values: dict[str, torch.Tensor]
     dists: dict[str, tuple[torch.distributions.Distribution, torch.distributions.Distribution]]
     discrete: bool
+    recorded: dict[str, torch.Tensor]
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -175,7 +178,9 @@ def site_log_probs(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None
                 kl[name] = per_image(name, kl_divergence(site["fn"], model_tr.nodes[name]["fn"]))
             except NotImplementedError:  # no closed form for this pair: the sample's value
                 pass
-    return SiteLogProbs(log_lik, log_p, log_q, kl, values, dists, discrete)
+    recorded = {name: site["value"] for name, site in guide_tr.nodes.items()
+                if site["type"] == "sample" and site["is_observed"]}
+    return SiteLogProbs(log_lik, log_p, log_q, kl, values, dists, discrete, recorded)
 
 
 def kl_per_dimension(q: torch.distributions.Distribution, p: torch.distributions.Distribution
