@@ -136,17 +136,17 @@ class VectorQuantizer(nn.Module):
         return self.assign(moved.reshape(-1, self.dim).float()).view(moved.shape[:-1])
 
     def forward(self, z_e: torch.Tensor) -> Quantized:
-        """Quantize ``z_e`` ``[batch, D, *grid]``; in training mode with the EMA codebook, update
-        the averages (and re-seed dead codes) after the assignment."""
+        """Quantize ``z_e`` ``[batch, D, *grid]`` with the current codebook; in training mode with
+        the EMA codebook, then update the averages (and re-seed dead codes)."""
         if z_e.dim() < 2 or z_e.shape[1] != self.dim:
             raise ConfigError(f"the quantizer takes [batch, {self.dim}, ...] tensors, got "
                               f"{tuple(z_e.shape)}")
         moved = z_e.movedim(1, -1)  # [batch, *grid, D]
         flat = moved.reshape(-1, self.dim).float()
         codes = self.assign(flat.detach())
-        if self.training and self.ema:
+        e = self.codebook[codes].view(moved.shape).to(z_e.dtype)  # the codebook that assigned
+        if self.training and self.ema:  # then the moving averages move it (Sonnet's order)
             self._update(flat.detach(), codes)
-        e = self.codebook[codes].view(moved.shape).to(z_e.dtype)
         per_image = tuple(range(1, moved.dim()))
         commitment = (moved - e.detach()).pow(2).sum(per_image)
         codebook_loss = (moved.detach() - e).pow(2).sum(per_image)
