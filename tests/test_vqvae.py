@@ -4,7 +4,9 @@ what they cannot do."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,5 +189,98 @@ def test_the_cli_fits_evaluates_and_samples_a_vq_vae(runner):
     assert r.exit_code == 0, r.output
     assert "KL = -log p(codes), uniform" in r.output and "codes used" in r.output
     assert "IWAE -log p(x), K=1" in r.output and "active units" not in r.output
+    r = runner.invoke(cli, ["sample", "vq", "--n", "8", "--temperature", "0.5", "--device", "cpu"])
+    assert r.exit_code == 2 and "needs a VQ-VAE with a learned prior" in r.output
     r = runner.invoke(cli, ["sample", "vq", "--n", "8", "--device", "cpu"])
     assert r.exit_code == 0 and Path("vq/sample.png").exists(), r.output
+    r = runner.invoke(cli, ["fit-prior", "vq", "--epochs", "1", "--hidden", "8", "--layers", "1",
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "prior epoch 1/1" in r.output and Path("vq/prior/metrics.csv").exists()
+    r = runner.invoke(cli, ["evaluate", "vq", "--device", "cpu", "--no-progress"])
+    assert "KL = -log p(codes), pixelcnn" in r.output
+    assert "-ELBO with the uniform prior" in r.output, r.output
+    r = runner.invoke(cli, ["sample", "vq", "--n", "8", "--temperature", "0.5", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["fit", "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+                            "--batch-size", "32", "--out", "plain", *_CPU])
+    r = runner.invoke(cli, ["fit-prior", "plain", "--device", "cpu"])
+    assert r.exit_code == 2 and "is not a VQ-VAE" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not Path("plain/prior").exists()
+
+
+def _pixelcnn(k: int = 3, grid=(2, 2), seed: int = 0):
+    from vaekit.pixelcnn import PixelCNNPrior
+
+    torch.manual_seed(seed)
+    prior = PixelCNNPrior(2, k, hidden=8, layers=2)
+    with torch.no_grad():  # weights far from zero: conditionals that differ
+        for p in prior.parameters():
+            p.mul_(3)
+    vae = _vq(k=k, d=2)
+    prior.bind_codebook(vae.posterior.quantizer, grid)
+    return prior
+
+
+def test_the_pixelcnn_conditionals_depend_only_on_earlier_cells():
+    prior = _pixelcnn(k=4, grid=(4, 4))
+    codes = torch.randint(4, (1, 4, 4), generator=torch.Generator().manual_seed(0))
+    base = prior.net(codes)
+    for cell in range(16):
+        changed = codes.clone()
+        changed.view(-1)[cell] = (changed.view(-1)[cell] + 1) % 4
+        moved = (prior.net(changed) - base).abs().amax(1).view(-1)  # per cell
+        assert moved[: cell + 1].max() == 0  # the cell itself and earlier ones do not move
+    later = codes.clone()
+    later.view(-1)[0] = (later.view(-1)[0] + 1) % 4
+    assert (prior.net(later) - base).abs().amax(1).view(-1)[1:].max() > 0  # later ones do
+
+
+def test_the_pixelcnn_masses_of_every_grid_sum_to_one():
+    prior = _pixelcnn(k=3, grid=(2, 2))
+    grids = torch.cartesian_prod(*[torch.arange(3)] * 4).view(-1, 2, 2)  # all 3^4 grids
+    with torch.no_grad():
+        total = torch.logsumexp(prior.log_prob_codes(grids).double(), 0)
+    assert float(total) == pytest.approx(0.0, abs=1e-5)
+    draws = prior.sample_codes(4000)  # the sampler draws from the same distribution
+    first = torch.bincount(draws[:, 0, 0], minlength=3).double() / 4000
+    with torch.no_grad():
+        want = torch.softmax(prior.net(torch.zeros(1, 2, 2, dtype=torch.long))[0, :, 0, 0], 0)
+    assert torch.allclose(first, want.double(), atol=0.03)
+
+
+def test_fit_prior_trains_resumes_exactly_and_the_run_then_uses_it(mnist_small, tmp_path,
+                                                                   monkeypatch, mnist_root):
+    from vaekit.data import load_splits
+    from vaekit.prior_fit import fit_prior
+    from vaekit.settings import DataSpec, PriorSettings
+
+    monkeypatch.setenv("VAEKIT_DATA", str(mnist_root))
+    spec = DataSpec(limit_train=256, limit_test=64, val=0, download=False)
+
+    vaekit.fit(_vq(k=16), load_splits(spec), epochs=1, batch_size=64, device="cpu",
+               run_dir=tmp_path / "vq", progress=False, verbose=False, data_spec=spec)
+    s = PriorSettings(epochs=2, batch_size=32, hidden=8, layers=1)
+    whole = fit_prior(tmp_path / "vq", s, verbose=False)
+    assert whole.history[1]["train_nll"] < whole.history[0]["train_nll"]
+    for r in whole.history:  # below the uniform prior's 49 log 16 nats, a true bound's part
+        assert 0 < r["test_nll"] < 49 * math.log(16) + 1
+    first = {k: v.clone() for k, v in whole.prior.state_dict().items()}
+    shutil.rmtree(tmp_path / "vq" / "prior")
+    fit_prior(tmp_path / "vq", dataclasses.replace(s, epochs=1), verbose=False)
+    again = fit_prior(tmp_path / "vq", s, verbose=False)  # resumed at epoch 1
+    assert [r["train_nll"] for r in again.history] == [r["train_nll"] for r in whole.history]
+    assert all(torch.equal(first[k], v) for k, v in again.prior.state_dict().items())
+    with pytest.raises(vaekit.ConfigError, match="fitted with batch_size 32, hidden 8, layers 1"):
+        fit_prior(tmp_path / "vq", PriorSettings(epochs=3), verbose=False)
+    vae = vaekit.load(tmp_path / "vq")
+    assert vae.prior.name == "pixelcnn"
+    assert vaekit.load(tmp_path / "vq", prior="trained").prior.name == "uniform"
+    x = _images(16)
+    ev = evaluate(vae, x)
+    by_hand = -(_by_hand(vae, x)[0] + vae.prior.log_prob_codes(
+        vae.posterior.quantizer.codes_of(vae.encode(x)[0])).detach()).mean()
+    assert ev.neg_elbo == pytest.approx(float(by_hand), rel=1e-5)
+    assert ev.neg_elbo_uniform_prior == pytest.approx(ev.recon + 49 * math.log(16), rel=1e-6)
+    vae.prior.temperature = 0.5
+    assert vae.sample(3).shape == (3, 1, 28, 28)

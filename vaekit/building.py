@@ -33,6 +33,7 @@ from vaekit.nets import (
     MLPDecoder,
     MLPEncoder,
 )
+from vaekit.pixelcnn import PixelCNNPrior
 from vaekit.plugins import import_class, import_plugin, is_plugin_name
 from vaekit.posteriors import POSTERIORS, Posterior
 from vaekit.priors import PRIORS, CodePrior, Prior, VampPrior
@@ -41,6 +42,10 @@ from vaekit.settings import ModelSpec
 __all__ = ["arguments_from_config", "arguments_from_spec", "build_likelihood", "build_net",
            "call_net", "check_nets", "construct_part", "likelihood_id", "net_name",
            "part_config", "part_from_config", "part_spec"]
+
+
+CODE_PRIORS = {**PRIORS, "pixelcnn": PixelCNNPrior}
+"""The priors a config may name: the built-in ones and the VQ-VAE's learned `PixelCNNPrior`."""
 
 
 def arguments_from_config(config: dict[str, Any], trust: bool = False) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def arguments_from_config(config: dict[str, Any], trust: bool = False) -> dict[s
             import_plugin(lik_module, f"the likelihood {name!r}", trust)
         cfg["likelihood"] = get_likelihood(name, **lik_cfg)
     z_dim, image_shape = cfg["z_dim"], tuple(cfg.get("image_shape", (1, 28, 28)))
-    cfg["prior"] = part_from_config(cfg.get("prior"), "prior", PRIORS, trust,
+    cfg["prior"] = part_from_config(cfg.get("prior"), "prior", CODE_PRIORS, trust,
                                     z_dim=z_dim, image_shape=image_shape)
     cfg["posterior"] = part_from_config(cfg.get("posterior"), "posterior", POSTERIORS, trust,
                                         z_dim=z_dim)
@@ -172,14 +177,14 @@ def build_likelihood(cls: type, options: dict[str, Any]) -> Likelihood:
 
 def part_config(part: Prior | Posterior, builtin_module: str) -> dict[str, Any]:
     """How `VAE.config` records a prior or posterior: its name and arguments, or its class."""
-    if type(part).__module__ == builtin_module:
+    if type(part).__module__ in (builtin_module, "vaekit.pixelcnn"):
         return {"name": part.name, **part.config()}
     return {"class": f"{type(part).__module__}:{type(part).__qualname__}", **part.config()}
 
 
 def part_spec(part: Prior | Posterior) -> str:
     """The `ModelSpec` string of a prior or posterior: ``"mog:10"``, ``"iaf:2"``, or its class."""
-    if type(part).__module__ not in ("vaekit.priors", "vaekit.posteriors"):
+    if type(part).__module__ not in ("vaekit.priors", "vaekit.posteriors", "vaekit.pixelcnn"):
         return f"{type(part).__module__}:{type(part).__qualname__}"
     count = part.config().get("k", part.config().get("steps"))
     if count is None or isinstance(part, CodePrior):  # a prior over codes has the codebook's K

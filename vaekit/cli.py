@@ -581,6 +581,8 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         click.echo(f"  {'mean squared error per pixel':<34} {pe.per_pixel:.5f}")
     elif bound:
         _print_bound(vae, r)
+        if r.neg_elbo_uniform_prior is not None and vae.prior.name != "uniform":
+            click.echo(f"  {'-ELBO with the uniform prior':<34} {r.neg_elbo_uniform_prior:.2f}")
     if sample_quality:
         _print_sample_quality(q)
     with _UserErrors("the numbers above are not saved: make the run folder writable and "
@@ -642,9 +644,12 @@ def _print_bound(vae: Any, r: Any) -> None:
               help="Images per row.")
 @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seeds the draws of z.")
 @_label_option("draw this class. [default: the classes in turn]")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="A VQ-VAE with a learned prior (vaekit fit-prior): divide "
+                                      "its logits by this (below 1: likelier, less varied codes).")
 @_out_option
 def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int | None,
-           out: Path | None) -> None:
+           temperature: float, out: Path | None) -> None:
     """Mean images of draws z ~ p(z): writes sample.png."""
     import torch
 
@@ -655,6 +660,11 @@ def sample(run_dir: Path, device: str, n: int, nrow: int, seed: int, label: int 
         k = vae.num_classes
         label = _check_label(vae, label)
         labels = (label if label is not None else torch.arange(n) % k) if k else None
+        if temperature != 1.0:
+            if not hasattr(vae.prior, "temperature"):
+                raise click.UsageError("--temperature needs a VQ-VAE with a learned prior: run "
+                                       f"vaekit fit-prior {run_dir} first")
+            vae.prior.temperature = temperature
         path = plots.save_samples(vae, _out_dir(run_dir, out) / "sample.png", n=n, seed=seed,
                                   nrow=nrow, labels=labels)
     click.echo(f"wrote {path}")
@@ -813,3 +823,40 @@ def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
     if not table.settings:
         click.echo("(the runs' settings are the same)")
     click.echo(f"wrote {path}")
+
+
+def _prior_options(f: Any) -> Any:
+    """One option per field of `vaekit.settings.PriorSettings`."""
+    from dataclasses import fields
+
+    from vaekit.settings import PriorSettings
+
+    for fld in reversed(fields(PriorSettings)):
+        f.__click_params__ = [*getattr(f, "__click_params__", []),
+                              _setting_option("prior", PriorSettings, fld)]
+    return f
+
+
+@cli.command("fit-prior")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where to run the model.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with the run's data set. [default: $VAEKIT_DATA, else the run's]")
+@_prior_options
+def fit_prior(run_dir: Path, device: str, data_root: Path | None, **options: Any) -> None:
+    """Fit a VQ-VAE run's learned prior: a PixelCNN over its code grids, by maximum likelihood on
+    the training images' codes, the VQ-VAE frozen. Writes RUN_DIR/prior/ (checkpoint.pt and
+    metrics.csv each epoch; the same command resumes it); then vaekit sample and evaluate use it.
+    """
+    from vaekit.prior_fit import fit_prior as run_fit_prior
+    from vaekit.settings import PriorSettings
+
+    with _UserErrors():
+        settings = PriorSettings(**{k.partition("__")[2]: v for k, v in options.items()})
+        result = run_fit_prior(run_dir, settings, data_root=None if data_root is None else
+                               str(data_root), device=device)
+    last = result.history[-1] if result.history else {}
+    click.echo(f"done: prior of {run_dir}, test -log p(codes) "
+               f"{last.get('test_nll', float('nan')):.2f}, test -ELBO "
+               f"{last.get('test_neg_elbo', float('nan')):.2f} nats/image; {result.folder}")

@@ -477,6 +477,8 @@ class Evaluation:
             whose ``targets`` transform the data (its Jacobian is not known here).
         codes_used: A VQ-VAE's codes that the images' grids use (None for other models).
         code_perplexity: ``exp`` of the entropy of those codes' frequencies (None likewise).
+        neg_elbo_uniform_prior: A VQ-VAE's -ELBO under the uniform prior of its training,
+            ``recon + h w log K``, beside ``neg_elbo`` with its prior (None for other models).
     """
 
     n_images: int
@@ -496,6 +498,7 @@ class Evaluation:
     kl_sites: dict[str, float]
     codes_used: int | None = None
     code_perplexity: float | None = None
+    neg_elbo_uniform_prior: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -562,13 +565,15 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         active_threshold=active_threshold,
         bits_per_dim=_bits_per_dim(vae, nlp, dims),
         kl_sites={k: float(v.mean()) for k, v in (r.kl_sites or {}).items()},
-        **_code_usage(vae, x_obs, batch_size),
+        **_code_usage(vae, x_obs, batch_size, float(r.recon.mean())),
     )
 
 
 @torch.no_grad()
-def _code_usage(vae: VAE, x_obs: torch.Tensor, batch_size: int) -> dict[str, Any]:
-    """``codes_used`` and ``code_perplexity`` of a VQ-VAE's grids of ``x_obs`` (else nothing)."""
+def _code_usage(vae: VAE, x_obs: torch.Tensor, batch_size: int, recon: float
+                ) -> dict[str, Any]:
+    """``codes_used``, ``code_perplexity`` and ``neg_elbo_uniform_prior`` of a VQ-VAE's grids of
+    ``x_obs`` (else nothing)."""
     if not getattr(vae, "is_vq", False):
         return {}
     quantizer = vae.posterior.quantizer
@@ -577,7 +582,9 @@ def _code_usage(vae: VAE, x_obs: torch.Tensor, batch_size: int) -> dict[str, Any
         for i in range(0, x_obs.shape[0], batch_size):
             codes = quantizer.codes_of(vae.encode(x_obs[i : i + batch_size])[0])
             counts += torch.bincount(codes.flatten().cpu(), minlength=quantizer.num_codes)
-    return {"codes_used": int(counts.gt(0).sum()), "code_perplexity": perplexity_of_counts(counts)}
+    cells = math.prod(vae.prior.grid)
+    return {"codes_used": int(counts.gt(0).sum()), "code_perplexity": perplexity_of_counts(counts),
+            "neg_elbo_uniform_prior": recon + cells * math.log(quantizer.num_codes)}
 
 
 @dataclass(frozen=True)

@@ -429,8 +429,12 @@ def model_checkpoint(run_dir: str | os.PathLike[str], which: str = "auto"
 
 
 def load(run_dir: str | os.PathLike[str], device: str = "cpu",
-         trust_plugins: bool = False, checkpoint: str = "auto") -> VAE:  # noqa: F821
+         trust_plugins: bool = False, checkpoint: str = "auto",
+         prior: str = "learned") -> VAE:  # noqa: F821
     """Rebuild the trained VAE of a run folder, in eval mode, ready to encode, decode and sample.
+
+    A VQ-VAE whose prior has been fitted (``vaekit fit-prior``, `learned_prior`) comes with that
+    prior in place of the uniform one of its training, unless ``prior="trained"``.
 
     The weights are those of ``checkpoint``: ``"auto"`` (the default) takes ``best.pt``, the
     epoch with the best validation -ELBO, when the run has one, else the last checkpoint's (its
@@ -445,6 +449,7 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
         device: Where to put it (``"cpu"``, ``"cuda"`` or ``"auto"``).
         trust_plugins: Import the modules the run names.
         checkpoint: ``"auto"``, ``"best"`` or ``"last"``.
+        prior: ``"learned"`` (a VQ-VAE's fitted prior, if any) or ``"trained"``.
 
     Raises:
         CheckpointError: if the folder, its config or its checkpoint cannot be read or do not match.
@@ -462,7 +467,31 @@ def load(run_dir: str | os.PathLike[str], device: str = "cpu",
         raise CheckpointError(f"{run_dir}/config.json cannot rebuild the model "
                               f"({type(e).__name__}: {e})") from None
     load_weights(vae, {"model": weights}, run_dir if name == CHECKPOINT else Path(run_dir) / name)
-    return vae.to(resolve_device(device)).eval()
+    vae = vae.to(resolve_device(device)).eval()
+    fitted = learned_prior(run_dir, vae) if prior == "learned" else None
+    if fitted is not None:
+        vae.model.prior = fitted
+    return vae
+
+
+PRIOR_FOLDER = "prior"
+"""The subfolder of a VQ-VAE's run that holds its learned prior (``vaekit fit-prior``)."""
+
+
+def learned_prior(run_dir: str | os.PathLike[str], vae: Any) -> Any:
+    """The `vaekit.pixelcnn.PixelCNNPrior` fitted to a VQ-VAE run (``RUN/prior``), bound to
+    ``vae``'s codebook, in eval mode on its device; None when none has been fitted."""
+    from vaekit.pixelcnn import PixelCNNPrior
+
+    folder = Path(run_dir) / PRIOR_FOLDER
+    if not getattr(vae, "is_vq", False) or not (folder / CHECKPOINT).exists():
+        return None
+    state = load_checkpoint(folder)
+    s = state["settings"]
+    prior = PixelCNNPrior(vae.z_dim, vae.posterior.k, s["hidden"], s["layers"])
+    prior.load_state_dict(state["prior"])
+    prior.bind_codebook(vae.posterior.quantizer, vae.prior.grid)
+    return prior.to(next(vae.parameters()).device).eval()
 
 
 def load_weights(vae: Any, state: dict[str, Any], run_dir: str | os.PathLike[str]) -> None:

@@ -252,7 +252,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for key, names, shown in (("prior", "standard|uniform|(mog|vamp):[1-9][0-9]*",
+        for key, names, shown in (("prior", "standard|uniform|pixelcnn|(mog|vamp):[1-9][0-9]*",
                                    "standard, mog:K, vamp:K, uniform"),
                                   ("posterior", "diagonal|vq|(iaf|vq):[1-9][0-9]*",
                                    "diagonal, iaf:N, vq:K")):
@@ -405,6 +405,22 @@ class RunOptions:
         group="Tracking")
     mlflow_uri: str | None = setting(
         None, "MLflow tracking URI.", shown_default="sqlite:///<the run folder's parent>/mlflow.db")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    """The second stage of a VQ-VAE (``vaekit fit-prior``): a `vaekit.pixelcnn.PixelCNNPrior`
+    fitted by maximum likelihood to the training images' codes, the VQ-VAE frozen."""
+
+    epochs: int = setting(20, "Passes over the training set's codes.", min=1)
+    batch_size: int = setting(128, "Code grids per step.", min=1)
+    lr: float = setting(1e-3, "Adam's learning rate.", min=0, min_open=True)
+    hidden: int = setting(64, "The PixelCNN's channels.", min=1, max=4096)
+    layers: int = setting(5, "The PixelCNN's residual masked blocks.", min=0, max=64)
+    seed: int = setting(0, "Seeds the PixelCNN's weights and the order of the grids.", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)

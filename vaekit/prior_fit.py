@@ -1,0 +1,148 @@
+"""The VQ-VAE's second stage: a PixelCNN prior fitted by maximum likelihood to the codes of the
+training images, the VQ-VAE frozen (van den Oord et al. 2017, section 4).
+
+    result = fit_prior("runs/vq", PriorSettings(epochs=20))   # writes runs/vq/prior/
+    vae = vaekit.load("runs/vq")                               # now with the learned prior
+    vae.prior.temperature = 0.8; vae.sample(16)
+
+The codes are those of the images as the likelihood observes test images (Bernoulli: binarized
+with the fixed test seed), computed once. Each epoch shuffles the grids with a generator seeded
+by (seed, epoch), takes Adam steps on the mean -log p(c) and writes ``prior/checkpoint.pt``
+(the PixelCNN, Adam's state, the epoch) and a row of ``prior/metrics.csv`` atomically, so a run
+stopped at any point resumes from its last epoch to the same weights. The numbers are nats per
+image: ``train_nll`` and ``test_nll`` (-log p(c) of the codes), and ``test_neg_elbo``, the test
+-ELBO with the learned prior, -log p(x|c) - log p(c).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit import runs
+from vaekit.data import load_splits
+from vaekit.devices import resolve_device
+from vaekit.errors import ConfigError
+from vaekit.likelihoods import test_observations
+from vaekit.model import VAE
+from vaekit.pixelcnn import PixelCNNPrior
+from vaekit.settings import PriorSettings
+
+__all__ = ["fit_prior", "PriorFitResult", "grid_codes"]
+
+
+@dataclass
+class PriorFitResult:
+    """What `fit_prior` returns: the prior (eval mode), one dict per epoch, and its folder."""
+
+    prior: PixelCNNPrior
+    history: list[dict[str, float]] = field(default_factory=list)
+    folder: Path | None = None
+
+
+@torch.no_grad()
+def grid_codes(vae: VAE, x_obs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The code grids ``[N, h, w]`` of observations ``x_obs`` under a VQ-VAE (eval mode)."""
+    quantizer = vae.posterior.quantizer
+    out = [quantizer.codes_of(vae.encode(x_obs[i : i + batch_size])[0])
+           for i in range(0, x_obs.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _recon(vae: VAE, x_obs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """-log p(x|c) per image at the images' own codes."""
+    out = []
+    for i in range(0, x_obs.shape[0], batch_size):
+        xb = x_obs[i : i + batch_size]
+        out.append(-vae.px(vae.encode(xb)[0]).log_prob(xb))
+    return torch.cat(out)
+
+
+def _nll(prior: PixelCNNPrior, codes: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([-prior.log_prob_codes(codes[i : i + batch_size])
+                          for i in range(0, codes.shape[0], batch_size)])
+
+
+def fit_prior(run_dir: str | os.PathLike[str], settings: PriorSettings | None = None, *,
+              data_root: str | None = None, device: str = "cpu", verbose: bool = True,
+              **overrides: Any) -> PriorFitResult:
+    """Fit (or resume fitting) the PixelCNN prior of the VQ-VAE run in ``run_dir``.
+
+    A folder that already has ``prior/checkpoint.pt`` continues from it, with its recorded
+    settings and the ``epochs`` asked for now.
+
+    Raises:
+        ConfigError: for a run that is not a VQ-VAE, or settings the recorded prior differs in.
+
+    Stopped at any point (Ctrl-C), ``prior/`` holds the last finished epoch, whole.
+    """
+    s = dataclasses.replace(settings or PriorSettings(), **overrides)
+    vae = runs.load(run_dir, device=device, prior="trained")
+    if not vae.is_vq:
+        raise ConfigError(f"{run_dir} is not a VQ-VAE (posterior vq:K): only a VQ-VAE has a "
+                          "prior to fit after training")
+    folder = Path(run_dir) / runs.PRIOR_FOLDER
+    folder.mkdir(exist_ok=True)
+    dev = resolve_device(device)
+    start, history, state = 0, [], None
+    if (folder / runs.CHECKPOINT).exists():
+        state = runs.load_checkpoint(folder)
+        recorded = PriorSettings(**{**state["settings"], "epochs": s.epochs})
+        if recorded != s:
+            changed = ", ".join(f"{k} {v}" for k, v in state["settings"].items()
+                                if k != "epochs" and getattr(s, k) != v)
+            raise ConfigError(f"{folder} holds a prior fitted with {changed}: resume with those "
+                              "settings, or delete the folder to start again")
+        start, history = state["epoch"], state["history"]
+    torch.manual_seed(s.seed)
+    prior = PixelCNNPrior(vae.z_dim, vae.posterior.k, s.hidden, s.layers)
+    prior.bind_codebook(vae.posterior.quantizer, vae.prior.grid)
+    prior.to(dev)
+    opt = torch.optim.Adam(prior.parameters(), lr=s.lr)
+    if state is not None:
+        prior.load_state_dict(state["prior"])
+        opt.load_state_dict(state["optimizer"])
+    config = runs.read_config(run_dir)
+    root = data_root or os.environ.get("VAEKIT_DATA")
+    splits = load_splits(runs.run_data_spec(config, root=root, download=False))
+    train = grid_codes(vae, test_observations(vae.likelihood, splits.train[0]).to(dev))
+    test_x = test_observations(vae.likelihood, splits.test[0]).to(dev)
+    test, recon = grid_codes(vae, test_x), _recon(vae, test_x)
+    for epoch in range(start, s.epochs):
+        t0 = time.perf_counter()
+        prior.train()
+        order = torch.randperm(train.shape[0],
+                               generator=torch.Generator().manual_seed(s.seed * 100003 + epoch))
+        total = 0.0
+        for i in range(0, train.shape[0], s.batch_size):
+            batch = train[order[i : i + s.batch_size].to(dev)]
+            loss = -prior.log_prob_codes(batch).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * batch.shape[0]
+        prior.eval()
+        nll = _nll(prior, test, s.batch_size)
+        row = {"epoch": epoch + 1, "train_nll": total / train.shape[0],
+               "test_nll": float(nll.mean()), "test_neg_elbo": float((recon + nll).mean()),
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        runs.save_checkpoint(folder, {"prior": prior.state_dict(),
+                                      "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                                      "history": history,
+                                      "settings": dataclasses.asdict(s)})
+        runs.write_metrics(folder, history)
+        if verbose:
+            print(f"prior epoch {epoch + 1}/{s.epochs}  train -log p(c) "
+                  f"{row['train_nll']:.2f}  test -log p(c) {row['test_nll']:.2f}  test -ELBO "
+                  f"{row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)",
+                  flush=True)
+    return PriorFitResult(prior.eval(), history, folder)
