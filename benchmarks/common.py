@@ -120,3 +120,31 @@ class TensorLoop:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def step_ratio(loops: dict, n: int, bs: int, rounds: int, label: str, json_path: object) -> None:
+    """Interleave ``rounds`` of the ``loops`` (objects with ``train_images(n) -> seconds``; the
+    first is the bare nets, the second vaekit's), after a warm-up; print each median images/s
+    and second / first, and write them as JSON to ``json_path``."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    for loop in loops.values():  # warm-up
+        loop.train_images(2 * bs)
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            rates[name].append(n / loop.train_images(n))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    bare, ours = list(med)[:2]
+    ratio = med[ours] / med[bare]
+    for k, v in med.items():
+        print(f"{k:<22} {v:8.0f} images/s  ({bs / v * 1000:.1f} ms per step)")
+    print(f"vaekit {label} / bare nets: {ratio:.3f} (overhead {100 * (1 - ratio):.1f} %)")
+    path = Path(str(json_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), "batch_size": bs, "images": n,
+                                "rounds": rounds, "images_per_s": med, "all_rounds": rates,
+                                "b_over_a": ratio}, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -17,8 +17,6 @@ Prints the median images/s of each and b/a; writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, step_ratio  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit.data import to_unit  # noqa: E402
@@ -83,10 +81,11 @@ class BareVAEGAN:
 class VaekitStep:
     """(b) and (c): `vaekit.fit` for one epoch over ``n`` images, by its own clock."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, **settings: object) -> None:
+    def __init__(self, images: torch.Tensor, batch_size: int, model: dict | None = None,
+                 **settings: object) -> None:
         self.x, self.bs, self.settings = images, batch_size, settings
         pyro.set_rng_seed(0)
-        self.vae = vaekit.VAE(likelihood=str(settings.pop("likelihood", "bernoulli")))
+        self.vae = vaekit.VAE(**(model or {}))
 
     def train_images(self, n: int) -> float:
         r = vaekit.fit(self.vae, self.x[:n], epochs=1, batch_size=self.bs, device="cpu",
@@ -106,25 +105,9 @@ def main() -> None:
     n, bs = args.images - args.images % args.batch_size, args.batch_size
     print(f"machine: {machine()}\nbatch {bs}, {n} images per round\n", flush=True)
     loops = {"a_bare_vaegan": BareVAEGAN(images, bs),
-             "b_vaekit_vaegan": VaekitStep(images, bs, likelihood="discriminator", lr=5e-4),
+             "b_vaekit_vaegan": VaekitStep(images, bs, {"likelihood": "discriminator"}, lr=5e-4),
              "c_vaekit_default_vae": VaekitStep(images, bs)}
-    for loop in loops.values():  # warm-up
-        loop.train_images(2 * bs)
-    rates: dict[str, list[float]] = {k: [] for k in loops}
-    for _ in range(args.rounds):
-        for name, loop in loops.items():
-            rates[name].append(n / loop.train_images(n))
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    ratio = med["b_vaekit_vaegan"] / med["a_bare_vaegan"]
-    for k, v in med.items():
-        print(f"{k:<22} {v:8.0f} images/s  ({bs / v * 1000:.1f} ms per step)")
-    print(f"vaekit VAE-GAN / bare nets: {ratio:.3f} (overhead {100 * (1 - ratio):.1f} %)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "batch_size": bs, "images": n,
-                                     "rounds": args.rounds, "images_per_s": med,
-                                     "all_rounds": rates, "b_over_a": ratio}, indent=2) + "\n")
-    print(f"wrote {args.json}")
-
+    step_ratio(loops, n, bs, args.rounds, "VAE-GAN", args.json)
 
 if __name__ == "__main__":
     main()

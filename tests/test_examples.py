@@ -32,6 +32,8 @@ CASES = {  # id: (example, arguments, text its output must contain, files it mus
                    "wrote runs/beta_sweep/beta_sweep.png", ["runs/beta_sweep/beta_sweep.png"]),
     "vae_gan": ("vae_gan.py", TINY + ["--samples", "200"], "pixel squared error",
                 ["runs/vae_gan/checkpoint.pt"]),
+    "vq_vae": ("vq_vae.py", TINY + ["--prior-epochs", "1"], "with the uniform one",
+               ["runs/vq_vae/prior/checkpoint.pt"]),
     "plain_pyro_svi": ("plain_pyro_svi.py", TINY, "epoch 1: -ELBO",
                        ["runs/plain_pyro_svi/samples.png"]),
     "plain_pyro_svi-own": ("plain_pyro_svi.py", TINY + ["--model", "own", "--out", "own"],

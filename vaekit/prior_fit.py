@@ -73,11 +73,21 @@ def _nll(prior: PixelCNNPrior, codes: torch.Tensor, batch_size: int) -> torch.Te
 
 def fit_prior(run_dir: str | os.PathLike[str], settings: PriorSettings | None = None, *,
               data_root: str | None = None, device: str = "cpu", verbose: bool = True,
+              images: tuple[torch.Tensor, torch.Tensor] | None = None,
               **overrides: Any) -> PriorFitResult:
     """Fit (or resume fitting) the PixelCNN prior of the VQ-VAE run in ``run_dir``.
 
     A folder that already has ``prior/checkpoint.pt`` continues from it, with its recorded
     settings and the ``epochs`` asked for now.
+
+    Args:
+        run_dir: A VQ-VAE's run folder.
+        settings: The `PriorSettings` (``overrides`` replace fields of it).
+        data_root: Where the run's data set lives (default ``$VAEKIT_DATA``, else the run's).
+        device: Where to fit.
+        verbose: Print a line per epoch.
+        images: ``(train, test)`` images to take instead of the run's data set (a run fitted
+            from tensors in Python records no data set of its own).
 
     Raises:
         ConfigError: for a run that is not a VQ-VAE, or settings the recorded prior differs in.
@@ -111,10 +121,12 @@ def fit_prior(run_dir: str | os.PathLike[str], settings: PriorSettings | None = 
         prior.load_state_dict(state["prior"])
         opt.load_state_dict(state["optimizer"])
     config = runs.read_config(run_dir)
-    root = data_root or os.environ.get("VAEKIT_DATA")
-    splits = load_splits(runs.run_data_spec(config, root=root, download=False))
-    train = grid_codes(vae, test_observations(vae.likelihood, splits.train[0]).to(dev))
-    test_x = test_observations(vae.likelihood, splits.test[0]).to(dev)
+    if images is None:
+        root = data_root or os.environ.get("VAEKIT_DATA")
+        splits = load_splits(runs.run_data_spec(config, root=root, download=False))
+        images = (splits.train[0], splits.test[0])
+    train = grid_codes(vae, test_observations(vae.likelihood, images[0]).to(dev))
+    test_x = test_observations(vae.likelihood, images[1]).to(dev)
     test, recon = grid_codes(vae, test_x), _recon(vae, test_x)
     for epoch in range(start, s.epochs):
         t0 = time.perf_counter()

@@ -1,0 +1,81 @@
+"""The VQ-VAE's training step against its bare networks' forward and backward.
+
+    python benchmarks/vq_step.py --batch-size 128 --rounds 3
+
+In one process, interleaved rounds of
+  (a) the VQ-VAE's arithmetic in plain PyTorch on the same modules (`GridEncoder`, the
+      moving-average `VectorQuantizer`, `GridDecoder`): encode, quantize (straight through),
+      decode, the Bernoulli reconstruction and 0.25 times the commitment loss, one backward and
+      Adam step;
+  (b) `vaekit.fit` with ``posterior="vq:512"``, ``z_dim=64`` (the Pyro model/guide, the traces,
+      the objective's bookkeeping), timed by its own per-epoch clock, no test set;
+  (c) `vaekit.fit` of the default VAE at the same batch size, for scale.
+Prints the median images/s of each and b/a; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, step_ratio  # noqa: E402
+from vaegan_step import VaekitStep  # noqa: E402
+
+import vaekit  # noqa: E402
+from vaekit.data import to_unit  # noqa: E402
+from vaekit.nets import GridDecoder, GridEncoder  # noqa: E402
+from vaekit.quantize import VectorQuantizer  # noqa: E402
+
+
+class BareVQ:
+    """(a): the same loss and updates as `vaekit.vqvae.VQTraining`, in plain PyTorch."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, lr: float = 5e-4) -> None:
+        torch.manual_seed(0)
+        self.x, self.bs = to_unit(images), batch_size
+        self.enc, self.dec = GridEncoder((1, 28, 28), 64), GridDecoder((1, 28, 28), 64)
+        self.vq = VectorQuantizer(512, 64)
+        self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=lr)
+
+    def step(self, x: torch.Tensor) -> None:
+        q = self.vq(self.enc(x))
+        logits = self.dec(q.quantized)
+        loss = (F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+                + 0.25 * q.commitment.sum())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def train_images(self, n: int) -> float:
+        perm = torch.randperm(self.x.shape[0])[:n]
+        t0 = time.perf_counter()
+        for i in range(0, n - self.bs + 1, self.bs):
+            self.step(torch.bernoulli(self.x[perm[i:i + self.bs]]))
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--images", type=int, default=4096, help="images per round")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/vq_step.json"))
+    args = p.parse_args()
+    images, _ = vaekit.load_mnist(args.data_root, train=True, download=False)
+    n, bs = args.images - args.images % args.batch_size, args.batch_size
+    print(f"machine: {machine()}\nbatch {bs}, {n} images per round\n", flush=True)
+    loops = {"a_bare_vq": BareVQ(images, bs),
+             "b_vaekit_vq": VaekitStep(images, bs, {"posterior": "vq:512", "z_dim": 64},
+                                       lr=5e-4),
+             "c_vaekit_default_vae": VaekitStep(images, bs)}
+    step_ratio(loops, n, bs, args.rounds, "VQ-VAE", args.json)
+
+if __name__ == "__main__":
+    main()
