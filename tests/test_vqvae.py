@@ -185,6 +185,7 @@ def test_the_cli_fits_evaluates_and_samples_a_vq_vae(runner):
                             "--limit-train", "256", "--limit-test", "64", "--batch-size", "64",
                             "--out", "vq", *_CPU])
     assert r.exit_code == 0, r.output
+    assert Path("vq/codes.png").stat().st_size > 1000  # which codes the test images use
     r = runner.invoke(cli, ["evaluate", "vq", "--device", "cpu", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "KL = -log p(codes), uniform" in r.output and "codes used" in r.output

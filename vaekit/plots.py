@@ -206,6 +206,32 @@ def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | 
     return _save_fig(fig, path)
 
 
+@torch.no_grad()
+def save_code_usage(vae: VAE, x: torch.Tensor, path: str | os.PathLike[str],
+                    grids: int = 8) -> Path:
+    """A VQ-VAE's codes on images ``x``: how often each code is used (sorted, log scale), and
+    the code grids of the first ``grids`` images, each cell coloured by its code."""
+    quantizer = vae.posterior.quantizer
+    with eval_mode(vae):
+        codes = quantizer.codes_of(vae.encode(x.to(vae.device))[0]).cpu()
+    counts = torch.bincount(codes.flatten(), minlength=quantizer.num_codes).double()
+    plt = _pyplot()
+    fig = plt.figure(figsize=(9, 3), dpi=80)
+    ax = fig.add_axes((0.07, 0.18, 0.4, 0.7))
+    used = counts[counts > 0].sort(descending=True).values
+    ax.bar(range(len(used)), used.numpy(), width=1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"codes by use ({len(used)} of {quantizer.num_codes} used)")
+    ax.set_ylabel(f"cells of {x.shape[0]} images")
+    n = min(grids, codes.shape[0])
+    for i in range(n):
+        sub = fig.add_axes((0.52 + (i % 4) * 0.12, 0.52 - (i // 4) * 0.4, 0.11, 0.36))
+        sub.imshow(codes[i].numpy(), cmap="tab20", vmin=0, vmax=quantizer.num_codes - 1,
+                   interpolation="nearest")
+        sub.set_axis_off()
+    return _save_fig(fig, path)
+
+
 def _save_fig(fig: Any, path: str | os.PathLike[str]) -> Path:
     try:
         return _save_png(path, lambda f: fig.savefig(f, format="png"))

@@ -30,6 +30,9 @@ __all__ = [
     "SAMPLES",
     "RECONSTRUCTIONS",
     "LOSS",
+    "CODES",
+    "PRIOR_FOLDER",
+    "learned_prior",
     "EVALUATION",
     "RUN_FILES",
     "make_config",
@@ -69,10 +72,12 @@ METRICS = "metrics.csv"
 SAMPLES = "samples.png"
 RECONSTRUCTIONS = "reconstructions.png"
 LOSS = "loss.png"
+CODES = "codes.png"
 EVALUATION = "eval.json"
 PICTURES_DRAWN = ".pictures.json"
 """Records the epoch whose pictures are all written (a kill while drawing leaves it behind)."""
-RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS, PICTURES_DRAWN)
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS, CODES,
+             PICTURES_DRAWN)
 """The files a fit writes (and removes first with ``overwrite``)."""
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1

@@ -32,7 +32,7 @@ from vaekit.likelihoods import Likelihood, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, Objective, make_objective
 from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
-from vaekit.runs import LOSS, RECONSTRUCTIONS, SAMPLES
+from vaekit.runs import CODES, LOSS, RECONSTRUCTIONS, SAMPLES
 from vaekit.settings import TrainSettings
 
 __all__ = ["Position", "DeviceData", "TrainingState"]
@@ -298,6 +298,8 @@ class TrainingState:
             plots.save_reconstructions(self.model, show[:32], folder / RECONSTRUCTIONS,
                                        labels=None if labels is None else labels[:32])
             plots.save_loss_curve(history, folder / LOSS)
+            if self.vae.is_vq:
+                plots.save_code_usage(self.model, show, folder / CODES)
 
         return draw
 
