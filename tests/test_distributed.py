@@ -301,3 +301,16 @@ def test_a_vae_gan_trains_in_two_processes_like_one(env, tmp_path):
     state = runs.load_checkpoint(tmp_path / "two")
     assert state["objective"]["optimizers"]["discriminator"]["state"]  # it stepped
     assert len(state["rng"]["ranks"]) == 2
+
+
+def test_a_vq_vae_trains_in_two_processes_like_one(env, tmp_path):
+    """The moving-average codebook is all-reduced: two processes finish within noise of one,
+    and report the codes of the whole batch."""
+    vq = [*FIT, "--posterior", "vq:16", "--epochs", "1"]
+    _run([sys.executable, "-m", "vaekit", "fit", *vq, "--out", "one"], env, tmp_path)
+    _run([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *vq, "--out", "two"], env,
+         tmp_path)
+    one, two = runs.read_metrics(tmp_path / "one"), runs.read_metrics(tmp_path / "two")
+    assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=0.1)
+    assert two[0]["test_neg_elbo"] == pytest.approx(one[0]["test_neg_elbo"], rel=0.1)
+    assert 1 <= two[0]["codes_used"] <= 16
