@@ -251,6 +251,7 @@ def test_independent_estimator_agrees_with_evaluate(split, tmp_path, latents):
     vae = vaekit.VAE(z_dim=4, nets="mlp:64", latents=latents)
     r = vaekit.fit(vae, train_x, test_x, epochs=2, lr=3e-3, run_dir=tmp_path / "m", **SMALL)
     x, _ = runs.load_test_set(tmp_path / "m", r.vae)
+    x = x[:2000]  # the MC noise of the mean of 2,000 images' estimates is ~0.01 nats here
     torch.manual_seed(0)
     mine, mine_se = independent.estimate(r.vae, x, 200, 64)
     theirs = vaekit.evaluate(r.vae, x, num_samples=200, seed=3, progress=False)
