@@ -43,17 +43,25 @@ class Quantized:
         commitment: ``Σ ||z_e - sg(e_k)||²`` per image (unweighted), ``[batch]``.
         codebook_loss: ``Σ ||sg(z_e) - e_k||²`` per image, ``[batch]`` (zero gradient with the
             EMA codebook, where the moving averages learn the codes).
-        perplexity: ``exp`` of the entropy of the batch's code frequencies (K when every code is
-            used equally, 1 when one code is).
-        used: How many codes the batch used.
+        num_codes: K.
     """
 
     quantized: torch.Tensor
     codes: torch.Tensor
     commitment: torch.Tensor
     codebook_loss: torch.Tensor
-    perplexity: float
-    used: int
+    num_codes: int
+
+    @property
+    def perplexity(self) -> float:
+        """``exp`` of the entropy of the batch's code frequencies (K when every code is used
+        equally, 1 when one code is); computed when asked, off the training step."""
+        return perplexity(self.codes, self.num_codes)
+
+    @property
+    def used(self) -> int:
+        """How many codes the batch used."""
+        return int(torch.bincount(self.codes.flatten(), minlength=self.num_codes).gt(0).sum())
 
 
 def perplexity(codes: torch.Tensor, num_codes: int) -> float:
@@ -152,8 +160,7 @@ class VectorQuantizer(nn.Module):
         codebook_loss = (moved.detach() - e).pow(2).sum(per_image)
         quantized = (moved + (e - moved).detach()).movedim(-1, 1)  # straight through
         return Quantized(quantized, codes.view(moved.shape[:-1]), commitment, codebook_loss,
-                         perplexity(codes, self.num_codes),
-                         int(torch.bincount(codes, minlength=self.num_codes).gt(0).sum()))
+                         self.num_codes)
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
