@@ -32,6 +32,8 @@ from vaekit.nets import (
     GridEncoder,
     MLPDecoder,
     MLPEncoder,
+    TwoLevelGridDecoder,
+    TwoLevelGridEncoder,
 )
 from vaekit.pixelcnn import PixelCNNPrior
 from vaekit.plugins import import_class, import_plugin, is_plugin_name
@@ -151,7 +153,8 @@ def build_net(cls: type, part: str, num_classes: int, image_shape: tuple[int, ..
 def net_name(net: nn.Module, nets: str) -> str:
     """``"default"`` for vaekit's own nets of the family ``nets``, else ``module:Class``."""
     family = ((MLPEncoder, MLPDecoder) if nets.startswith("mlp") else
-              (GridEncoder, GridDecoder) if nets == "vq" else (Encoder, Decoder))
+              (GridEncoder, GridDecoder, TwoLevelGridEncoder, TwoLevelGridDecoder) if nets == "vq"
+              else (Encoder, Decoder))
     if type(net) in (*family, ConditionalEncoder, ConditionalDecoder):
         return "default"
     return f"{type(net).__module__}:{type(net).__qualname__}"
@@ -247,26 +250,39 @@ def check_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, .
 
 
 def check_grid_nets(encoder: nn.Module, decoder: nn.Module, image_shape: tuple[int, ...],
-                    dim: int, out_channels: int) -> tuple[int, ...]:
-    """Run a VQ-VAE's nets once on blank inputs, check their shapes, and return the grid's size:
-    the encoder maps images to ``[batch, dim, *grid]``, the decoder such grids back to
-    ``[batch, out_channels, H, W]``."""
+                    dim: int, out_channels: int, levels: int = 1) -> tuple[tuple[int, ...], ...]:
+    """Run a VQ-VAE's nets once on blank inputs, check their shapes, and return the grids'
+    sizes, bottom first: the encoder maps images to ``[batch, dim, *grid]``, the decoder such
+    grids back to ``[batch, out_channels, H, W]``. Of two levels, the encoder gives
+    ``(h, z_e_top)`` with ``z_e_top`` ``[batch, dim, *top_grid]``, ``encoder.merge(h, z_top)``
+    the bottom grid, and ``decoder(z_bottom, z_top)`` the images."""
+    shape = "(h, [batch, {dim}, h', w']) with a merge(h, z_top) method" if levels == 2 \
+        else "a grid [batch, {dim}, h, w]"
+
+    def is_grid(t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and t.dim() >= 3 and t.shape[:2] == (2, dim)
+
     with eval_mode(encoder, decoder):
         dev = next(encoder.parameters(), torch.empty(0)).device
         try:
             out = encoder(torch.zeros(2, *image_shape, device=dev))
+            if levels == 2 and isinstance(out, tuple) and len(out) == 2 and is_grid(out[1]):
+                grids = (encoder.merge(out[0], torch.zeros_like(out[1])), out[1])
+            else:
+                grids = (out,)
         except Exception as e:
             raise ConfigError(f"the encoder cannot take {image_shape} images: {e}") from None
-        if not (isinstance(out, torch.Tensor) and out.dim() >= 3 and out.shape[:2] == (2, dim)):
-            raise ConfigError(f"a VQ-VAE's encoder must return a grid [batch, {dim}, h, w] "
-                              "(z_dim is the size of a code vector)")
+        if len(grids) != levels or not all(is_grid(g) for g in grids):
+            raise ConfigError(f"a VQ-VAE's encoder must return {shape.format(dim=dim)} (z_dim is "
+                              "the size of a code vector)")
         try:
-            img = decoder(torch.zeros_like(out))
+            img = decoder(*(torch.zeros_like(g) for g in grids))
         except Exception as e:
-            raise ConfigError(f"the decoder cannot take grids {tuple(out.shape[1:])}: {e}"
+            raise ConfigError(f"the decoder cannot take grids "
+                              f"{', '.join(str(tuple(g.shape[1:])) for g in grids)}: {e}"
                               ) from None
         want = (2, out_channels, *image_shape[1:])
         if tuple(img.shape) != want:
             raise ConfigError(f"the decoder returns {tuple(img.shape)[1:]} per image, expected "
                               f"{want[1:]} for {tuple(image_shape)} images and this likelihood")
-    return tuple(out.shape[2:])
+    return tuple(tuple(g.shape[2:]) for g in grids)

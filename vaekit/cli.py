@@ -628,8 +628,11 @@ def _print_bound(vae: Any, r: Any) -> None:
         *([(f"active units{' of z1' if vae.latents == 2 else ''} (Cov > "
             f"{r.active_threshold:g})", f"{r.active_units} of {vae.z_dim}"),
            ("KL per dimension, largest", top)] if r.codes_used is None else
-          [("codes used", f"{r.codes_used} of {vae.posterior.k}, perplexity "
-                          f"{r.code_perplexity:.1f}")]),
+          [("codes used" + (" (bottom)" if r.codes_used_top is not None else ""),
+            f"{r.codes_used} of {vae.posterior.k}, perplexity {r.code_perplexity:.1f}"),
+           *([("codes used (top)", f"{r.codes_used_top} of {vae.posterior.k}, perplexity "
+                                   f"{r.code_perplexity_top:.1f}")]
+             if r.codes_used_top is not None else [])]),
     ]
     click.echo(f"  {r.n_images} test images, nats per image (± standard error)")
     for name, value in rows:

@@ -475,10 +475,14 @@ class Evaluation:
             that observe 8-bit data scaled by 1/255 as it is; ``NLL / (D ln 2)`` for discrete
             ones (discretized logistic); None for binary ones (Bernoulli) and for a likelihood
             whose ``targets`` transform the data (its Jacobian is not known here).
-        codes_used: A VQ-VAE's codes that the images' grids use (None for other models).
+        codes_used: A VQ-VAE's codes that the images' grids use (None for other models; of
+            two levels, the bottom grid's).
         code_perplexity: ``exp`` of the entropy of those codes' frequencies (None likewise).
         neg_elbo_uniform_prior: A VQ-VAE's -ELBO under the uniform prior of its training,
-            ``recon + h w log K``, beside ``neg_elbo`` with its prior (None for other models).
+            ``recon + (cells) log K`` over every grid's cells, beside ``neg_elbo`` with its
+            prior (None for other models).
+        codes_used_top: A VQ-VAE-2's top-grid codes used (None for others).
+        code_perplexity_top: Their perplexity (None for others).
     """
 
     n_images: int
@@ -499,6 +503,8 @@ class Evaluation:
     codes_used: int | None = None
     code_perplexity: float | None = None
     neg_elbo_uniform_prior: float | None = None
+    codes_used_top: int | None = None
+    code_perplexity_top: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -572,19 +578,25 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
 @torch.no_grad()
 def _code_usage(vae: VAE, x_obs: torch.Tensor, batch_size: int, recon: float
                 ) -> dict[str, Any]:
-    """``codes_used``, ``code_perplexity`` and ``neg_elbo_uniform_prior`` of a VQ-VAE's grids of
-    ``x_obs`` (else nothing)."""
+    """``codes_used``, ``code_perplexity`` (and of two levels the top grid's) and
+    ``neg_elbo_uniform_prior`` of a VQ-VAE's grids of ``x_obs`` (else nothing)."""
     if not getattr(vae, "is_vq", False):
         return {}
-    quantizer = vae.posterior.quantizer
-    counts = torch.zeros(quantizer.num_codes, dtype=torch.float64)
+    k = vae.posterior.quantizer.num_codes
+    counts = [torch.zeros(k, dtype=torch.float64) for _ in vae.posterior.quantizers]
+    cells = 0
     with eval_mode(vae):
         for i in range(0, x_obs.shape[0], batch_size):
-            codes = quantizer.codes_of(vae.encode(x_obs[i : i + batch_size])[0])
-            counts += torch.bincount(codes.flatten().cpu(), minlength=quantizer.num_codes)
-    cells = math.prod(vae.prior.grid)
-    return {"codes_used": int(counts.gt(0).sum()), "code_perplexity": perplexity_of_counts(counts),
-            "neg_elbo_uniform_prior": recon + cells * math.log(quantizer.num_codes)}
+            for total, codes in zip(counts, vae.codes(x_obs[i : i + batch_size])):
+                total += torch.bincount(codes.flatten().cpu(), minlength=k)
+                cells += codes[0].numel() if i == 0 else 0
+    out = {"codes_used": int(counts[0].gt(0).sum()),
+           "code_perplexity": perplexity_of_counts(counts[0]),
+           "neg_elbo_uniform_prior": recon + cells * math.log(k)}
+    if len(counts) == 2:
+        out.update(codes_used_top=int(counts[1].gt(0).sum()),
+                   code_perplexity_top=perplexity_of_counts(counts[1]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,20 @@ from vaekit.building import (
 )
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import Likelihood, get_likelihood
-from vaekit.nets import GridDecoder, GridEncoder, make_nets
+from vaekit.nets import (
+    GridDecoder,
+    GridEncoder,
+    TwoLevelGridDecoder,
+    TwoLevelGridEncoder,
+    make_nets,
+)
 from vaekit.plugins import import_class
 from vaekit.posteriors import Diagonal, Posterior, VectorQuantized, get_posterior, parse_posterior
 from vaekit.priors import CodePrior, Prior, StandardNormal, get_prior
 from vaekit.settings import MAX_Z_DIM, ModelSpec
 
-__all__ = ["Model", "Guide", "CodeGuide", "VAE", "HierarchicalModel", "HierarchicalGuide",
-           "GaussianLayer"]
+__all__ = ["Model", "Guide", "CodeGuide", "TwoLevelCodeModel", "TwoLevelCodeGuide", "VAE",
+           "HierarchicalModel", "HierarchicalGuide", "GaussianLayer"]
 
 
 def _register(name: str, module: nn.Module) -> None:
@@ -61,11 +67,13 @@ def _is_vq(posterior: str | Posterior) -> bool:
         return False
 
 
-def _record(name: str, value: torch.Tensor) -> torch.Tensor:
-    """Record ``value`` ``[batch, ...]`` in the trace as a guide's auxiliary site that adds
-    nothing to any density (``pyro.deterministic``, marked auxiliary for Pyro's checks)."""
+def _record(name: str, value: torch.Tensor, event_dim: int | None = None) -> torch.Tensor:
+    """Record ``value`` ``[batch, ...]`` (``event_dim`` trailing dimensions per image: all but
+    the first by default) in the trace as a guide's auxiliary site that adds nothing to any
+    density (``pyro.deterministic``, marked auxiliary for Pyro's checks)."""
     with poutine.infer_config(config_fn=lambda msg: {"is_auxiliary": True}):
-        return pyro.deterministic(name, value, event_dim=value.dim() - 1)
+        return pyro.deterministic(name, value, event_dim=value.dim() - 1 if event_dim is None
+                                  else event_dim)
 
 
 def _check_beta(beta: float) -> float:
@@ -174,6 +182,61 @@ class CodeGuide(nn.Module):
             z_e = _record("z_e", self.encoder(x).float())
             return pyro.sample("z", self.posterior(z_e))
     # --8<-- [end:code-guide]
+
+
+class TwoLevelCodeModel(Model):
+    """The VQ-VAE-2's p(x, z1, z2) = p(z2) p(z1 | z2) p(x | z1, z2): the top grid ``"z2"`` from
+    the prior, the bottom grid ``"z1"`` given it (`vaekit.priors.CodePrior.given`), and the
+    decoder reads both (``decoder(z1, z2)``).
+
+    Args:
+        decoder: Maps ``(z1, z2)`` to the likelihood's parameters.
+        likelihood: Turns those parameters into a distribution over images.
+        z_dim: D, the size of a code vector.
+        prior: A `vaekit.priors.CodePrior` of two levels.
+    """
+
+    def __init__(self, decoder: nn.Module, likelihood: Likelihood, z_dim: int,
+                 prior: CodePrior) -> None:
+        super().__init__(decoder, likelihood, z_dim, 1.0, prior)
+
+    # --8<-- [start:two-level-model]
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the generative program, observing images ``x``."""
+        _register("decoder", self.decoder)
+        _register("likelihood", self.likelihood)
+        _register("prior", self.prior)
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", self.prior(x.shape[0]))
+            z1 = pyro.sample("z1", self.prior.given(z2))
+            out = self.decoder(z1, z2).float()
+            return pyro.sample("x", self.likelihood(out), obs=x)
+    # --8<-- [end:two-level-model]
+
+
+class TwoLevelCodeGuide(CodeGuide):
+    """The VQ-VAE-2's q(z1, z2 | x), both point masses: the encoder's top grid ``z_e2(x)``
+    snapped to the top codebook gives ``"z2"``; the bottom grid ``z_e1``, made from the
+    encoder's features and ``z2`` (``encoder.merge``), snapped to the bottom codebook gives
+    ``"z1"``. Both grids are recorded (``"z_e2"``, ``"z_e1"``); log q = 0.
+
+    Args:
+        encoder: A `vaekit.nets.TwoLevelGridEncoder` or a net with its ``forward`` and ``merge``.
+        posterior: The `VectorQuantized` posterior of two levels, which owns the codebooks.
+    """
+
+    # --8<-- [start:two-level-guide]
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``z2`` and then ``z1``, the codes' vectors, for each image in ``x``."""
+        _register("encoder", self.encoder)
+        _register("posterior", self.posterior)
+        with pyro.plate("data", x.shape[0]):
+            h, z_e2 = self.encoder(x)
+            q_z2 = self.posterior(_record("z_e2", z_e2.float()), level=1)
+            pyro.sample("z2", q_z2)  # a point mass: its draw is q_z2.v, one per image
+            z_e1 = _record("z_e1", self.encoder.merge(h, q_z2.v).float())
+            return pyro.sample("z1", self.posterior(z_e1, level=0))
+    # --8<-- [end:two-level-guide]
 
 
 class GaussianLayer(nn.Module):
@@ -360,43 +423,81 @@ class VAE(nn.Module):
                   beta: float, encoder: nn.Module | type | str | None,
                   decoder: nn.Module | type | str | None, out_channels: int,
                   decay: float) -> None:
-        """The VQ-VAE: `CodeGuide` and `Model` with a prior over the codes."""
-        if self.num_classes or self.latents != 1 or beta != 1.0 or lik.name == "discriminator":
-            raise ConfigError("a VQ-VAE (posterior vq:K) is unconditional, with one grid of "
-                              "codes, beta 1 (log p(codes) is a constant, not a KL to weight) "
-                              "and a pixel likelihood: drop --conditional, --latents, --beta "
-                              "and --likelihood discriminator")
+        """The VQ-VAE: `CodeGuide` and `Model` with a prior over the codes; with ``latents=2``
+        the VQ-VAE-2, `TwoLevelCodeGuide` and `TwoLevelCodeModel`."""
+        if self.num_classes or self.latents not in (1, 2) or beta != 1.0 \
+                or lik.name == "discriminator":
+            raise ConfigError("a VQ-VAE (posterior vq:K) is unconditional, with one or two "
+                              "levels of codes (--latents 1 or 2), beta 1 (log p(codes) is a "
+                              "constant, not a KL to weight) and a pixel likelihood: drop "
+                              "--conditional, --beta and --likelihood discriminator")
         if isinstance(prior, str) and prior not in ("standard", "uniform"):
             raise ConfigError(f"a VQ-VAE's prior is over its codes: use prior uniform (the "
                               f"default), not {prior!r}; a learned one comes from vaekit fit-prior")
         if not isinstance(prior, (str, CodePrior)):
             raise ConfigError("a VQ-VAE's prior must be a vaekit.priors.CodePrior")
-        d = self.z_dim
+        d, levels = self.z_dim, self.latents
         post_mod = posterior if isinstance(posterior, Posterior) else get_posterior(
-            posterior, d, decay=decay)
+            posterior, d, decay=decay, levels=levels)
+        if post_mod.levels != levels:
+            raise ConfigError(f"the posterior has {post_mod.levels} level(s) of codes but "
+                              f"latents is {levels}")
         built = {part: build_net(import_class(net, part), part, 0, self.image_shape, d,
                                  *((out_channels,) if part == "decoder" else ()))
                  for part, net in (("encoder", encoder), ("decoder", decoder))
                  if isinstance(net, (str, type))}
-        encoder = built.get("encoder", encoder) or GridEncoder(self.image_shape, d)
-        decoder = built.get("decoder", decoder) or GridDecoder(self.image_shape, d,
-                                                               out_channels=out_channels)
+        enc_cls, dec_cls = ((GridEncoder, GridDecoder) if levels == 1
+                            else (TwoLevelGridEncoder, TwoLevelGridDecoder))
+        encoder = built.get("encoder", encoder) or enc_cls(self.image_shape, d)
+        decoder = built.get("decoder", decoder) or dec_cls(self.image_shape, d,
+                                                           out_channels=out_channels)
         self._custom_nets = {"encoder": net_name(encoder, "vq"),
                              "decoder": net_name(decoder, "vq")}
-        grid = check_grid_nets(encoder, decoder, self.image_shape, d, out_channels)
+        grids = check_grid_nets(encoder, decoder, self.image_shape, d, out_channels, levels)
         prior_mod = prior if isinstance(prior, CodePrior) else get_prior(
-            "uniform", d, k=post_mod.k)
-        if prior_mod.k != post_mod.k:
-            raise ConfigError(f"the prior is over {prior_mod.k} codes but the codebook has "
-                              f"{post_mod.k}")
-        prior_mod.bind_codebook(post_mod.quantizer, grid)
-        self.model = Model(decoder, lik, d, 1.0, prior_mod)
-        self.guide = CodeGuide(encoder, post_mod)
+            "uniform", d, k=post_mod.k, levels=levels)
+        if prior_mod.k != post_mod.k or prior_mod.levels != levels:
+            raise ConfigError(f"the prior is over {prior_mod.levels} level(s) of "
+                              f"{prior_mod.k} codes but the codebooks are {levels} of {post_mod.k}")
+        prior_mod.bind_codebook(post_mod.quantizer, grids[0], getattr(post_mod, "top", None),
+                                grids[1] if levels == 2 else ())
+        if levels == 1:
+            self.model = Model(decoder, lik, d, 1.0, prior_mod)
+            self.guide = CodeGuide(encoder, post_mod)
+        else:
+            self.model = TwoLevelCodeModel(decoder, lik, d, prior_mod)
+            self.guide = TwoLevelCodeGuide(encoder, post_mod)
 
     @property
     def is_vq(self) -> bool:
-        """Whether this is a VQ-VAE (posterior ``vq:K``)."""
+        """Whether this is a VQ-VAE (posterior ``vq:K``, one or two levels)."""
         return isinstance(self.guide, CodeGuide)
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A VQ-VAE's code grids of images ``x``, bottom (the only one of one level) first:
+        ``([batch, h, w],)`` or ``([batch, h, w], [batch, h', w'])``; no codebook update."""
+        if not self.is_vq:
+            raise ConfigError("only a VQ-VAE (posterior vq:K) has codes")
+        qs = self.posterior.quantizers
+        out = self.encoder(x.to(self.device))
+        if self.latents == 1:
+            return (qs[0].codes_of(out.float()),)
+        h, z_e2 = out
+        top = qs[1].codes_of(z_e2.float())
+        bottom = qs[0].codes_of(self.encoder.merge(h, qs[1].lookup(top)).float())
+        return bottom, top
+
+    def code_likelihood(self, codes: Sequence[torch.Tensor]) -> dist.TorchDistribution:
+        """p(x | codes) of a VQ-VAE, for code grids as `codes` gives them, differentiable."""
+        vectors = [q.lookup(c.to(self.device)) for q, c in zip(self.posterior.quantizers, codes)]
+        return self.likelihood(self.decoder(*vectors).float())
+
+    @torch.no_grad()
+    def decode_codes(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Mean images of p(x | codes) of a VQ-VAE, in [0, 1]."""
+        vectors = [q.lookup(c.to(self.device)) for q, c in zip(self.posterior.quantizers, codes)]
+        return self.likelihood.mean(self.decoder(*vectors))
 
     # -- parts ------------------------------------------------------------------------------
     @property
@@ -485,8 +586,12 @@ class VAE(nn.Module):
 
         Exact for the diagonal posterior (the encoder's ``(z_loc, z_scale)``); for a flow they are
         estimated from 64 draws of q(z|x) (`vaekit.posteriors.Posterior.moments`); for a VQ-VAE
-        the nearest codes' vectors ``[batch, D, h, w]`` and zeros.
+        the nearest codes' vectors ``[batch, D, h, w]`` (of two levels, the bottom grid's) and
+        zeros.
         """
+        if self.is_vq and self.latents == 2:  # the bottom grid's codes' vectors
+            vectors = self.posterior.quantizer.lookup(self.codes(x)[0])
+            return vectors, torch.zeros_like(vectors)
         out = call_net(self.encoder, x.to(self.device), self._labels(y, x.shape[0]))
         return self.posterior.moments(*self._posterior_args(out))
 
@@ -501,6 +606,8 @@ class VAE(nn.Module):
                y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Mean images of ``n`` draws z ~ p(z), the model's prior (of label ``y``, when
         conditional), reproducible with ``generator``."""
+        if self.is_vq and self.latents == 2:  # z2 from p(z2), then z1 from p(z1 | z2)
+            return self.decode_codes(self.prior.sample_levels(n, generator))
         z = self.prior.sample(n, generator=generator).to(self.device)
         if self.latents == 2:  # z1 ~ p(z1|z2), drawn with the same generator
             loc, scale = self.model.p_z1(z)
@@ -510,7 +617,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Decode the posterior mean of each image: ``decode(encode(x)[0])``."""
+        """Decode the posterior mean of each image: ``decode(encode(x)[0])`` (a VQ-VAE: its
+        codes, `decode_codes` of `codes`)."""
+        if self.is_vq:
+            return self.decode_codes(self.codes(x))
         return self.decode(self.encode(x, y)[0], y)
 
     # -- persistence ------------------------------------------------------------------------

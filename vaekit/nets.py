@@ -23,8 +23,8 @@ from torch import nn
 from vaekit.errors import ConfigError
 
 __all__ = ["Block", "Encoder", "Decoder", "MLPEncoder", "MLPDecoder", "ConditionalEncoder",
-           "ConditionalDecoder", "Discriminator", "GridEncoder", "GridDecoder", "default_layers",
-           "make_nets", "NETS"]
+           "ConditionalDecoder", "Discriminator", "GridEncoder", "GridDecoder",
+           "TwoLevelGridEncoder", "TwoLevelGridDecoder", "default_layers", "make_nets", "NETS"]
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,101 @@ class GridDecoder(nn.Module):
         """The parameters for grids ``e`` (leading dimensions kept)."""
         lead = e.shape[:-3]
         out = self.net(e.reshape(-1, *e.shape[-3:]))
+        return out.reshape(*lead, *out.shape[1:])
+
+
+def _top_grid(grid: Sequence[int]) -> tuple[int, int]:
+    """The top grid of a two-level VQ-VAE: the bottom grid halved, rounded up (7x7 to 4x4)."""
+    return tuple((g + 1) // 2 for g in grid)  # type: ignore[return-value]
+
+
+class _Upsample(nn.Module):
+    """A transposed 3x3 stride-2 convolution from the top grid back to the bottom grid's size."""
+
+    def __init__(self, channels_in: int, channels_out: int, bottom: Sequence[int]) -> None:
+        super().__init__()
+        pad = tuple(1 - g % 2 for g in bottom)  # odd sizes come out exactly, even need one more
+        self.conv = nn.ConvTranspose2d(channels_in, channels_out, 3, 2, 1, output_padding=pad)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv(h)
+
+
+class TwoLevelGridEncoder(nn.Module):
+    """The VQ-VAE-2's encoder (Razavi et al. 2019): `GridEncoder`'s layers give features ``h``
+    on the bottom grid (H/4); a stride-2 convolution and a residual block give the top grid's
+    vectors (half that, rounded up: 4x4 for 28x28 images); `merge` then makes the bottom grid's
+    vectors from ``h`` and the quantized top grid, upsampled.
+
+    Args:
+        image_shape: ``(channels, height, width)``; height and width divisible by 4.
+        dim: D, the size of each grid vector (both codebooks').
+        hidden: Channels of the hidden layers.
+    """
+
+    def __init__(self, image_shape: Sequence[int], dim: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.image_shape, self.dim = tuple(image_shape), dim
+        self.grid = _grid_size(image_shape)
+        self.top_grid = _top_grid(self.grid)
+        self.features = nn.Sequential(
+            nn.Conv2d(self.image_shape[0], hidden // 2, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(hidden // 2, hidden, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, 1, 1),
+            _Residual(hidden, hidden // 4), _Residual(hidden, hidden // 4), nn.ReLU())
+        self.top = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 2, 1),
+                                 _Residual(hidden, hidden // 4), nn.ReLU(),
+                                 nn.Conv2d(hidden, dim, 1))
+        self.up = _Upsample(dim, dim, self.grid)
+        self.bottom = nn.Conv2d(hidden + dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, z_e_top)``: the bottom grid's features ``[batch, hidden, H/4, W/4]`` and the
+        top grid's vectors ``[batch, dim, *top_grid]`` of images ``x``."""
+        h = self.features(x)
+        return h, self.top(h)
+
+    def merge(self, h: torch.Tensor, z_top: torch.Tensor) -> torch.Tensor:
+        """The bottom grid's vectors ``[batch, dim, H/4, W/4]`` from the features ``h`` and
+        the top grid's codes' vectors ``z_top`` (leading dimensions of ``z_top`` kept, such as
+        a plate of particles; ``h`` is broadcast to them)."""
+        lead = z_top.shape[:-3]
+        top = z_top.reshape(-1, *z_top.shape[-3:])
+        feats = h.expand(*lead, *h.shape[-3:]).reshape(-1, *h.shape[-3:])
+        out = self.bottom(torch.cat([feats, self.up(top)], dim=1))
+        return out.reshape(*lead, *out.shape[1:])
+
+
+class TwoLevelGridDecoder(nn.Module):
+    """The VQ-VAE-2's decoder: the top grid upsampled to the bottom grid's size, joined to the
+    bottom grid, then `GridDecoder`'s layers: ``(z_bottom, z_top)`` to the likelihood's
+    parameters ``[..., out_channels, H, W]``.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images to make.
+        dim: D, the size of each grid vector.
+        hidden: Channels of the hidden layers.
+        out_channels: Output channels (default the image's).
+    """
+
+    def __init__(self, image_shape: Sequence[int], dim: int = 64, hidden: int = 128,
+                 out_channels: int | None = None) -> None:
+        super().__init__()
+        self.image_shape, self.dim = tuple(image_shape), dim
+        self.grid = _grid_size(image_shape)
+        self.up = _Upsample(dim, dim, self.grid)
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * dim, hidden, 3, 1, 1),
+            _Residual(hidden, hidden // 4), _Residual(hidden, hidden // 4), nn.ReLU(),
+            nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(hidden // 2, out_channels or self.image_shape[0], 4, 2, 1))
+
+    def forward(self, z_bottom: torch.Tensor, z_top: torch.Tensor) -> torch.Tensor:
+        """The parameters for grids ``z_bottom`` and ``z_top`` (leading dimensions kept)."""
+        lead = z_bottom.shape[:-3]
+        bottom = z_bottom.reshape(-1, *z_bottom.shape[-3:])
+        top = self.up(z_top.reshape(-1, *z_top.shape[-3:]))
+        out = self.net(torch.cat([bottom, top], dim=1))
         return out.reshape(*lead, *out.shape[1:])
 
 

@@ -50,76 +50,119 @@ class MaskedConv2d(nn.Conv2d):
 
 
 class _Block(nn.Module):
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, conditioned: bool = False) -> None:
         super().__init__()
         self.conv = MaskedConv2d("B", hidden, hidden, 3)
         self.out = nn.Conv2d(hidden, hidden, 1)
+        self.cond = nn.Conv2d(hidden, hidden, 1) if conditioned else None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.out(F.relu(self.conv(F.relu(h))))
+    def forward(self, h: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.conv(F.relu(h))
+        if self.cond is not None and c is not None:
+            a = a + self.cond(c)  # the condition is known everywhere: no mask
+        return h + self.out(F.relu(a))
 
 
 class PixelCNN(nn.Module):
     """Logits ``[n, K, h, w]`` of each cell's code given the earlier cells, for codes
     ``[n, h, w]``: an embedding, a 7x7 type-A masked convolution, ``layers`` residual type-B
-    blocks and a 1x1 head.
+    blocks and a 1x1 head. With ``conditioned`` it also takes a coarser grid of codes (a
+    VQ-VAE-2's top grid), embedded, resized to the grid (nearest cell) and added in every block
+    through unmasked 1x1 convolutions: each cell then depends on the earlier cells and on the
+    whole condition.
 
     Args:
         k: K, the number of codes.
         hidden: Channels.
         layers: Residual blocks.
+        conditioned: Take a grid of K codes to condition on.
     """
 
-    def __init__(self, k: int, hidden: int = 64, layers: int = 5) -> None:
+    def __init__(self, k: int, hidden: int = 64, layers: int = 5,
+                 conditioned: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(k, hidden)
         self.first = MaskedConv2d("A", hidden, hidden, 7)
-        self.blocks = nn.Sequential(*[_Block(hidden) for _ in range(layers)])
+        self.blocks = nn.ModuleList([_Block(hidden, conditioned) for _ in range(layers)])
         self.head = nn.Conv2d(hidden, k, 1)
+        self.embed_condition = nn.Embedding(k, hidden) if conditioned else None
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """The logits of every cell."""
+    def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """The logits of every cell (given the codes ``condition`` ``[n, h', w']``)."""
         h = self.first(self.embed(codes).permute(0, 3, 1, 2))
-        return self.head(F.relu(self.blocks(h)))
+        c = None
+        if self.embed_condition is not None:
+            if condition is None:
+                raise ConfigError("this PixelCNN is conditioned on a top grid: pass its codes")
+            c = F.interpolate(self.embed_condition(condition).permute(0, 3, 1, 2),
+                              size=codes.shape[-2:], mode="nearest")
+        for block in self.blocks:
+            h = block(h, c)
+        return self.head(F.relu(h))
+
+
+def _log_prob(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Σ over cells of log softmax(logits) at ``codes``: ``[n]``."""
+    return F.log_softmax(logits, dim=1).gather(1, codes[:, None]).flatten(1).sum(1)
 
 
 class PixelCNNPrior(CodePrior):
-    """p(c) = Π_i p(c_i | c_<i) by a `PixelCNN`, the VQ-VAE's learned prior.
+    """p(c) = Π_i p(c_i | c_<i) by a `PixelCNN`, the VQ-VAE's learned prior; of two levels (the
+    VQ-VAE-2) p(c_top) p(c | c_top): a `PixelCNN` over the top grid and one over the bottom grid
+    conditioned on the top grid's codes.
 
     Args:
         z_dim: D, the size of the code vectors.
         k: K, the number of codes.
-        hidden: The PixelCNN's channels.
-        layers: Its residual blocks.
+        hidden: The PixelCNNs' channels.
+        layers: Their residual blocks.
+        levels: 1, or 2 for a VQ-VAE-2.
     """
 
     name = "pixelcnn"
 
-    def __init__(self, z_dim: int, k: int = 512, hidden: int = 64, layers: int = 5) -> None:
-        super().__init__(z_dim, k)
+    def __init__(self, z_dim: int, k: int = 512, hidden: int = 64, layers: int = 5,
+                 levels: int = 1) -> None:
+        super().__init__(z_dim, k, levels)
         self.hidden, self.layers = hidden, layers
-        self.net = PixelCNN(k, hidden, layers)
+        self.net = PixelCNN(k, hidden, layers, conditioned=levels == 2)
+        if levels == 2:
+            self.top_net = PixelCNN(k, hidden, layers)
         self.temperature = 1.0
 
-    def log_prob_codes(self, codes: torch.Tensor) -> torch.Tensor:
+    def log_prob_codes(self, codes: torch.Tensor, top: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """See `CodePrior.log_prob_codes`: Σ over cells of log p(c_i | c_<i), in nats."""
-        logp = F.log_softmax(self.net(codes), dim=1)
-        return logp.gather(1, codes[:, None]).flatten(1).sum(1)
+        return _log_prob(self.net(codes, top), codes)
+
+    def log_prob_top(self, codes: torch.Tensor) -> torch.Tensor:
+        """See `CodePrior.log_prob_top`."""
+        return _log_prob(self.top_net(codes), codes)
 
     @torch.no_grad()
-    def sample_codes(self, n: int) -> torch.Tensor:
-        """See `CodePrior.sample_codes`: cell by cell in raster order, each from its logits
-        divided by `temperature` (1: the model's own distribution)."""
+    def _sample(self, net: PixelCNN, n: int, grid: tuple[int, ...],
+                condition: torch.Tensor | None) -> torch.Tensor:
+        """Cell by cell in raster order, each from its logits divided by `temperature`."""
         if not self.temperature > 0:
             raise ConfigError(f"the temperature must be > 0, got {self.temperature!r}")
-        h, w = self.grid
+        h, w = grid
         codes = torch.zeros(n, h, w, dtype=torch.long, device=self._anchor.device)
         for i in range(h):
             for j in range(w):
-                logits = self.net(codes)[:, :, i, j] / self.temperature
+                logits = net(codes, condition)[:, :, i, j] / self.temperature
                 codes[:, i, j] = torch.multinomial(F.softmax(logits, dim=1), 1)[:, 0]
         return codes
 
+    def sample_codes(self, n: int, top: torch.Tensor | None = None) -> torch.Tensor:
+        """See `CodePrior.sample_codes`: cell by cell in raster order, each from its logits
+        divided by `temperature` (1: the model's own distribution)."""
+        return self._sample(self.net, n, self.grid, top)
+
+    def sample_top(self, n: int) -> torch.Tensor:
+        """See `CodePrior.sample_top`, likewise."""
+        return self._sample(self.top_net, n, self.top_grid, None)
+
     def config(self) -> dict[str, Any]:
         """See `Prior.config`."""
-        return {"k": self.k, "hidden": self.hidden, "layers": self.layers}
+        return {**super().config(), "hidden": self.hidden, "layers": self.layers}

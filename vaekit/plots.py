@@ -209,26 +209,36 @@ def save_traversals(vae: VAE, z: torch.Tensor, dims: Sequence[int], path: str | 
 @torch.no_grad()
 def save_code_usage(vae: VAE, x: torch.Tensor, path: str | os.PathLike[str],
                     grids: int = 8) -> Path:
-    """A VQ-VAE's codes on images ``x``: how often each code is used (sorted, log scale), and
-    the code grids of the first ``grids`` images, each cell coloured by its code."""
-    quantizer = vae.posterior.quantizer
+    """A VQ-VAE's codes on images ``x``: how often each code is used (sorted, log scale; of two
+    levels, a curve per grid), and the code grids of the first ``grids`` images, each cell
+    coloured by its code (of two levels, the bottom grids above their top grids)."""
+    k = vae.posterior.quantizer.num_codes
     with eval_mode(vae):
-        codes = quantizer.codes_of(vae.encode(x.to(vae.device))[0]).cpu()
-    counts = torch.bincount(codes.flatten(), minlength=quantizer.num_codes).double()
+        levels = [c.cpu() for c in vae.codes(x.to(vae.device))]
     plt = _pyplot()
     fig = plt.figure(figsize=(9, 3), dpi=80)
     ax = fig.add_axes((0.07, 0.18, 0.4, 0.7))
-    used = counts[counts > 0].sort(descending=True).values
-    ax.bar(range(len(used)), used.numpy(), width=1.0)
+    names = ["bottom", "top"] if len(levels) == 2 else [None]
+    for codes, name in zip(levels, names):
+        counts = torch.bincount(codes.flatten(), minlength=k).double()
+        used = counts[counts > 0].sort(descending=True).values
+        label = f"{name}: {len(used)} of {k} used" if name else f"{len(used)} of {k} used"
+        ax.step(range(len(used)), used.numpy(), where="mid", label=label)
     ax.set_yscale("log")
-    ax.set_xlabel(f"codes by use ({len(used)} of {quantizer.num_codes} used)")
+    ax.legend(fontsize=8)
+    ax.set_xlabel("codes by use")
     ax.set_ylabel(f"cells of {x.shape[0]} images")
-    n = min(grids, codes.shape[0])
+    n = min(grids, levels[0].shape[0])
+    rows = len(levels)
     for i in range(n):
-        sub = fig.add_axes((0.52 + (i % 4) * 0.12, 0.52 - (i // 4) * 0.4, 0.11, 0.36))
-        sub.imshow(codes[i].numpy(), cmap="tab20", vmin=0, vmax=quantizer.num_codes - 1,
-                   interpolation="nearest")
-        sub.set_axis_off()
+        for r, codes in enumerate(levels):
+            row = (i // 4) * rows + r
+            height = 0.8 / (2 * rows)
+            sub = fig.add_axes((0.52 + (i % 4) * 0.12, 0.88 - (row + 1) * height - row * 0.02,
+                                0.11, height))
+            sub.imshow(codes[i].numpy(), cmap="tab20", vmin=0, vmax=k - 1,
+                       interpolation="nearest")
+            sub.set_axis_off()
     return _save_fig(fig, path)
 
 

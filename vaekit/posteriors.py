@@ -117,25 +117,38 @@ class VectorQuantized(Posterior):
     ``forward(z_e)`` is ``Delta(e_c(x))`` with ``c(x)`` the nearest codes (`VectorQuantizer`):
     log q(z|x) = 0 at its draw, so the ELBO is exactly log p(x|z) + log p(z), and the sample
     carries the straight-through gradient to the encoder. In training mode each call updates the
-    moving-average codebook (once per step: the objective runs the guide once).
+    moving-average codebook (once per step: the objective runs the guide once). With
+    ``levels=2`` (the VQ-VAE-2) it holds a second codebook, ``top``, for the top grid:
+    ``forward(z_e, level=1)`` snaps to it.
 
     Args:
         z_dim: D, the size of each code vector (the encoder's output channels).
-        k: K, the number of codes.
-        decay: The codebook's moving-average decay (0.99); 0: a codebook trained by its loss.
+        k: K, the number of codes (of each codebook).
+        decay: The codebooks' moving-average decay (0.99); 0: codebooks trained by their loss.
+        levels: 1, or 2 for the VQ-VAE-2's bottom and top codebooks.
     """
 
     name = "vq"
 
-    def __init__(self, z_dim: int, k: int = 512, decay: float = 0.99) -> None:
+    def __init__(self, z_dim: int, k: int = 512, decay: float = 0.99, levels: int = 1) -> None:
         super().__init__(z_dim)
-        self.k, self.decay = k, decay
+        if levels not in (1, 2):
+            raise ConfigError(f"a VQ-VAE has 1 or 2 levels of codes, got {levels!r}")
+        self.k, self.decay, self.levels = k, decay, levels
         self.quantizer = VectorQuantizer(k, z_dim, decay)
+        if levels == 2:
+            self.top = VectorQuantizer(k, z_dim, decay)
 
-    def forward(self, z_e: torch.Tensor, z_scale: torch.Tensor | None = None
+    @property
+    def quantizers(self) -> tuple[VectorQuantizer, ...]:
+        """The codebooks, bottom (the only one of one level) first."""
+        return (self.quantizer, self.top) if self.levels == 2 else (self.quantizer,)
+
+    def forward(self, z_e: torch.Tensor, z_scale: torch.Tensor | None = None, level: int = 0
                 ) -> dist.TorchDistribution:
-        """The point mass on the nearest codes' vectors: batch ``[batch]``, event ``[D, h, w]``."""
-        return dist.Delta(self.quantizer(z_e).quantized, event_dim=z_e.dim() - 1)
+        """The point mass on the nearest codes' vectors of codebook ``level`` (0: the bottom):
+        batch ``[batch]``, event ``[D, h, w]``."""
+        return dist.Delta(self.quantizers[level](z_e).quantized, event_dim=z_e.dim() - 1)
 
     @torch.no_grad()
     def moments(self, z_e: torch.Tensor, z_scale: torch.Tensor | None = None,
@@ -146,7 +159,7 @@ class VectorQuantized(Posterior):
 
     def config(self) -> dict[str, Any]:
         """See `Posterior.config`."""
-        return {"k": self.k, "decay": self.decay}
+        return {"k": self.k, "decay": self.decay, **({"levels": 2} if self.levels == 2 else {})}
 
 
 POSTERIORS: dict[str, type[Posterior]] = {"diagonal": Diagonal, "iaf": IAF,

@@ -47,28 +47,33 @@ class PriorFitResult:
 
 
 @torch.no_grad()
-def grid_codes(vae: VAE, x_obs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """The code grids ``[N, h, w]`` of observations ``x_obs`` under a VQ-VAE (eval mode)."""
-    quantizer = vae.posterior.quantizer
-    out = [quantizer.codes_of(vae.encode(x_obs[i : i + batch_size])[0])
-           for i in range(0, x_obs.shape[0], batch_size)]
-    return torch.cat(out)
+def grid_codes(vae: VAE, x_obs: torch.Tensor, batch_size: int = 500
+               ) -> tuple[torch.Tensor, ...]:
+    """The code grids of observations ``x_obs`` under a VQ-VAE (eval mode), per level, bottom
+    first: ``([N, h, w],)`` or ``([N, h, w], [N, h', w'])``."""
+    out = [vae.codes(x_obs[i : i + batch_size]) for i in range(0, x_obs.shape[0], batch_size)]
+    return tuple(torch.cat(level) for level in zip(*out))
 
 
 @torch.no_grad()
-def _recon(vae: VAE, x_obs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def _recon(vae: VAE, x_obs: torch.Tensor, codes: tuple[torch.Tensor, ...],
+           batch_size: int = 500) -> torch.Tensor:
     """-log p(x|c) per image at the images' own codes."""
-    out = []
-    for i in range(0, x_obs.shape[0], batch_size):
-        xb = x_obs[i : i + batch_size]
-        out.append(-vae.px(vae.encode(xb)[0]).log_prob(xb))
-    return torch.cat(out)
+    return torch.cat([-vae.code_likelihood([c[i : i + batch_size] for c in codes]).log_prob(
+        x_obs[i : i + batch_size]) for i in range(0, x_obs.shape[0], batch_size)])
 
 
-def _nll(prior: PixelCNNPrior, codes: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _log_prob(prior: PixelCNNPrior, codes: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """log p(c) per image of every level: log p(c) or log p(c_top) + log p(c | c_top)."""
+    if len(codes) == 1:
+        return prior.log_prob_codes(codes[0])
+    return prior.log_prob_top(codes[1]) + prior.log_prob_codes(codes[0], codes[1])
+
+
+def _nll(prior: PixelCNNPrior, codes: tuple[torch.Tensor, ...], batch_size: int) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([-prior.log_prob_codes(codes[i : i + batch_size])
-                          for i in range(0, codes.shape[0], batch_size)])
+        return torch.cat([-_log_prob(prior, tuple(c[i : i + batch_size] for c in codes))
+                          for i in range(0, codes[0].shape[0], batch_size)])
 
 
 def fit_prior(run_dir: str | os.PathLike[str], settings: PriorSettings | None = None, *,
@@ -113,9 +118,8 @@ def fit_prior(run_dir: str | os.PathLike[str], settings: PriorSettings | None = 
                               "settings, or delete the folder to start again")
         start, history = state["epoch"], state["history"]
     torch.manual_seed(s.seed)
-    prior = PixelCNNPrior(vae.z_dim, vae.posterior.k, s.hidden, s.layers)
-    prior.bind_codebook(vae.posterior.quantizer, vae.prior.grid)
-    prior.to(dev)
+    prior = runs.bind_learned_prior(PixelCNNPrior(vae.z_dim, vae.posterior.k, s.hidden,
+                                                  s.layers, vae.posterior.levels), vae)
     opt = torch.optim.Adam(prior.parameters(), lr=s.lr)
     if state is not None:
         prior.load_state_dict(state["prior"])
@@ -127,23 +131,26 @@ def fit_prior(run_dir: str | os.PathLike[str], settings: PriorSettings | None = 
         images = (splits.train[0], splits.test[0])
     train = grid_codes(vae, test_observations(vae.likelihood, images[0]).to(dev))
     test_x = test_observations(vae.likelihood, images[1]).to(dev)
-    test, recon = grid_codes(vae, test_x), _recon(vae, test_x)
+    test = grid_codes(vae, test_x)
+    recon = _recon(vae, test_x, test)
     for epoch in range(start, s.epochs):
         t0 = time.perf_counter()
         prior.train()
-        order = torch.randperm(train.shape[0],
+        n_train = train[0].shape[0]
+        order = torch.randperm(n_train,
                                generator=torch.Generator().manual_seed(s.seed * 100003 + epoch))
         total = 0.0
-        for i in range(0, train.shape[0], s.batch_size):
-            batch = train[order[i : i + s.batch_size].to(dev)]
-            loss = -prior.log_prob_codes(batch).mean()
+        for i in range(0, n_train, s.batch_size):
+            idx = order[i : i + s.batch_size].to(dev)
+            batch = tuple(level[idx] for level in train)
+            loss = -_log_prob(prior, batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * batch.shape[0]
+            total += float(loss.detach()) * idx.shape[0]
         prior.eval()
         nll = _nll(prior, test, s.batch_size)
-        row = {"epoch": epoch + 1, "train_nll": total / train.shape[0],
+        row = {"epoch": epoch + 1, "train_nll": total / n_train,
                "test_nll": float(nll.mean()), "test_neg_elbo": float((recon + nll).mean()),
                "seconds": time.perf_counter() - t0}
         history.append(row)

@@ -166,98 +166,182 @@ class CodeGrid(dist.TorchDistribution):
     whose vectors ``z`` are (the nearest ones), so it is a probability mass, in nats.
 
     Args:
-        prior: The `CodePrior` whose ``log_prob_codes`` and ``sample_codes`` it uses.
+        prior: The `CodePrior` whose ``log_prob_codes`` and ``sample_codes`` (``level="top"``:
+            ``log_prob_top`` and ``sample_top``) it uses.
         batch_shape: Its batch shape.
+        level: ``"bottom"`` (the only grid of one level) or ``"top"`` (a VQ-VAE-2's).
+        top: For the bottom grid of two levels, the top grid's codes ``[*batch, h', w']`` it is
+            conditioned on.
     """
 
     arg_constraints: ClassVar[dict] = {}
     support = constraints.independent(constraints.real, 3)
 
-    def __init__(self, prior: CodePrior, batch_shape: torch.Size | tuple[int, ...]) -> None:
-        self.prior = prior
-        super().__init__(torch.Size(batch_shape), torch.Size((prior.z_dim, *prior.grid)),
+    def __init__(self, prior: CodePrior, batch_shape: torch.Size | tuple[int, ...],
+                 level: str = "bottom", top: torch.Tensor | None = None) -> None:
+        self.prior, self.level, self.top = prior, level, top
+        self.quantizer, self.grid = ((prior.top_quantizer, prior.top_grid) if level == "top"
+                                     else (prior.quantizer, prior.grid))
+        super().__init__(torch.Size(batch_shape), torch.Size((prior.z_dim, *self.grid)),
                          validate_args=False)
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None
                ) -> CodeGrid:
         """The same distribution with another batch shape."""
-        return CodeGrid(self.prior, batch_shape)
+        top = None if self.top is None else self.top.expand(
+            *batch_shape, *self.top.shape[len(self.batch_shape):])
+        return CodeGrid(self.prior, batch_shape, self.level, top)
+
+    def _context(self, lead: torch.Size) -> torch.Tensor | None:
+        """The top codes flattened to ``[prod(lead), h', w']`` (None for a top or single grid)."""
+        if self.top is None:
+            return None
+        grid = self.top.shape[len(self.batch_shape):]
+        return self.top.expand(*lead, *grid).reshape(-1, *grid)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log p(c) of the codes of ``value`` ``[..., D, h, w]``: ``[...]``."""
-        codes = self.prior.quantizer.codes_of(value, len(self.prior.grid))
-        lp = self.prior.log_prob_codes(codes.reshape(-1, *self.prior.grid))
-        return lp.reshape(codes.shape[:-len(self.prior.grid)])
+        codes = self.quantizer.codes_of(value, len(self.grid))
+        lead = codes.shape[:-len(self.grid)]
+        flat = codes.reshape(-1, *self.grid)
+        lp = (self.prior.log_prob_top(flat) if self.level == "top"
+              else self.prior.log_prob_codes(flat, self._context(lead)))
+        return lp.reshape(lead)
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         """Codes drawn from the prior, as their vectors ``[*sample_shape, *batch, D, h, w]``."""
         lead = torch.Size(sample_shape) + self.batch_shape
-        codes = self.prior.sample_codes(max(1, math.prod(lead)))[:math.prod(lead)]
-        return self.prior.quantizer.lookup(codes, len(self.prior.grid)).reshape(
-            *lead, *self.event_shape)
+        n = math.prod(lead)
+        if self.level == "top":
+            codes = self.prior.sample_top(max(1, n))[:n]
+        else:
+            context = self._context(lead)
+            codes = self.prior.sample_codes(max(1, n), context)[:n]
+        return self.quantizer.lookup(codes, len(self.grid)).reshape(*lead, *self.event_shape)
 
 
 class CodePrior(Prior):
     """Base class of priors over a VQ-VAE's grid of codes (`vaekit.posteriors.VectorQuantized`):
     p(z) is a `CodeGrid`, a distribution over the codebook's vectors. Subclasses implement
-    `log_prob_codes` and `sample_codes`; `vaekit.VAE` binds the codebook and the grid's size.
+    `log_prob_codes` and `sample_codes`, and for two levels (the VQ-VAE-2: p(c_top) p(c | c_top))
+    `log_prob_top` and `sample_top`; `vaekit.VAE` binds the codebooks and the grids' sizes.
 
     Args:
         z_dim: D, the size of the code vectors.
-        k: K, the number of codes.
+        k: K, the number of codes (of each codebook).
+        levels: 1, or 2: a prior over a top grid and a bottom grid given it.
     """
 
-    def __init__(self, z_dim: int, k: int = 512) -> None:
+    def __init__(self, z_dim: int, k: int = 512, levels: int = 1) -> None:
         super().__init__(z_dim)
-        self.k = k
+        if levels not in (1, 2):
+            raise ConfigError(f"a prior over codes has 1 or 2 levels, got {levels!r}")
+        self.k, self.levels = k, levels
         self.grid: tuple[int, ...] = ()
-        self._quantizer: list[nn.Module] = []  # not a submodule: the posterior owns the codebook
+        self.top_grid: tuple[int, ...] = ()
+        self._quantizers: list[nn.Module] = []  # not submodules: the posterior owns the codebooks
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    def bind_codebook(self, quantizer: nn.Module, grid: tuple[int, ...]) -> None:
-        """Use the posterior's codebook (`vaekit.quantize.VectorQuantizer`) on grids ``grid``."""
-        self._quantizer[:] = [quantizer]
-        self.grid = tuple(grid)
+    def bind_codebook(self, quantizer: nn.Module, grid: tuple[int, ...],
+                      top: nn.Module | None = None, top_grid: tuple[int, ...] = ()) -> None:
+        """Use the posterior's codebook (`vaekit.quantize.VectorQuantizer`) on grids ``grid``
+        (and, for two levels, its top codebook on grids ``top_grid``)."""
+        if (top is not None) != (self.levels == 2):
+            raise ConfigError(f"this prior has {self.levels} level(s) of codes: bind "
+                              f"{self.levels} codebook(s)")
+        self._quantizers[:] = [quantizer] + ([top] if top is not None else [])
+        self.grid, self.top_grid = tuple(grid), tuple(top_grid)
 
     @property
     def quantizer(self) -> nn.Module:
-        """The bound codebook."""
-        if not self._quantizer:
+        """The bound (bottom) codebook."""
+        if not self._quantizers:
             raise ConfigError("a prior over codes needs the VQ-VAE's codebook: build it inside "
                               "vaekit.VAE with posterior vq:K")
-        return self._quantizer[0]
+        return self._quantizers[0]
+
+    @property
+    def top_quantizer(self) -> nn.Module:
+        """The bound top codebook of two levels."""
+        if len(self._quantizers) < 2:
+            raise ConfigError("this prior over codes has one level: it has no top codebook")
+        return self._quantizers[1]
 
     def forward(self, n: int) -> dist.TorchDistribution:
-        """See `Prior.forward`: a `CodeGrid` of batch shape ``[n]``."""
-        return CodeGrid(self, (n,))
+        """See `Prior.forward`: a `CodeGrid` of batch shape ``[n]``; of two levels, the top
+        grid's (the bottom's is `given`)."""
+        return CodeGrid(self, (n,), "top" if self.levels == 2 else "bottom")
 
-    def log_prob_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """log p(c) of code grids ``[n, h, w]``: ``[n]``."""
+    def given(self, z_top: torch.Tensor) -> dist.TorchDistribution:
+        """p(z | z_top) of two levels: the bottom grid's `CodeGrid` given the top grid's codes'
+        vectors ``z_top`` ``[*batch, D, h', w']``."""
+        top = self.top_quantizer.codes_of(z_top, len(self.top_grid))
+        return CodeGrid(self, top.shape[:-len(self.top_grid)], "bottom", top)
+
+    @torch.no_grad()
+    def sample_levels(self, n: int, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+        """``n`` code grids per level, bottom first, reproducible with ``generator`` (a seed
+        drawn from it seeds them; one level: what `Prior.sample` draws, as codes)."""
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            if self.levels == 1:
+                return (self.sample_codes(n),)
+            top = self.sample_top(n)
+            return self.sample_codes(n, top), top
+
+    def log_prob_codes(self, codes: torch.Tensor, top: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """log p(c) of code grids ``[n, h, w]`` (of two levels, log p(c | c_top) given the top
+        codes ``[n, h', w']``): ``[n]``."""
         raise NotImplementedError
 
-    def sample_codes(self, n: int) -> torch.Tensor:
-        """``n`` code grids ``[n, h, w]`` from the global random state."""
+    def sample_codes(self, n: int, top: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` code grids ``[n, h, w]`` (of two levels, given the top codes ``top``) from the
+        global random state."""
+        raise NotImplementedError
+
+    def log_prob_top(self, codes: torch.Tensor) -> torch.Tensor:
+        """log p(c_top) of top code grids ``[n, h', w']`` of two levels: ``[n]``."""
+        raise NotImplementedError
+
+    def sample_top(self, n: int) -> torch.Tensor:
+        """``n`` top code grids ``[n, h', w']`` of two levels from the global random state."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
         """See `Prior.config`."""
-        return {"k": self.k}
+        return {"k": self.k, **({"levels": 2} if self.levels == 2 else {})}
 
 
 class UniformCodes(CodePrior):
     """The VQ-VAE's prior while it trains: every code of every grid cell equally likely,
-    log p(c) = -h w log K (the bound's constant "KL" term)."""
+    log p(c) = -h w log K (the bound's constant "KL" term; each level's, for two)."""
 
     name = "uniform"
 
-    def log_prob_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """See `CodePrior.log_prob_codes`."""
+    def _uniform(self, codes: torch.Tensor) -> torch.Tensor:
         cells = math.prod(codes.shape[1:])
         return self._anchor.new_full(codes.shape[:1], -cells * math.log(self.k))
 
-    def sample_codes(self, n: int) -> torch.Tensor:
+    def log_prob_codes(self, codes: torch.Tensor, top: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """See `CodePrior.log_prob_codes`."""
+        return self._uniform(codes)
+
+    def sample_codes(self, n: int, top: torch.Tensor | None = None) -> torch.Tensor:
         """See `CodePrior.sample_codes`."""
         return torch.randint(self.k, (n, *self.grid)).to(self._anchor.device)
+
+    def log_prob_top(self, codes: torch.Tensor) -> torch.Tensor:
+        """See `CodePrior.log_prob_top`."""
+        return self._uniform(codes)
+
+    def sample_top(self, n: int) -> torch.Tensor:
+        """See `CodePrior.sample_top`."""
+        return torch.randint(self.k, (n, *self.top_grid)).to(self._anchor.device)
 
 
 PRIORS: dict[str, type[Prior]] = {"standard": StandardNormal, "mog": MixtureOfGaussians,

@@ -33,6 +33,7 @@ __all__ = [
     "CODES",
     "PRIOR_FOLDER",
     "learned_prior",
+    "bind_learned_prior",
     "EVALUATION",
     "RUN_FILES",
     "make_config",
@@ -485,7 +486,7 @@ PRIOR_FOLDER = "prior"
 
 def learned_prior(run_dir: str | os.PathLike[str], vae: Any) -> Any:
     """The `vaekit.pixelcnn.PixelCNNPrior` fitted to a VQ-VAE run (``RUN/prior``), bound to
-    ``vae``'s codebook, in eval mode on its device; None when none has been fitted."""
+    ``vae``'s codebooks, in eval mode on its device; None when none has been fitted."""
     from vaekit.pixelcnn import PixelCNNPrior
 
     folder = Path(run_dir) / PRIOR_FOLDER
@@ -493,10 +494,19 @@ def learned_prior(run_dir: str | os.PathLike[str], vae: Any) -> Any:
         return None
     state = load_checkpoint(folder)
     s = state["settings"]
-    prior = PixelCNNPrior(vae.z_dim, vae.posterior.k, s["hidden"], s["layers"])
+    prior = PixelCNNPrior(vae.z_dim, vae.posterior.k, s["hidden"], s["layers"],
+                          vae.posterior.levels)
     prior.load_state_dict(state["prior"])
-    prior.bind_codebook(vae.posterior.quantizer, vae.prior.grid)
-    return prior.to(next(vae.parameters()).device).eval()
+    return bind_learned_prior(prior, vae).eval()
+
+
+def bind_learned_prior(prior: Any, vae: Any) -> Any:
+    """``prior`` (a `vaekit.priors.CodePrior`) bound to ``vae``'s codebooks and grids, on its
+    device."""
+    post = vae.posterior
+    prior.bind_codebook(post.quantizer, vae.prior.grid, getattr(post, "top", None),
+                        vae.prior.top_grid)
+    return prior.to(next(vae.parameters()).device)
 
 
 def load_weights(vae: Any, state: dict[str, Any], run_dir: str | os.PathLike[str]) -> None:

@@ -234,7 +234,9 @@ class ModelSpec:
         0.99, "vq:K: the codebook's moving-average decay (0: a codebook learned by the codebook "
         "loss instead).", min=0, max=0.9999)
     latents: int = setting(1, "Stochastic layers: 1 (z) or 2 (z2 from the prior, z1 given z2, "
-                           "the decoder reads z1; the posterior is q(z1|x)).", min=1, max=2)
+                           "the decoder reads z1; the posterior is q(z1|x)); with vq:K, 2 is "
+                           "the VQ-VAE-2 (a top grid z2 and a bottom grid z1 given it, the "
+                           "decoder reads both).", min=1, max=2)
     beta: float = setting(1.0, "Weight of the KL term (β-VAE); 1 is the ELBO.", min=0, max=1e4)
     z_dim: int = setting(32, "Latent dimension.", min=1, max=MAX_Z_DIM)
     conditional: bool = setting(

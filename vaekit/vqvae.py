@@ -33,10 +33,17 @@ def is_vq(vae: VAE) -> bool:
     return bool(getattr(vae, "is_vq", False))
 
 
+def _levels(vae: VAE) -> list[tuple[str, str]]:
+    """The guide's ``(record, site)`` of each level, bottom first: ``("z_e", "z")``, or
+    ``("z_e1", "z1")`` and ``("z_e2", "z2")`` for two levels."""
+    return [("z_e", "z")] if vae.latents == 1 else [("z_e1", "z1"), ("z_e2", "z2")]
+
+
 class VQTraining(Objective):
     """The VQ-VAE's loss: ``-log p(x|z) + commitment ||z_e - sg(z)||^2`` per image (plus the
     codebook loss ``||sg(z_e) - e||^2`` when the codebook is not a moving average), summed over
-    the batch; and the epoch's codebook usage for ``metrics.csv``.
+    the batch; and the epoch's codebook usage for ``metrics.csv``. Of two levels (the
+    VQ-VAE-2) the commitment and codebook terms are those of both grids, summed.
 
     Args:
         vae: A VQ-VAE.
@@ -53,33 +60,36 @@ class VQTraining(Objective):
         if not commitment >= 0:
             raise ConfigError(f"commitment must be >= 0, got {commitment!r}")
         self.vae, self.commitment = vae, float(commitment)
-        k = vae.posterior.quantizer.num_codes
-        self._epoch = torch.zeros(k + 3, dtype=torch.float64)  # code counts, Σ commit, Σ book, n
+        self._k = vae.posterior.quantizer.num_codes
+        levels = vae.posterior.levels
+        # per level: code counts; then Σ commitment, Σ codebook loss, images
+        self._epoch = torch.zeros(levels * self._k + 3, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The VQ-VAE's loss on ``x``, summed over the batch."""
         t = site_log_probs(self.vae, x, y, closed_form=False)
-        quantizer = self.vae.posterior.quantizer
-        z_e, z = (v.reshape(-1, *v.shape[-4:])[0]  # the first particle: [batch, D, h, w]
-                  for v in (t.recorded["z_e"], t.values["z"].detach()))
-        cells = tuple(range(1, z_e.dim()))
-        commit = (z_e - z).pow(2).sum(cells)
-        codes = quantizer.codes_of(z)
-        book = (z_e.detach() - quantizer.lookup(codes)).pow(2).sum(cells)
-        loss = -t.log_lik[0] + self.commitment * commit
-        if not quantizer.ema:
+        loss, commit, book, counts = -t.log_lik[0], 0.0, 0.0, []
+        for (record, site), quantizer in zip(_levels(self.vae), self.vae.posterior.quantizers):
+            z_e, z = (v.reshape(-1, *v.shape[-3:])[:x.shape[0]]  # the first particle:
+                      for v in (t.recorded[record], t.values[site].detach()))  # [batch, D, h, w]
+            cells = tuple(range(1, z_e.dim()))
+            codes = quantizer.codes_of(z)
+            commit = commit + (z_e - z).pow(2).sum(cells)
+            book = book + (z_e.detach() - quantizer.lookup(codes)).pow(2).sum(cells)
+            counts.append(torch.bincount(codes.flatten(), minlength=self._k))
+        loss = loss + self.commitment * commit
+        if not self.vae.posterior.quantizer.ema:
             loss = loss + book
-        self._count(codes, commit.detach(), book.detach(), quantizer.num_codes)
+        self._count(counts, commit.detach(), book.detach(), x.shape[0])
         return loss.sum()
 
     @torch.no_grad()
-    def _count(self, codes: torch.Tensor, commit: torch.Tensor, book: torch.Tensor,
-               k: int) -> None:
+    def _count(self, counts: list[torch.Tensor], commit: torch.Tensor, book: torch.Tensor,
+               n: int) -> None:
         """Add the batch's code counts and terms to the epoch's sums (over every rank)."""
-        step = torch.cat([torch.bincount(codes.flatten(), minlength=k).double(),
+        step = torch.cat([*(c.double() for c in counts),
                           torch.stack([commit.sum(), book.sum()]).double(),
-                          torch.tensor([float(codes.shape[0])], dtype=torch.float64,
-                                       device=codes.device)])
+                          torch.tensor([float(n)], dtype=torch.float64, device=commit.device)])
         if torch_dist.is_available() and torch_dist.is_initialized():
             torch_dist.all_reduce(step)
         self._epoch += step.cpu()
@@ -87,12 +97,17 @@ class VQTraining(Objective):
     def epoch_metrics(self) -> dict[str, float]:
         """The epoch's codebook usage: ``perplexity`` of the codes' frequencies (K when all are
         used equally), ``codes_used``, and the mean ``commitment`` and ``codebook_loss`` per
-        image (unweighted); the sums start again for the next epoch."""
+        image (unweighted); of two levels also ``perplexity_top`` and ``codes_used_top``. The
+        sums start again for the next epoch."""
         counts, (commit, book, n) = self._epoch[:-3].clone(), self._epoch[-3:].tolist()
         self._epoch.zero_()
         n = max(n, 1.0)
-        return {"perplexity": perplexity_of_counts(counts), "codes_used": float(counts.gt(0).sum()),
-                "commitment": commit / n, "codebook_loss": book / n}
+        out = {}
+        for i, suffix in enumerate(["", "_top"][:counts.numel() // self._k]):
+            level = counts[i * self._k:(i + 1) * self._k]
+            out.update({f"perplexity{suffix}": perplexity_of_counts(level),
+                        f"codes_used{suffix}": float(level.gt(0).sum())})
+        return {**out, "commitment": commit / n, "codebook_loss": book / n}
 
     def auxiliary_state(self) -> dict[str, object]:
         """The epoch's sums so far (a run resumed mid-epoch reports the same epoch numbers); the
