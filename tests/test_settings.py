@@ -148,7 +148,7 @@ LAYERS = [
     {"pixelcnn"},
     {"building"},
     {"model"},
-    {"adversarial", "vqvae"},
+    {"adversarial", "vqvae", "semisupervised"},
     {"objectives", "evaluation", "plots", "quality"},
     {"runs", "tracking", "checks"},
     {"session"},

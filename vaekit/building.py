@@ -112,7 +112,9 @@ def arguments_from_spec(spec: ModelSpec, image_shape: Sequence[int] = (1, 28, 28
     else:
         likelihood = get_likelihood(spec.likelihood, **options)
     return dict(z_dim=spec.z_dim, likelihood=likelihood, beta=spec.beta,
-                image_shape=tuple(image_shape), num_classes=num_classes if spec.conditional else 0,
+                image_shape=tuple(image_shape),
+                num_classes=num_classes if spec.conditional or spec.semi_supervised else 0,
+                semi_supervised=spec.semi_supervised,
                 prior=prior, posterior=posterior, latents=spec.latents, nets=spec.nets,
                 codebook_decay=spec.codebook_decay, **nets)
 

@@ -15,6 +15,7 @@ from vaekit.data import Splits, to_unit
 from vaekit.errors import ConfigError, DataError
 from vaekit.model import VAE
 from vaekit.objectives import check_objective
+from vaekit.semisupervised import labelled_subset
 from vaekit.settings import TrainSettings
 from vaekit.traces import site_log_probs
 
@@ -57,6 +58,8 @@ def checked_splits(vae: VAE, splits: Splits, s: TrainSettings, world: int) -> Sp
             check_images(vae, part[0], what)
             if vae.num_classes:
                 check_labels(vae, part[0], part[1], what)
+    if getattr(vae, "semi_supervised", False):  # too few images of a class: before the disk
+        labelled_subset(splits.train[1], s.labels, s.seed, vae.num_classes)
     if vae.num_classes:
         return splits
     return Splits((train, None), None if splits.val is None else (splits.val[0], None),

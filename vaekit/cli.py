@@ -625,7 +625,8 @@ def _print_bound(vae: Any, r: Any) -> None:
         (f"β-objective recon + {r.beta:g}·KL", f"{r.objective:.2f}"),
         (f"IWAE -log p(x), K={r.num_samples}", f"{r.neg_log_px:.2f} ± {r.neg_log_px_se:.2f}"),
         ("bits/dim", bpd),
-        *([(f"active units{' of z1' if vae.latents == 2 else ''} (Cov > "
+        *([] if r.accuracy is not None else  # M2: z is drawn per class
+          [(f"active units{' of z1' if vae.latents == 2 else ''} (Cov > "
             f"{r.active_threshold:g})", f"{r.active_units} of {vae.z_dim}"),
            ("KL per dimension, largest", top)] if r.codes_used is None else
           [("codes used" + (" (bottom)" if r.codes_used_top is not None else ""),
@@ -633,8 +634,12 @@ def _print_bound(vae: Any, r: Any) -> None:
            *([("codes used (top)", f"{r.codes_used_top} of {vae.posterior.k}, perplexity "
                                    f"{r.code_perplexity_top:.1f}")]
              if r.codes_used_top is not None else [])]),
+        *([("test accuracy of q(y|x)", f"{r.accuracy:.2f}%"),
+           ("  clustering accuracy", f"{r.clustering_accuracy:.2f}% (best matching)")]
+          if r.accuracy is not None else []),
     ]
-    click.echo(f"  {r.n_images} test images, nats per image (± standard error)")
+    click.echo(f"  {r.n_images} test images, nats per image (± standard error)"
+               + ("; y summed out of the bounds" if r.accuracy is not None else ""))
     for name, value in rows:
         click.echo(f"  {name:<34} {value}")
 

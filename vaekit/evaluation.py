@@ -22,7 +22,8 @@ from vaekit.model import VAE, Guide, Model
 from vaekit.posteriors import Diagonal
 from vaekit.priors import StandardNormal
 from vaekit.quantize import perplexity_of_counts
-from vaekit.traces import SiteLogProbs, site_log_probs
+from vaekit.semisupervised import accuracy, is_semi_supervised
+from vaekit.traces import SiteLogProbs, enumerated_log_probs, site_log_probs
 
 __all__ = [
     "elbo_terms",
@@ -61,7 +62,10 @@ def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
     term of the ELBO: q and p of the site both have one, and no latent the model conditions it
     on was drawn after it in the guide (`vaekit.traces.closed_form_sites`; so for two layers,
     with q(z2|z1) drawn after z1, z1's KL is ``log q(z1|x) - log p(z1|z2)`` at the draws).
-    Every other site contributes the one-draw ``log q - log p``. For vaekit's own Normal(0, I)
+    Every other site contributes the one-draw ``log q - log p``. A semi-supervised VAE without
+    labels sums y out exactly (`vaekit.traces.enumerated_log_probs`): the reconstruction is
+    ``Σ_y q(y|x) (-log p(x|z_y, y))`` and the KL ``Σ_y q(y|x) (log q(z_y|x,y) - log p(z_y)) +
+    KL(q(y|x) || p(y))``, one z_y ~ q(z|x, y) per class. For vaekit's own Normal(0, I)
     prior and diagonal posterior this is computed directly from the encoder and decoder (the
     same numbers, faster).
 
@@ -73,6 +77,11 @@ def elbo_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None
     Returns:
         Two tensors of shape ``[batch]``; their sum is the per-image -ELBO (β = 1).
     """
+    if is_semi_supervised(vae) and y is None:  # M2, y summed out: Σ_y q(y|x) (...)
+        e = enumerated_log_probs(vae, x, 1)
+        q = e.log_q_enum.exp()
+        return (-(q * e.log_lik[:, 0]).sum(0),
+                (q * (e.kl_other[:, 0] + e.log_q_enum - e.log_p_enum)).sum(0))
     if not is_standard_gaussian(vae):
         t = site_log_probs(vae, x, y, 1)
         return -t.log_lik[0], t.kl_total[0]
@@ -234,6 +243,12 @@ def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_s
             xb = x[i : i + batch_size].to(dev)
             yb = None if y is None else y[i : i + batch_size].to(dev)
             b = xb.shape[0]
+            if is_semi_supervised(vae) and yb is None:  # y summed out exactly
+                r = _enumerated_pass(vae, xb, k, max(1, chunk_size // (b * vae.num_classes)))
+                for key, value in r.items():
+                    out[key].append(value)
+                bar.update(b)
+                continue
             per = max(1, chunk_size // b)
             log_w, log_lik, kls, z_sum = [], [], {}, None
             for j in range(0, k, per):
@@ -264,6 +279,24 @@ def _importance_pass_traced(vae: VAE, x: torch.Tensor, num_samples: int, batch_s
         kl_per_dim=None, z_loc=None if any(v is None for v in locs) else torch.cat(locs),
         discrete=discrete,
         kl_sites={s: torch.cat([d[s] for d in out["sites"]]) for s in out["sites"][0]})
+
+
+def _enumerated_pass(vae: VAE, x: torch.Tensor, k: int, per: int) -> dict[str, Any]:
+    """One batch of `_importance_pass_traced` for a semi-supervised VAE, y summed out: K draws
+    of z ~ q(z|x, y) for every class y, ``-log p(x) ≈ -logsumexp_y log (1/K) Σ_k w_yk``."""
+    log_w, log_lik, kl_z, e = [], [], [], None
+    for j in range(0, k, per):
+        e = enumerated_log_probs(vae, x, min(per, k - j))
+        log_w.append(e.log_weights)
+        log_lik.append(e.log_lik)
+        kl_z.append(e.kl_other)
+    q = e.log_q_enum.exp()
+    lw = torch.cat(log_w, dim=1)
+    kl_sites = {"z": (q * torch.cat(kl_z, dim=1).mean(1)).sum(0),
+                e.site: (q * (e.log_q_enum - e.log_p_enum)).sum(0)}
+    return {"iwae": math.log(k) - torch.logsumexp(lw.flatten(0, 1), dim=0),
+            "recon": -(q * torch.cat(log_lik, dim=1).mean(1)).sum(0),
+            "kl": kl_sites["z"] + kl_sites[e.site], "loc": None, "sites": kl_sites}
 
 
 def iwae_bound(vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 100,
@@ -483,6 +516,10 @@ class Evaluation:
             prior (None for other models).
         codes_used_top: A VQ-VAE-2's top-grid codes used (None for others).
         code_perplexity_top: Their perplexity (None for others).
+        accuracy: A semi-supervised VAE's test accuracy of q(y|x) in percent (given labels;
+            None for others); its bounds sum y out.
+        clustering_accuracy: The same under the best matching of classes to labels (the
+            Hungarian method; what scores a model trained without labels).
     """
 
     n_images: int
@@ -505,6 +542,8 @@ class Evaluation:
     neg_elbo_uniform_prior: float | None = None
     codes_used_top: int | None = None
     code_perplexity_top: float | None = None
+    accuracy: float | None = None
+    clustering_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -535,7 +574,8 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         seed: Seeds the draws of z.
         active_threshold: Variance threshold for `active_units`.
         progress: Show a progress bar over the images.
-        y: Labels ``[N]``, for a conditional VAE.
+        y: Labels ``[N]``, for a conditional VAE; for a semi-supervised one they score its
+            classifier (`Evaluation.accuracy`) and its bounds sum y out.
 
     Returns:
         An `Evaluation`.
@@ -546,6 +586,9 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
     """
     if getattr(vae, "is_vq", False):  # a point mass: every importance weight is the same
         num_samples = 1
+    labels, semi = y, is_semi_supervised(vae)
+    if semi:  # the bounds of p(x), y summed out; the labels score the classifier
+        y = None
     r = _importance_pass(vae, x_obs, num_samples, batch_size, chunk_size, seed, progress, y)
     n = r.neg_log_px.shape[0]
     neg_elbo = r.recon + r.kl
@@ -572,6 +615,9 @@ def evaluate(vae: VAE, x_obs: torch.Tensor, num_samples: int = 1000, batch_size:
         bits_per_dim=_bits_per_dim(vae, nlp, dims),
         kl_sites={k: float(v.mean()) for k, v in (r.kl_sites or {}).items()},
         **_code_usage(vae, x_obs, batch_size, float(r.recon.mean())),
+        **({"accuracy": accuracy(vae, x_obs, labels, batch_size),
+            "clustering_accuracy": accuracy(vae, x_obs, labels, batch_size, clusters=True)}
+           if semi and labels is not None else {}),
     )
 
 

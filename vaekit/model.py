@@ -40,6 +40,7 @@ from vaekit.nets import (
     GridEncoder,
     TwoLevelGridDecoder,
     TwoLevelGridEncoder,
+    make_classifier,
     make_nets,
 )
 from vaekit.plugins import import_class
@@ -48,6 +49,7 @@ from vaekit.priors import CodePrior, Prior, StandardNormal, get_prior
 from vaekit.settings import MAX_Z_DIM, ModelSpec
 
 __all__ = ["Model", "Guide", "CodeGuide", "TwoLevelCodeModel", "TwoLevelCodeGuide", "VAE",
+           "SemiSupervisedModel", "SemiSupervisedGuide", "call_per_label",
            "HierarchicalModel", "HierarchicalGuide", "GaussianLayer"]
 
 
@@ -239,6 +241,90 @@ class TwoLevelCodeGuide(CodeGuide):
     # --8<-- [end:two-level-guide]
 
 
+def call_per_label(net: nn.Module, inp: torch.Tensor, y: torch.Tensor, event_dim: int) -> Any:
+    """``net(inp, y)`` for labels ``y`` that broadcast against ``inp``'s batch dimensions (all
+    but its last ``event_dim``): an enumerated ``y`` ``[C, 1]`` with images ``[B, ...]`` runs the
+    net on the ``C * B`` pairs, flattened to one batch as a conditional net takes them, and
+    gives its outputs back shaped ``[C, B, ...]``."""
+    lead = inp.shape[:inp.dim() - event_dim]
+    batch = torch.broadcast_shapes(y.shape, lead)
+    if tuple(batch) == tuple(lead) and y.dim() == 1:  # one label per image: as it is
+        return net(inp, y.expand(batch))
+    event = inp.shape[inp.dim() - event_dim:]
+    out = net(inp.expand(*batch, *event).reshape(-1, *event), y.expand(batch).reshape(-1))
+    return (tuple(o.reshape(*batch, *o.shape[1:]) for o in out) if isinstance(out, tuple)
+            else out.reshape(*batch, *out.shape[1:]))
+
+
+class SemiSupervisedModel(nn.Module):
+    """Kingma et al.'s (2014) M2: p(x, y, z) = p(y) p(z) p(x | z, y), with p(y) uniform over the
+    classes; ``y`` is observed for a labelled image and a latent variable for the others.
+
+    Args:
+        decoder: Maps ``(z, y)`` to the likelihood's parameters.
+        likelihood: Turns those parameters into a distribution over images.
+        z_dim: Latent dimension.
+        num_classes: Number of classes.
+        beta: Weight of the KL term of ``z`` (``y``'s is not weighted).
+        prior: p(z).
+    """
+
+    def __init__(self, decoder: nn.Module, likelihood: Likelihood, z_dim: int, num_classes: int,
+                 beta: float, prior: Prior) -> None:
+        super().__init__()
+        self.decoder, self.likelihood, self.z_dim, self.beta = decoder, likelihood, z_dim, beta
+        self.prior, self.num_classes = prior, num_classes
+        self.register_buffer("class_logits", torch.zeros(num_classes))  # p(y) = 1 / C
+
+    # --8<-- [start:m2-model]
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the generative program on images ``x``, observing labels ``y`` if given."""
+        for name, part in (("decoder", self.decoder), ("likelihood", self.likelihood),
+                           ("prior", self.prior)):
+            _register(name, part)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=self.class_logits), obs=y)
+            with _kl_weight(self.beta):
+                z = pyro.sample("z", self.prior(x.shape[0]))
+            out = call_per_label(self.decoder, z, y, 1).float()
+            return pyro.sample("x", self.likelihood(out), obs=x)
+    # --8<-- [end:m2-model]
+
+
+class SemiSupervisedGuide(nn.Module):
+    """M2's q(y, z | x) = q(y|x) q(z|x, y): the classifier's Categorical q(y|x), drawn only for
+    an unlabelled image (for a labelled one ``y`` is given), then q(z|x, y) of the conditional
+    encoder. `vaekit.semisupervised.SemiSupervised` sums ``y`` out by Pyro's parallel
+    enumeration (``config_enumerate``, ``TraceEnum_ELBO``) rather than drawing it.
+
+    Args:
+        encoder: Maps ``(x, y)`` to ``(z_loc, z_scale)``.
+        classifier: Maps images to the logits of q(y|x).
+        beta: Weight of the KL term of ``z``; must equal the model's.
+        posterior: q(z|x, y) from the encoder's output.
+    """
+
+    def __init__(self, encoder: nn.Module, classifier: nn.Module, beta: float,
+                 posterior: Posterior) -> None:
+        super().__init__()
+        self.encoder, self.classifier, self.beta, self.posterior = (encoder, classifier, beta,
+                                                                    posterior)
+
+    # --8<-- [start:m2-guide]
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``y`` (unless given) and ``z`` for each image in ``x``."""
+        for name, part in (("encoder", self.encoder), ("classifier", self.classifier),
+                           ("posterior", self.posterior)):
+            _register(name, part)
+        with pyro.plate("data", x.shape[0]):
+            if y is None:
+                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x).float()))
+            z_loc, z_scale = call_per_label(self.encoder, x, y, 3)
+            with _kl_weight(self.beta):
+                return pyro.sample("z", self.posterior(z_loc.float(), z_scale.float()))
+    # --8<-- [end:m2-guide]
+
+
 class GaussianLayer(nn.Module):
     """A diagonal Normal whose location and scale an MLP computes from its input:
     ``(loc, scale) = MLP(h)``, one hidden layer with ELU.
@@ -351,6 +437,10 @@ class VAE(nn.Module):
             `vaekit.nets.make_nets`).
         codebook_decay: A VQ-VAE's moving-average decay of the codebook (0: learned by the
             codebook loss instead).
+        semi_supervised: Kingma et al.'s M2 over ``num_classes`` labels
+            (`SemiSupervisedModel`, `SemiSupervisedGuide`): the conditional VAE's nets and a
+            classifier q(y|x) (`vaekit.nets.make_classifier` of ``nets``); ``y`` is observed
+            where a label is given and a latent variable elsewhere.
 
     Raises:
         ConfigError: for an unknown likelihood, ``beta < 0``, ``z_dim < 1``, an image size the
@@ -371,6 +461,7 @@ class VAE(nn.Module):
         latents: int = 1,
         nets: str = "dcgan",
         codebook_decay: float = 0.99,
+        semi_supervised: bool = False,
     ) -> None:
         super().__init__()
         if not (isinstance(z_dim, int) and 1 <= z_dim <= MAX_Z_DIM):
@@ -383,7 +474,11 @@ class VAE(nn.Module):
         self.num_classes = num_classes
         lik = get_likelihood(likelihood)
         out_channels = self.image_shape[0] * lik.params_per_channel
-        self.nets, self.latents = nets, latents
+        self.nets, self.latents, self.semi_supervised = nets, latents, bool(semi_supervised)
+        if semi_supervised and (num_classes < 2 or latents != 1 or _is_vq(posterior)):
+            raise ConfigError("the semi-supervised VAE (M2) needs a labelled data set of at "
+                              "least 2 classes, one latent layer and a Gaussian-family "
+                              "posterior: drop --latents 2 and --posterior vq:K")
         if _is_vq(posterior):
             self._build_vq(lik, posterior, prior, beta, encoder, decoder, out_channels,
                            codebook_decay)
@@ -412,9 +507,14 @@ class VAE(nn.Module):
                               "latent layers gives z1, not z2: use prior standard or mog:K")
         prior_mod.bind(encoder)
         post_mod = get_posterior(posterior, z_dim)
-        if latents == 2:
-            self.model: nn.Module = HierarchicalModel(decoder, lik, z_dim, beta, prior_mod)
-            self.guide: nn.Module = HierarchicalGuide(encoder, beta, post_mod, z_dim)
+        if semi_supervised:
+            classifier = make_classifier(nets, self.image_shape, num_classes)
+            self.model: nn.Module = SemiSupervisedModel(decoder, lik, z_dim, num_classes, beta,
+                                                        prior_mod)
+            self.guide: nn.Module = SemiSupervisedGuide(encoder, classifier, beta, post_mod)
+        elif latents == 2:
+            self.model = HierarchicalModel(decoder, lik, z_dim, beta, prior_mod)
+            self.guide = HierarchicalGuide(encoder, beta, post_mod, z_dim)
         else:
             self.model = Model(decoder, lik, z_dim, beta, prior_mod)
             self.guide = Guide(encoder, beta, post_mod)
@@ -467,6 +567,18 @@ class VAE(nn.Module):
         else:
             self.model = TwoLevelCodeModel(decoder, lik, d, prior_mod)
             self.guide = TwoLevelCodeGuide(encoder, post_mod)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The semi-supervised VAE's q(y|x) network (its logits)."""
+        if not self.semi_supervised:
+            raise ConfigError("only a semi-supervised VAE (semi_supervised=True) has a classifier")
+        return self.guide.classifier
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(y|x) of the semi-supervised VAE's classifier, ``[batch, num_classes]``."""
+        return torch.log_softmax(self.classifier(x.to(self.device)).float(), dim=-1)
 
     @property
     def is_vq(self) -> bool:
@@ -641,6 +753,7 @@ class VAE(nn.Module):
             "decoder": self._custom_nets["decoder"],
             "num_classes": self.num_classes,
             "nets": self.nets,
+            **({"semi_supervised": True} if self.semi_supervised else {}),
         }
 
     @classmethod
@@ -685,7 +798,8 @@ class VAE(nn.Module):
         lik_id = likelihood_id(self.likelihood)
         return ModelSpec(likelihood=lik_id.get("class", lik_id.get("name")), beta=self.beta,
                          z_dim=self.z_dim,
-                         conditional=self.num_classes > 0, prior=part_spec(self.prior),
+                         conditional=self.num_classes > 0 and not self.semi_supervised,
+                         semi_supervised=self.semi_supervised, prior=part_spec(self.prior),
                          posterior=part_spec(self.posterior), latents=self.latents,
                          nets=self.nets, **custom,
                          **({"codebook_decay": self.posterior.decay} if self.is_vq else {}),

@@ -24,7 +24,8 @@ from vaekit.errors import ConfigError
 
 __all__ = ["Block", "Encoder", "Decoder", "MLPEncoder", "MLPDecoder", "ConditionalEncoder",
            "ConditionalDecoder", "Discriminator", "GridEncoder", "GridDecoder",
-           "TwoLevelGridEncoder", "TwoLevelGridDecoder", "default_layers", "make_nets", "NETS"]
+           "TwoLevelGridEncoder", "TwoLevelGridDecoder", "Classifier", "MLPClassifier",
+           "default_layers", "make_nets", "make_classifier", "NETS"]
 
 
 @dataclass(frozen=True)
@@ -544,3 +545,67 @@ class ConditionalDecoder(nn.Module):
         """Likelihood parameters for latents ``z`` (``[..., batch, z_dim]``) and labels ``y``."""
         code = nn.functional.one_hot(y, self.num_classes).to(z.dtype)
         return self.inner(torch.cat([z, code.expand(*z.shape[:-1], -1)], dim=-1))
+
+
+class Classifier(nn.Module):
+    """Conv classifier of the DCGAN family, the logits of q(y|x): the default encoder's layout
+    (`default_layers`) at twice its widths, every block Conv2d + BatchNorm + LeakyReLU(0.2),
+    down to 128 channels at 1x1, then a linear layer to ``num_classes`` logits.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images.
+        num_classes: Number of classes.
+    """
+
+    def __init__(self, image_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.image_shape, self.num_classes = tuple(image_shape), num_classes
+        enc = default_layers(image_shape, 64)[0]
+        blocks = [Block(2 * b.channels, b.kernel, b.stride, b.padding) for b in enc[:-1]]
+        blocks.append(Block(128, enc[-1].kernel, enc[-1].stride, enc[-1].padding))
+        layers: list[nn.Module] = []
+        in_ch = self.image_shape[0]
+        for b in blocks:
+            layers += [nn.Conv2d(in_ch, b.channels, b.kernel, b.stride, b.padding),
+                       nn.BatchNorm2d(b.channels), nn.LeakyReLU(0.2, inplace=True)]
+            in_ch = b.channels
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_ch, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits ``[batch, num_classes]`` of images ``[batch, C, H, W]``."""
+        return self.net(x)
+
+
+class MLPClassifier(nn.Module):
+    """Fully connected classifier, the logits of q(y|x): hidden layers with SiLU (Pyro's M2
+    example uses one of 500 units).
+
+    Args:
+        image_shape: ``(channels, height, width)`` of the images.
+        num_classes: Number of classes.
+        hidden: Units of each hidden layer.
+    """
+
+    def __init__(self, image_shape: Sequence[int], num_classes: int,
+                 hidden: Sequence[int] = (300, 300)) -> None:
+        super().__init__()
+        sizes = [math.prod(tuple(image_shape)), *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes))
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits ``[batch, num_classes]`` of images ``[batch, C, H, W]``."""
+        return self.net(x)
+
+
+def make_classifier(name: str, image_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The classifier q(y|x) of a network family (`make_nets`' names): `Classifier` for
+    ``"dcgan"``, `MLPClassifier` with two layers of H units for ``"mlp:H"``."""
+    family, _, arg = name.partition(":")
+    if family == "mlp":
+        return MLPClassifier(image_shape, num_classes, (int(arg),) * 2 if arg else (300, 300))
+    make_nets(name, image_shape, 1, 1)  # the name's check
+    return Classifier(image_shape, num_classes)

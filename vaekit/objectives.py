@@ -187,6 +187,10 @@ def check_objective(vae: VAE, name: str) -> None:
                           "which trains it with its adversarial terms")
     if is_vae_gan(vae):
         check_vae_gan(vae)
+    if getattr(vae, "semi_supervised", False) and name != "elbo":
+        raise ConfigError(f"the {name} objective does not sum out the semi-supervised VAE's "
+                          "labels: leave --objective at elbo, which trains M2 with y "
+                          "enumerated")
     if is_vq(vae) and name != "elbo":
         raise ConfigError(f"the {name} objective does not train a VQ-VAE's codes (its encoder "
                           "learns through the straight-through gradient and the commitment "

@@ -23,6 +23,8 @@ from vaekit.io import atomic_write
 from vaekit.model import VAE
 
 __all__ = [
+    "save_confusion",
+    "save_analogies",
     "save_samples",
     "save_reconstructions",
     "save_loss_curve",
@@ -240,6 +242,44 @@ def save_code_usage(vae: VAE, x: torch.Tensor, path: str | os.PathLike[str],
                        interpolation="nearest")
             sub.set_axis_off()
     return _save_fig(fig, path)
+
+
+def save_confusion(counts: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """A confusion matrix ``[true, predicted]`` of counts as a picture, each cell's count
+    printed, the accuracy in the title."""
+    c = counts.shape[0]
+    plt = _pyplot()
+    fig = plt.figure(figsize=(4.2, 4), dpi=80)
+    ax = fig.add_axes((0.14, 0.12, 0.8, 0.78))
+    ax.imshow(counts.numpy(), cmap="Blues")
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=6,
+                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+    right = float(counts.diag().sum()) / max(float(counts.sum()), 1.0)
+    ax.set_title(f"accuracy {100 * right:.2f}% of {int(counts.sum())}", fontsize=9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(c))
+    return _save_fig(fig, path)
+
+
+@torch.no_grad()
+def save_analogies(vae: VAE, x: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Kingma et al.'s analogies of a semi-supervised VAE: one row per image of ``x``, the image
+    and then its style, the mean of q(z|x, y) at the classifier's class y, decoded as every
+    class."""
+    with eval_mode(vae):
+        x = x.to(vae.device)
+        y = vae.classify(x).argmax(-1)
+        z = vae.encode(x, y)[0]
+        c = vae.num_classes
+        rows = [torch.stack([x[i].float(), *vae.decode(z[i].expand(c, -1),
+                                                       torch.arange(c, device=vae.device))])
+                for i in range(len(x))]
+    grid = make_grid(torch.cat(rows).cpu(), nrow=c + 1, padding=2, pad_value=1.0)
+    return _save_png(path, lambda f: save_image(grid, f, format="png"))
 
 
 def _save_fig(fig: Any, path: str | os.PathLike[str]) -> Path:

@@ -31,6 +31,8 @@ __all__ = [
     "RECONSTRUCTIONS",
     "LOSS",
     "CODES",
+    "CONFUSION",
+    "LABELLED",
     "PRIOR_FOLDER",
     "learned_prior",
     "bind_learned_prior",
@@ -74,11 +76,13 @@ SAMPLES = "samples.png"
 RECONSTRUCTIONS = "reconstructions.png"
 LOSS = "loss.png"
 CODES = "codes.png"
+CONFUSION = "confusion.png"
+LABELLED = "labelled.json"
 EVALUATION = "eval.json"
 PICTURES_DRAWN = ".pictures.json"
 """Records the epoch whose pictures are all written (a kill while drawing leaves it behind)."""
 RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, SAMPLES, RECONSTRUCTIONS, LOSS, CODES,
-             PICTURES_DRAWN)
+             CONFUSION, LABELLED, PICTURES_DRAWN)
 """The files a fit writes (and removes first with ``overwrite``)."""
 FORMAT = "vaekit-checkpoint"
 FORMAT_VERSION = 1
@@ -226,12 +230,16 @@ def _cut(text: str, most: int = 60) -> str:
 
 
 def validation_key(history: list[dict[str, float]]) -> str:
-    """The metrics column that picks the best epoch: ``val_neg_iwae`` (the validation IWAE bound,
-    written when the run trains the IWAE objective) if any row has it, else ``val_neg_elbo``.
+    """The metrics column that picks the best epoch: ``val_error`` (100 - the validation
+    accuracy of a semi-supervised run's classifier) if any row has it, ``val_neg_iwae`` (the
+    validation IWAE bound, written when the run trains the IWAE objective) if any row has it,
+    else ``val_neg_elbo``.
 
     Model selection follows the bound being trained: an IWAE-trained model improves its IWAE
     bound while its ELBO may get worse, so its ELBO would pick the wrong epoch.
     """
+    if any(math.isfinite(row.get("val_error", math.nan)) for row in history):
+        return "val_error"  # a semi-supervised run: 100 - the validation accuracy
     has_iwae = any(math.isfinite(row.get("val_neg_iwae", math.nan)) for row in history)
     return "val_neg_iwae" if has_iwae else "val_neg_elbo"
 
@@ -645,6 +653,20 @@ class RunFolder:
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"could not write {BEST} in {self.path} ({_reason(e)}); free "
                                   "space, then resume") from None
+
+    def write_labelled(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        """``labelled.json``: a semi-supervised run's labelled training images (their indices in
+        the training split) and their labels, written atomically.
+
+        Raises:
+            CheckpointError: one line (a full disk).
+        """
+        text = json.dumps({"indices": indices.tolist(), "labels": labels.tolist()})
+        try:
+            atomic_write(self.path / LABELLED, lambda f: f.write(text.encode()))
+        except OSError as e:
+            raise CheckpointError(f"could not write {LABELLED} in {self.path} "
+                                  f"({e.strerror or e}); free space, then resume") from None
 
     def rewrite_metrics(self, history: list[dict[str, float]]) -> None:
         """``metrics.csv`` as the checkpoint's history says, whole and at once."""

@@ -32,7 +32,15 @@ from vaekit.likelihoods import Likelihood, test_observations
 from vaekit.model import VAE
 from vaekit.objectives import BetaSchedule, Capacity, Objective, make_objective
 from vaekit.optim import LearningRate, ema_state, load_ema_state, make_ema
-from vaekit.runs import CODES, LOSS, RECONSTRUCTIONS, SAMPLES
+from vaekit.runs import CODES, CONFUSION, LOSS, RECONSTRUCTIONS, SAMPLES
+from vaekit.semisupervised import (
+    SemiSupervised,
+    accuracy,
+    confusion_matrix,
+    is_semi_supervised,
+    labelled_subset,
+    predict,
+)
 from vaekit.settings import TrainSettings
 
 __all__ = ["Position", "DeviceData", "TrainingState"]
@@ -162,12 +170,8 @@ class TrainingState:
         dev, world = device, dist.world
         self.base_beta = vae.beta
         self.beta = BetaSchedule.parse(s.beta_schedule, beta=self.base_beta)
-        with pyro.settings.context(module_local_params=True):
-            self.objective = make_objective(vae, s.objective, iwae_samples=s.iwae_samples,
-                                            gamma=s.gamma, capacity=s.capacity,
-                                            capacity_steps=s.capacity_steps,
-                                            free_bits=s.free_bits, gan_gamma=s.gan_gamma,
-                                            disc_lr=s.disc_lr, commitment=s.commitment)
+        self.labelled: torch.Tensor | None = None  # a semi-supervised run's labelled images
+        self.objective = self._objective(vae, s)
         self.optimizer = torch.optim.Adam(self.objective.parameters(), lr=s.lr)
         # Several processes: DDP averages gradients, so each rank's summed loss is scaled by the
         # world size to give the gradient of the global batch's sum, as one process computes it.
@@ -191,6 +195,24 @@ class TrainingState:
         self.ema = make_ema(vae, s.ema) if s.ema else None
         # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
         self.check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
+
+    def _objective(self, vae: VAE, s: TrainSettings) -> torch.nn.Module:
+        """The objective the settings name; for a semi-supervised VAE, `SemiSupervised` on the
+        labelled images drawn with the seed (``labelled``: their indices), the loop's own
+        batches then unlabelled."""
+        if not is_semi_supervised(vae):
+            with pyro.settings.context(module_local_params=True):
+                return make_objective(vae, s.objective, iwae_samples=s.iwae_samples,
+                                      gamma=s.gamma, capacity=s.capacity,
+                                      capacity_steps=s.capacity_steps, free_bits=s.free_bits,
+                                      gan_gamma=s.gan_gamma, disc_lr=s.disc_lr,
+                                      commitment=s.commitment)
+        labels = self.data.labels
+        self.labelled = idx = labelled_subset(labels, s.labels, s.seed, vae.num_classes)
+        self.data.labels = None  # the loop's batches are unlabelled: y is summed out
+        on = idx.to(labels.device)
+        return SemiSupervised(vae, self.data.train_x[on], labels[on], s.labelled_batch,
+                              s.classifier_weight, s.seed, idx)
 
     @property
     def model(self) -> VAE:
@@ -270,6 +292,10 @@ class TrainingState:
             m: dict[str, float] = {}
             if part is not None:
                 obs, lab = part
+                if is_semi_supervised(self.vae):  # y summed out of the bound; q(y|x) scored
+                    row[f"{split}_accuracy"] = accuracy(self.model, obs, lab, s.batch_size,
+                                                        clusters=not s.labels)
+                    lab = None
                 try:
                     m = evaluate_elbo_sharded(self.model, obs, self.dist, s.batch_size, lab)
                 except ValueError as e:  # a distribution fed NaN
@@ -282,6 +308,8 @@ class TrainingState:
                 row[f"{split}_{key}"] = m.get(key, float("nan"))
         if self.owns_step:  # the objective's own numbers (a discriminator's losses ...)
             row.update(self.objective.epoch_metrics())
+        if "val_accuracy" in row:  # the semi-supervised run selects on its classifier
+            row["val_error"] = 100.0 - row["val_accuracy"]
         if self.data.val is not None and s.objective == "iwae":  # select on the trained bound
             obs, lab = self.data.val
             row["val_neg_iwae"] = iwae_bound_sharded(self.model, obs, self.dist, s.iwae_samples,
@@ -300,6 +328,10 @@ class TrainingState:
             plots.save_loss_curve(history, folder / LOSS)
             if self.vae.is_vq:
                 plots.save_code_usage(self.model, show, folder / CODES)
+            if is_semi_supervised(self.vae) and labels is not None:
+                k = self.vae.num_classes
+                plots.save_confusion(confusion_matrix(predict(self.model, show), labels, k),
+                                     folder / CONFUSION)
 
         return draw
 

@@ -241,6 +241,10 @@ class ModelSpec:
     z_dim: int = setting(32, "Latent dimension.", min=1, max=MAX_Z_DIM)
     conditional: bool = setting(
         False, "A conditional VAE on the data set's labels: p(x|z,y), q(z|x,y).")
+    semi_supervised: bool = setting(
+        False, "Kingma et al.'s M2 on the data set's labels: a classifier q(y|x) beside "
+        "p(x|z,y) and q(z|x,y); y is observed for the --labels labelled images and summed out "
+        "by enumeration for the others.")
     nets: str = setting("dcgan", "Encoder and decoder: dcgan (the seed's conv nets) or mlp[:H] "
                         "(two fully connected layers of H units, default 300, as in the "
                         "published MNIST figures).")
@@ -262,6 +266,9 @@ class ModelSpec:
             if not re.fullmatch(rf"{names}|[\w.]+:[A-Za-z_][\w.]*", value):
                 raise ConfigError(f"bad {key} {value!r}; use {shown} (K, N >= 1) or "
                                   "package.module:Class")
+        if self.semi_supervised and self.conditional:
+            raise ConfigError("semi_supervised is already conditioned on the labels: drop "
+                              "conditional")
         if not re.fullmatch(r"dcgan|mlp(:[1-9][0-9]*)?", self.nets):
             raise ConfigError(f"bad nets {self.nets!r}; use dcgan, mlp or mlp:H (H >= 1)")
 
@@ -347,6 +354,17 @@ class TrainSettings:
     commitment: float = setting(
         0.25, "VQ-VAE (--posterior vq:K): the weight of the commitment loss "
         "||z_e - sg(e)||^2 (van den Oord et al.'s beta).", min=0, max=1e4)
+    labels: int = setting(
+        100, "--semi-supervised: labelled training images, drawn class-balanced with --seed "
+        "(recorded in RUN/labelled.json); 0: none, an unsupervised mixture VAE scored by "
+        "clustering accuracy.", min=0)
+    labelled_batch: int = setting(
+        100, "--semi-supervised: labelled images added to every step (at most --labels).",
+        min=1)
+    classifier_weight: float = setting(
+        46.0, "--semi-supervised: the weight of the classifier's cross-entropy on the labelled "
+        "images (Kingma et al.'s alpha per labelled image; 46 as Pyro's M2 example).", min=0,
+        max=1e8)
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "

@@ -14,19 +14,21 @@ elsewhere it is the sample's ``log q - log p``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import config_enumerate
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from vaekit.errors import ConfigError
 
 __all__ = ["trace_pair", "latent_sites", "closed_form_sites", "site_log_probs", "SiteLogProbs",
-           "kl_per_dimension"]
+           "enumerated_log_probs", "EnumeratedLogProbs", "kl_per_dimension"]
 
 
 def trace_pair(model: Callable, guide: Callable, *args: torch.Tensor
@@ -181,6 +183,89 @@ def site_log_probs(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None
     recorded = {name: site["value"] for name, site in guide_tr.nodes.items()
                 if site["type"] == "sample" and site["is_observed"]}
     return SiteLogProbs(log_lik, log_p, log_q, kl, values, dists, discrete, recorded)
+
+
+@dataclass
+class EnumeratedLogProbs:
+    """Log-densities of a guide with one discrete site (a label ``y``) summed out by Pyro's
+    parallel enumeration: every term for each of its C values, ``[C, particles, batch]``.
+
+    Attributes:
+        log_weights: ``log p(x, y, z) - log q(z | x, y)`` at each value y, one draw of the
+            other latents per particle.
+        log_lik: ``log p(x | y, z)``, the observed sites.
+        log_q_enum: log q(y | x) of each value, ``[C, batch]``.
+        log_p_enum: log p(y) of each value, ``[C, batch]``.
+        kl_other: ``log q - log p`` of the other latent sites, summed, ``[C, particles, batch]``.
+        site: The enumerated site's name.
+    """
+
+    log_weights: torch.Tensor
+    log_lik: torch.Tensor
+    log_q_enum: torch.Tensor
+    log_p_enum: torch.Tensor
+    kl_other: torch.Tensor
+    site: str
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """The ELBO with the discrete site summed out exactly, per particle and image
+        ``[particles, batch]``: ``Σ_y q(y|x) (log p(x, y, z_y) - log q(z_y|x, y) - log q(y|x))``."""
+        q = self.log_q_enum.exp()[:, None]
+        return (q * (self.log_weights - self.log_q_enum[:, None])).sum(0)
+
+    @property
+    def log_marginal(self) -> torch.Tensor:
+        """The importance-sampling estimate of log p(x) over all particles, ``[batch]``:
+        ``logsumexp_y log (1/K) Σ_k p(x, y, z_yk) / q(z_yk | x, y)``, the per-class IWAE
+        estimates of log p(x, y) summed over the classes (z_yk ~ q(z|x, y))."""
+        k = self.log_weights.shape[1]
+        return torch.logsumexp(self.log_weights.flatten(0, 1), dim=0) - math.log(k)
+
+
+def enumerated_log_probs(vae: torch.nn.Module, x: torch.Tensor, particles: int = 1
+                         ) -> EnumeratedLogProbs:
+    """Run ``vae.guide`` with its discrete sample site enumerated in parallel
+    (``config_enumerate``, ``poutine.enum``) and ``vae.model`` replayed on it, under a plate of
+    ``particles`` draws of the other latents per image, and read every site's log-density off
+    the two traces (see `EnumeratedLogProbs`). Uses the global random state.
+
+    Raises:
+        ConfigError: for a guide without exactly one enumerable site.
+    """
+    guide = config_enumerate(vae.guide, "parallel", expand=False)
+    with pyro.settings.context(module_local_params=True), poutine.block(), \
+            pyro.plate("particles", particles, dim=-2):
+        guide_tr = poutine.trace(poutine.enum(guide, first_available_dim=-3)).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    latents = latent_sites(guide_tr)
+    enum = [n for n in latents if guide_tr.nodes[n]["infer"].get("_enumerate_dim") is not None]
+    if len(enum) != 1:
+        raise ConfigError(f"enumeration here sums out one discrete site of the guide; it has "
+                          f"{len(enum)} ({', '.join(enum) or 'none'})")
+    site = enum[0]
+    c = guide_tr.nodes[site]["value"].shape[0]
+    want = (c, particles, x.shape[0])
+    log_lik = x.new_zeros(want)
+    log_p = {}
+    for name, node in model_tr.nodes.items():
+        if node["type"] != "sample" or site_is_subsample(node):
+            continue
+        lp = node["fn"].log_prob(node["value"]).expand(want)
+        if node["is_observed"]:
+            log_lik = log_lik + lp
+        else:
+            log_p[name] = lp
+    kl_other = x.new_zeros(want)
+    for name in latents:
+        if name != site:
+            node = guide_tr.nodes[name]
+            kl_other = kl_other + node["fn"].log_prob(node["value"]).expand(want) - log_p[name]
+    node = guide_tr.nodes[site]
+    log_q_enum = node["fn"].log_prob(node["value"]).expand(want)[:, 0]
+    log_p_enum = log_p[site][:, 0]
+    return EnumeratedLogProbs(log_lik + log_p_enum[:, None] - kl_other, log_lik, log_q_enum,
+                              log_p_enum, kl_other, site)
 
 
 def kl_per_dimension(q: torch.distributions.Distribution, p: torch.distributions.Distribution

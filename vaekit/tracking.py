@@ -249,6 +249,8 @@ def epoch_line(row: Mapping[str, float], epochs: int, improved: bool, key: str,
            if "val_neg_elbo" in row else "")
     if "val_neg_iwae" in row:
         val += f"  val -IWAE{iwae_samples} {row['val_neg_iwae']:.2f}{mark}"
+    if "val_accuracy" in row:
+        val += f"  val accuracy {row['val_accuracy']:.2f}%{mark if key == 'val_error' else ''}"
     return (f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.2f}{val}  test "
             f"-ELBO {row['test_neg_elbo']:.2f} nats/image  ({row['seconds']:.1f} s)"
             + (f"  skipped {int(row['skipped'])} batches" if row["skipped"] else ""))

@@ -342,6 +342,8 @@ def train_loop(vae: VAE, splits: Splits, s: TrainSettings,
             pos = t.restore(position, checkpoint or {}, run_path, new_lr)
             if position is not None and folder is not None and dist.main:
                 folder.rewrite_metrics(pos.history)  # metrics.csv follows the checkpoint
+            if t.labelled is not None and folder is not None and dist.main:
+                folder.write_labelled(t.labelled, splits.train[1][t.labelled])
             best_weights = None  # this session's best epoch, in memory
             with stop_on_signals() as stop:
                 if position is None:
