@@ -141,7 +141,7 @@ def test_deterministic_mode_is_restored_after_fit(mnist_small):
 # The package's layers: a module imports only from the layers above it (and its own).
 LAYERS = [
     {"errors"},
-    {"settings", "io", "devices", "plugins", "features"},
+    {"settings", "io", "devices", "plugins", "features", "sprites"},
     {"data", "quantize"},
     {"likelihoods", "nets", "distributed", "priors", "posteriors", "optim", "traces",
      "auxiliary"},
@@ -149,7 +149,7 @@ LAYERS = [
     {"building"},
     {"model"},
     {"adversarial", "vqvae", "semisupervised"},
-    {"objectives", "evaluation", "plots", "quality"},
+    {"objectives", "evaluation", "plots", "quality", "disentanglement"},
     {"runs", "tracking", "checks"},
     {"session"},
     {"train", "comparison", "prior_fit"},

@@ -20,6 +20,7 @@ import torch
 
 from vaekit.errors import ConfigError, DataError
 from vaekit.settings import DataSpec
+from vaekit.sprites import VARIANTS, sprites
 
 __all__ = ["resolve_data_root", "load_mnist", "load_dataset", "load_data", "load_splits",
            "Splits", "DATASETS", "to_unit", "MNIST_FILES"]
@@ -31,8 +32,12 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
-"""Data sets by name (torchvision); ``folder:PATH`` reads any folder of images."""
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "sprites", "sprites:small")
+"""Data sets by name (torchvision; the sprites rendered by `vaekit.sprites`); ``folder:PATH``
+reads any folder of images, ``dsprites:PATH`` DeepMind's dSprites file."""
+
+SPRITES_TEST = 5000
+"""Images of a sprites data set that `load_dataset` gives as its test split (drawn from all)."""
 
 _TORCHVISION_FILES = {
     # name: (folder under the root that torchvision reads, files it needs there)
@@ -123,7 +128,10 @@ def load_dataset(
             GIF, TIFF, WebP) in PATH, either in one sub-folder per class (labels 0, 1, ... in
             sorted folder order, files found recursively, like torchvision's ImageFolder) or
             directly in PATH (all label 0). Hidden files and folders are skipped. A folder has
-            no split: the same files serve as training and test set.
+            no split: the same files serve as training and test set. ``"sprites"`` and
+            ``"sprites:small"`` are rendered by vaekit (`vaekit.sprites`, cached under the root),
+            ``"dsprites:PATH"`` is DeepMind's file; labelled by shape, in a fixed random order,
+            the test split `SPRITES_TEST` of the images.
         root: Data root for the torchvision sets (see `resolve_data_root`).
         train: Training or test split (torchvision sets).
         download: Download a torchvision set when it is missing.
@@ -148,6 +156,8 @@ def load_dataset(
         x, y = load_mnist(root, train=train, download=download, limit=limit)
     elif name in ("fashion-mnist", "cifar10"):
         x, y = _torchvision_set(name, root, train, download, limit)
+    elif name in VARIANTS or name.startswith("dsprites:"):
+        x, y = _sprites(name, root, train, limit)
     elif name.startswith("folder:"):
         x, y = _image_folder(Path(name[len("folder:"):]).expanduser(), size or 32, channels or 3,
                              limit)
@@ -186,6 +196,21 @@ def _torchvision_set(name: str, root: str | os.PathLike[str] | None, train: bool
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _sprites(name: str, root: str | os.PathLike[str] | None, train: bool, limit: int | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sprites set (`vaekit.sprites`) in a fixed random order (seed 0; the grid's own order
+    would put one shape in the validation split), labelled by shape; its test split is the first
+    `SPRITES_TEST` images of that order, which are also training images: like dSprites it has no
+    held-out images, and the disentanglement metrics read the whole grid."""
+    truth = sprites(name, resolve_data_root(root) / "sprites")
+    order = torch.randperm(len(truth.images), generator=torch.Generator().manual_seed(0))
+    if not train:
+        order = order[:SPRITES_TEST]
+    if limit is not None:
+        order = order[:limit]
+    return truth.images[order], truth.classes[order, 0]
 
 
 def _image_folder(path: Path, size: int, channels: int, limit: int | None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
-from scipy.optimize import linear_sum_assignment
 
 from vaekit.auxiliary import Objective
 from vaekit.data import to_unit
@@ -173,6 +172,11 @@ def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> t
 def clustering_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     """Accuracy in percent under the best one-to-one matching of clusters to classes (the
     Hungarian method, ``scipy.optimize.linear_sum_assignment`` on the confusion matrix)."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        raise ConfigError('the clustering accuracy needs scipy: pip install "vaekit[metrics]"'
+                          ) from None
     counts = confusion_matrix(pred, y, num_classes).numpy()
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return 100.0 * float(counts[rows, cols].sum()) / max(len(y), 1)

@@ -289,8 +289,10 @@ class DataSpec:
     """Which images: the data set, where it lives, its size and how much of it."""
 
     dataset: str = setting(
-        "mnist", "mnist, fashion-mnist, cifar10 (torchvision) or folder:PATH (any images; one "
-        "sub-folder per class, or none).", flag="--data")
+        "mnist", "mnist, fashion-mnist, cifar10 (torchvision), sprites or sprites:small "
+        "(dSprites-like 64x64 images with known factors, rendered by vaekit), dsprites:PATH "
+        "(DeepMind's .npz) or folder:PATH (any images; one sub-folder per class, or none).",
+        flag="--data")
     root: str | None = setting(
         None, "Folder with the data sets (MNIST/raw/*-ubyte ...).", flag="--data-root",
         shown_default="$VAEKIT_DATA, else ~/.cache/vaekit/data")
