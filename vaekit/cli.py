@@ -519,11 +519,19 @@ def _check_index(name: str, index: int, n: int) -> None:
                    "Inception FIDs).")
 @click.option("--quality-samples", type=click.IntRange(min=10, max=10**7), default=10_000,
               show_default=True, help="--sample-quality: samples drawn (and test images compared).")
+@click.option("--disentanglement", "disentangle", is_flag=True, default=False,
+              help="Also score the posterior means against the known factors of a sprites run: "
+                   "the beta-VAE and FactorVAE scores, MIG, DCI and SAP.")
+@click.option("--metric-points", type=click.IntRange(min=20, max=10**6), default=2000,
+              show_default=True, help="--disentanglement: images drawn from the factor grid for "
+                                      "MIG, DCI and SAP (a quarter as many votes for the scores).")
 def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, batch_size: int,
              chunk_size: int, data_root: Path | None, download: bool, seed: int,
-             progress: bool, bound: bool, sample_quality: bool, quality_samples: int) -> None:
+             progress: bool, bound: bool, sample_quality: bool, quality_samples: int,
+             disentangle: bool, metric_points: int) -> None:
     """Test numbers of a run: -ELBO, its parts, the IWAE -log p(x), active units, bits/dim; with
-    --sample-quality, FID, KID, precision and recall of its samples.
+    --sample-quality, FID, KID, precision and recall of its samples; with --disentanglement, the
+    five disentanglement metrics of a sprites run.
 
     Observations are made as in training (Bernoulli: the test set binarized with a fixed seed).
     Prints a table and writes eval.json into RUN_DIR (numbers it holds for the same weights and
@@ -534,8 +542,9 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
     from vaekit.errors import ConfigError
     from vaekit.runs import evaluation_record, merged_evaluation, write_evaluation
 
-    if not (bound or sample_quality):
-        raise click.UsageError("--no-bound leaves nothing to measure; add --sample-quality")
+    if not (bound or sample_quality or disentangle):
+        raise click.UsageError("--no-bound leaves nothing to measure; add --sample-quality or "
+                               "--disentanglement")
     t0 = time.perf_counter()
     with _UserErrors():
         vae = _open_run(run_dir, device).to(memory_format=torch.channels_last)  # faster convs
@@ -570,6 +579,15 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
 
             q = score_samples(vae, images[:quality_samples], n=quality_samples, seed=seed)
             record["sample_quality"] = q.to_dict()
+        if disentangle:
+            from vaekit.disentanglement import disentanglement, representation
+            from vaekit.runs import load_ground_truth
+
+            truth = load_ground_truth(run_dir, None if data_root is None else str(data_root))
+            dis = disentanglement(truth, representation(vae), n_points=metric_points,
+                                  n_votes=max(metric_points // 4, 10),
+                                  generator=torch.Generator().manual_seed(seed))
+            record["disentanglement"] = dis.to_dict()
         record["seconds"] = seconds = time.perf_counter() - t0
         which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")
         measured = merged_evaluation(run_dir, evaluation_record(run_dir, record, checkpoint=which))
@@ -585,6 +603,15 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
             click.echo(f"  {'-ELBO with the uniform prior':<34} {r.neg_elbo_uniform_prior:.2f}")
     if sample_quality:
         _print_sample_quality(q)
+    if disentangle:
+        click.echo(f"  disentanglement of the mean of q(z|x) against the {len(truth.sizes)} "
+                   f"factors of {truth.name} ({dis.n_points} images; {dis.active_dims} "
+                   "active dimensions)")
+        for name, value in (("beta-VAE score", dis.beta_vae), ("FactorVAE score", dis.factor_vae),
+                            ("MIG", dis.mig), ("DCI disentanglement", dis.dci_disentanglement),
+                            ("DCI completeness", dis.dci_completeness),
+                            ("DCI informativeness", dis.dci_informativeness), ("SAP", dis.sap)):
+            click.echo(f"  {name:<34} {value:.4f}")
     with _UserErrors("the numbers above are not saved: make the run folder writable and "
                      "evaluate again"):
         path, _ = write_evaluation(run_dir, measured, complete=True)

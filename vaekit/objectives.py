@@ -28,10 +28,10 @@ from vaekit.traces import kl_per_dimension, site_log_probs
 from vaekit.vqvae import VQTraining, is_vq
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
-           "FreeBits", "Objective", "VAEGAN", "VQTraining", "register_objective",
+           "FreeBits", "BetaTC", "Objective", "VAEGAN", "VQTraining", "register_objective",
            "objective_names"]
 
-OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits")
+OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits", "beta-tc")
 """vaekit's own objectives; `register_objective` adds yours."""
 
 
@@ -166,6 +166,81 @@ class FreeBits(nn.Module):
         return recon + x.shape[0] * kl_d.clamp_min(self.lam).sum()
 
 
+class BetaTC(nn.Module):
+    """β-TCVAE (Chen et al. 2018): the ELBO's KL split into index-code mutual information, total
+    correlation and dimension-wise KL, weighted ``α MI + β TC + γ dimKL``.
+
+    Per image, with z ~ q(z|x) read off the traces,
+    ``MI = log q(z|x) - log q(z)``, ``TC = log q(z) - Σ_d log q(z_d)``,
+    ``dimKL = Σ_d log q(z_d) - log p(z)`` (their sum is the ELBO's ``log q(z|x) - log p(z)``),
+    the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) and its marginals estimated on the batch
+    of M images: ``log q(z_i) ≈ logsumexp_j (log w_ij + log q(z_i|x_j))``. ``"mss"`` is Chen et
+    al.'s minibatch stratified sampling (their ``log_importance_weight_matrix``); ``"mws"``
+    minibatch weighted sampling with weights ``1/N`` for the image's own term and
+    ``(N - 1) / (N (M - 1))`` for the others, which sum to 1 (Chen et al.'s code weighs every
+    term ``1 / (N M)``, which puts every log-density ``log N`` lower: the same gradients, a TC
+    off by ``(D - 1) log N``). Needs the diagonal posterior and the Normal(0, I) prior.
+
+    Args:
+        vae: The model (β 1).
+        dataset_size: N, the training images.
+        alpha: Weight of the mutual information.
+        beta: Weight of the total correlation.
+        gamma: Weight of the dimension-wise KL.
+        sampling: ``"mss"`` or ``"mws"``.
+    """
+
+    def __init__(self, vae: VAE, dataset_size: int, alpha: float = 1.0, beta: float = 6.0,
+                 gamma: float = 1.0, sampling: str = "mss") -> None:
+        super().__init__()
+        if sampling not in ("mss", "mws"):
+            raise ConfigError(f"tc_sampling must be mss or mws, got {sampling!r}")
+        if dataset_size < 2:
+            raise ConfigError("the beta-tc objective needs at least 2 training images")
+        self.vae, self.n = vae, int(dataset_size)
+        self.alpha, self.beta, self.gamma, self.sampling = alpha, beta, gamma, sampling
+
+    def log_weights(self, m: int, device: torch.device) -> torch.Tensor:
+        """``log w`` ``[M, M]``: row i weighs the batch's images for the estimate at z_i."""
+        n = self.n
+        if m < 2:
+            raise ConfigError("the beta-tc objective estimates q(z) on the batch: use batches "
+                              "of at least 2 images")
+        if self.sampling == "mws":
+            w = torch.full((m, m), (n - 1) / (n * (m - 1)), device=device)
+            w.fill_diagonal_(1.0 / n)
+        else:  # Chen et al.'s stratified weights
+            k = m - 1
+            w = torch.full((m, m), 1.0 / k, device=device)
+            w.view(-1)[::k + 1] = 1.0 / n
+            w.view(-1)[1::k + 1] = (n - k) / (n * k)
+            w[k - 1, 0] = (n - k) / (n * k)
+        return w.log()
+
+    def decomposition(self, x: torch.Tensor, y: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """``log_lik``, ``mi``, ``tc`` and ``dim_kl`` per image of the batch ``x``."""
+        t = site_log_probs(self.vae, x, y, closed_form=False)
+        q, _ = t.dists["z"]
+        loc = q.base_dist.loc.reshape(-1, x.shape[0], self.vae.z_dim)[0]
+        scale = q.base_dist.scale.expand(q.base_dist.loc.shape).reshape(-1,
+                                                                          *loc.shape)[0]
+        z = t.values["z"].reshape(-1, x.shape[0], self.vae.z_dim)[0]
+        pair = torch.distributions.Normal(loc[None], scale[None]).log_prob(z[:, None])  # i, j, d
+        log_w = self.log_weights(x.shape[0], x.device)
+        log_qz = torch.logsumexp(log_w + pair.sum(-1), dim=1)
+        log_qz_dims = torch.logsumexp(log_w[:, :, None] + pair, dim=1).sum(-1)
+        log_q, log_p = t.log_q["z"][0], t.log_p["z"][0]
+        return {"log_lik": t.log_lik[0], "mi": log_q - log_qz, "tc": log_qz - log_qz_dims,
+                "dim_kl": log_qz_dims - log_p}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``-(log p(x|z) - α MI - β TC - γ dimKL)``, summed over the batch."""
+        d = self.decomposition(x, y)
+        return -(d["log_lik"] - self.alpha * d["mi"] - self.beta * d["tc"]
+                 - self.gamma * d["dim_kl"]).sum()
+
+
 def check_objective(vae: VAE, name: str) -> None:
     """Refuse an objective that cannot work with the VAE's prior, posterior and layers.
 
@@ -195,25 +270,29 @@ def check_objective(vae: VAE, name: str) -> None:
         raise ConfigError(f"the {name} objective does not train a VQ-VAE's codes (its encoder "
                           "learns through the straight-through gradient and the commitment "
                           "loss): leave --objective at elbo")
-    if name not in ("capacity", "free-bits"):
+    if name not in ("capacity", "free-bits", "beta-tc"):
         return
     use = "use objective elbo or iwae"
-    if vae.latents != 1:
-        raise ConfigError(f"the {name} objective needs the KL in closed form, which a second latent "
-                          "layer does not have (p(z1|z2) depends on z2, drawn after z1): "
-                          f"{use}, or --latents 1")
+    if vae.latents != 1 or vae.num_classes:
+        raise ConfigError(f"the {name} objective needs one latent layer z of an unconditional "
+                          f"VAE (a second layer's p(z1|z2) depends on z2, drawn after z1): "
+                          f"{use}, or --latents 1 without --conditional")
     spec = vae.spec()
     if (type(vae.model.prior).__name__ != "StandardNormal"
             or type(vae.guide.posterior).__name__ != "Diagonal"):
-        raise ConfigError(f"the {name} objective needs the closed-form KL of the standard prior "
-                          f"with the diagonal posterior; this model has prior {spec.prior} and "
-                          f"posterior {spec.posterior}: {use}")
+        why = ("a factorised q(z|x) and p(z) to split the KL by dimension"
+               if name == "beta-tc" else "the closed-form KL of the standard prior with the "
+               "diagonal posterior")
+        raise ConfigError(f"the {name} objective needs {why}; this model has prior "
+                          f"{spec.prior} and posterior {spec.posterior}: {use}")
 
 
 def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma: float = 1000.0,
                    capacity: float = 25.0, capacity_steps: int = 10000,
                    free_bits: float = 0.5, gan_gamma: float = 1.0,
-                   disc_lr: float = 2e-4, commitment: float = 0.25) -> nn.Module:
+                   disc_lr: float = 2e-4, commitment: float = 0.25,
+                   dataset_size: int | None = None, tc_alpha: float = 1.0, tc_beta: float = 6.0,
+                   tc_gamma: float = 1.0, tc_sampling: str = "mss") -> nn.Module:
     """The loss module for an objective name (see `OBJECTIVES`).
 
     Args:
@@ -229,6 +308,11 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         gan_gamma: Larsen's γ for the VAE-GAN.
         disc_lr: The VAE-GAN discriminator's learning rate.
         commitment: The VQ-VAE's commitment weight.
+        dataset_size: N, the training images (``"beta-tc"``).
+        tc_alpha: α of ``"beta-tc"``.
+        tc_beta: β of ``"beta-tc"``.
+        tc_gamma: γ of ``"beta-tc"``.
+        tc_sampling: ``"mss"`` or ``"mws"`` for ``"beta-tc"``.
 
     Raises:
         ConfigError: for an unknown name or settings that do not fit it.
@@ -254,4 +338,9 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         return IWAE(vae, iwae_samples)
     if name == "capacity":
         return Capacity(vae, gamma, capacity, capacity_steps)
+    if name == "beta-tc":
+        if dataset_size is None:
+            raise ConfigError("the beta-tc objective needs the number of training images "
+                              "(dataset_size)")
+        return BetaTC(vae, dataset_size, tc_alpha, tc_beta, tc_gamma, tc_sampling)
     return FreeBits(vae, free_bits)

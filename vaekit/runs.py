@@ -35,6 +35,7 @@ __all__ = [
     "LABELLED",
     "PRIOR_FOLDER",
     "learned_prior",
+    "load_ground_truth",
     "bind_learned_prior",
     "EVALUATION",
     "RUN_FILES",
@@ -336,6 +337,27 @@ def run_data_spec(config: dict[str, Any], **changes: Any) -> DataSpec:  # noqa: 
     known = {f.name for f in fields(DataSpec)}
     values = {k: v for k, v in recorded.items() if k in known}  # runs of vaekit <= 0.1 had more
     return from_mapping(DataSpec, {**values, **{k: v for k, v in changes.items() if v is not None}})
+
+
+def load_ground_truth(run_dir: str | os.PathLike[str], root: str | None = None) -> Any:
+    """The factor grid of a sprites run's data set (`vaekit.sprites.GroundTruth`).
+
+    Raises:
+        ConfigError: for a run on another data set.
+    """
+    from vaekit.data import resolve_data_root
+    from vaekit.errors import ConfigError
+    from vaekit.sprites import VARIANTS, sprites
+
+    config = read_config(run_dir)
+    name = (config.get("data") or {}).get("dataset", "mnist")
+    if name not in VARIANTS and not name.startswith("dsprites:"):
+        raise ConfigError(f"{run_dir} was trained on {name}, whose factors are not known: the "
+                          "disentanglement metrics need a run on --data sprites, sprites:small "
+                          "or dsprites:PATH")
+    if root is None and not os.environ.get("VAEKIT_DATA"):
+        root = (config.get("data_info") or {}).get("root")
+    return sprites(name, resolve_data_root(root) / "sprites")
 
 
 def load_test_set(run_dir: str | os.PathLike[str], vae: VAE, root: str | None = None,  # noqa: F821

@@ -206,7 +206,10 @@ class TrainingState:
                                       gamma=s.gamma, capacity=s.capacity,
                                       capacity_steps=s.capacity_steps, free_bits=s.free_bits,
                                       gan_gamma=s.gan_gamma, disc_lr=s.disc_lr,
-                                      commitment=s.commitment)
+                                      commitment=s.commitment,
+                                      dataset_size=self.data.train_x.shape[0],
+                                      tc_alpha=s.tc_alpha, tc_beta=s.tc_beta,
+                                      tc_gamma=s.tc_gamma, tc_sampling=s.tc_sampling)
         labels = self.data.labels
         self.labelled = idx = labelled_subset(labels, s.labels, s.seed, vae.num_classes)
         self.data.labels = None  # the loop's batches are unlabelled: y is summed out

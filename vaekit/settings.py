@@ -334,7 +334,8 @@ class TrainSettings:
                           min=1)
     batch_size: int = setting(1024, "Images per step.", min=1)
     lr: float = setting(2e-3, "Adam learning rate.", min=0, min_open=True)
-    objective: str = setting("elbo", "Training objective: elbo, iwae, capacity, free-bits, or "
+    objective: str = setting("elbo", "Training objective: elbo, iwae, capacity, free-bits, "
+                             "beta-tc (β-TCVAE, Chen et al. 2018), or "
                              "one registered with vaekit.objectives.register_objective; the "
                              "test -ELBO is reported whatever it is. With --likelihood "
                              "discriminator, elbo is the VAE-GAN's step.")
@@ -367,6 +368,15 @@ class TrainSettings:
         46.0, "--semi-supervised: the weight of the classifier's cross-entropy on the labelled "
         "images (Kingma et al.'s alpha per labelled image; 46 as Pyro's M2 example).", min=0,
         max=1e8)
+    tc_alpha: float = setting(1.0, "beta-tc: α, the weight of the index-code mutual "
+                              "information.", min=0, max=1e4)
+    tc_beta: float = setting(6.0, "beta-tc: β, the weight of the total correlation (Chen et "
+                             "al.'s dSprites runs: 6).", min=0, max=1e4)
+    tc_gamma: float = setting(1.0, "beta-tc: γ, the weight of the dimension-wise KL.", min=0,
+                              max=1e4)
+    tc_sampling: str = setting("mss", "beta-tc: how the batch estimates the aggregate "
+                               "posterior q(z): mss (minibatch stratified sampling) or mws "
+                               "(minibatch weighted sampling).", choices=("mss", "mws"))
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "
