@@ -168,7 +168,8 @@ def test_the_beta_tc_estimator_of_total_correlation_approaches_the_gaussians_clo
 
 
 @pytest.mark.slow
-def test_beta_tc_on_sprites_trains_resumes_exactly_and_is_scored(tmp_path):
+@pytest.mark.parametrize("objective", ["beta-tc", "factor-vae"])
+def test_the_objectives_on_sprites_train_resume_exactly_and_are_scored(tmp_path, objective):
     from vaekit.errors import ConfigError
     from vaekit.model import VAE
     from vaekit.objectives import check_objective
@@ -178,7 +179,7 @@ def test_beta_tc_on_sprites_trains_resumes_exactly_and_is_scored(tmp_path):
 
     data = DataSpec(dataset="sprites:small", root=str(tmp_path / "data"), limit_train=192,
                     limit_test=64, val=0)
-    train = TrainSettings(epochs=2, batch_size=64, objective="beta-tc", tc_beta=4.0)
+    train = TrainSettings(epochs=2, batch_size=64, objective=objective, tc_beta=4.0)
     model = ModelSpec(z_dim=6)
     full = fit_settings(model, data, train, RunOptions(out=str(tmp_path / "a"), progress=False),
                         verbose=False)
@@ -191,7 +192,47 @@ def test_beta_tc_on_sprites_trains_resumes_exactly_and_is_scored(tmp_path):
 
     assert same(resumed.history) == same(full.history) and same(half.history) == same(
         full.history[:1])
+    if objective == "factor-vae":  # its discriminator's numbers, per epoch
+        assert {"tc", "disc_loss", "disc_accuracy"} <= set(full.history[-1])
     truth = load_ground_truth(tmp_path / "a")
     assert truth.sizes == (3, 6, 8, 8, 8)
     with pytest.raises(ConfigError, match="factorised"):
         check_objective(VAE(prior="mog:3", image_shape=(1, 64, 64)), "beta-tc")
+
+
+def test_permuting_dimensions_keeps_each_marginal_and_breaks_their_dependence():
+    from vaekit.factor_vae import permute_dims
+
+    torch.manual_seed(0)
+    a = torch.randn(4000)
+    z = torch.stack([a, a + 0.01 * torch.randn(4000)], 1)  # correlation ~1
+    p = permute_dims(z)
+    assert torch.equal(p.sort(0).values, z.sort(0).values)
+    assert abs(float(torch.corrcoef(p.T)[0, 1])) < 0.05
+
+
+def test_the_factor_vae_loss_is_the_elbo_plus_gamma_times_the_discriminators_tc():
+    import pyro
+
+    from vaekit.factor_vae import FactorVAE
+    from vaekit.model import VAE
+    from vaekit.traces import site_log_probs
+
+    pyro.set_rng_seed(0)
+    vae = VAE(z_dim=4, nets="mlp:16", image_shape=(1, 4, 4)).eval()
+    x = torch.bernoulli(torch.rand(6, 1, 4, 4))
+    obj = FactorVAE(vae, gamma=2.5, hidden=(8,))
+    pyro.set_rng_seed(1)
+    loss = obj(x).detach()
+    logits = obj.auxiliary("discriminator")(obj._z).detach()
+    pyro.set_rng_seed(1)
+    t = site_log_probs(vae, x)
+    neg_elbo = (-t.log_lik[0] + t.kl_total[0]).sum().detach()
+    assert float(loss) == pytest.approx(float(neg_elbo + 2.5 * (logits[:, 0] - logits[:, 1]).sum()),
+                                        rel=1e-5)
+    obj.setup(torch.device("cpu"))
+    before = [p.clone() for p in obj.auxiliary("discriminator").parameters()]
+    obj.auxiliary_step(x, None, 0)  # D's own step moves D, not the VAE
+    assert any(not torch.equal(b, p) for b, p in zip(before, obj.auxiliary("discriminator")
+                                                     .parameters()))
+    assert obj.epoch_metrics()["disc_loss"] > 0

@@ -148,7 +148,7 @@ LAYERS = [
     {"pixelcnn"},
     {"building"},
     {"model"},
-    {"adversarial", "vqvae", "semisupervised"},
+    {"adversarial", "vqvae", "semisupervised", "factor_vae"},
     {"objectives", "evaluation", "plots", "quality", "disentanglement"},
     {"runs", "tracking", "checks"},
     {"session"},

@@ -22,16 +22,17 @@ from torch import nn
 from vaekit.adversarial import VAEGAN, check_vae_gan, is_vae_gan
 from vaekit.auxiliary import Objective
 from vaekit.errors import ConfigError
+from vaekit.factor_vae import FactorVAE
 from vaekit.model import VAE
 from vaekit.settings import parse_beta_schedule
 from vaekit.traces import kl_per_dimension, site_log_probs
 from vaekit.vqvae import VQTraining, is_vq
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
-           "FreeBits", "BetaTC", "Objective", "VAEGAN", "VQTraining", "register_objective",
+           "FreeBits", "BetaTC", "FactorVAE", "Objective", "VAEGAN", "VQTraining", "register_objective",
            "objective_names"]
 
-OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits", "beta-tc")
+OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits", "beta-tc", "factor-vae")
 """vaekit's own objectives; `register_objective` adds yours."""
 
 
@@ -292,7 +293,8 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
                    free_bits: float = 0.5, gan_gamma: float = 1.0,
                    disc_lr: float = 2e-4, commitment: float = 0.25,
                    dataset_size: int | None = None, tc_alpha: float = 1.0, tc_beta: float = 6.0,
-                   tc_gamma: float = 1.0, tc_sampling: str = "mss") -> nn.Module:
+                   tc_gamma: float = 1.0, tc_sampling: str = "mss",
+                   factor_gamma: float = 35.0) -> nn.Module:
     """The loss module for an objective name (see `OBJECTIVES`).
 
     Args:
@@ -313,6 +315,8 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         tc_beta: β of ``"beta-tc"``.
         tc_gamma: γ of ``"beta-tc"``.
         tc_sampling: ``"mss"`` or ``"mws"`` for ``"beta-tc"``.
+        factor_gamma: γ of ``"factor-vae"`` (`vaekit.factor_vae.FactorVAE`, whose
+            discriminator learns at ``disc_lr``).
 
     Raises:
         ConfigError: for an unknown name or settings that do not fit it.
@@ -338,6 +342,8 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         return IWAE(vae, iwae_samples)
     if name == "capacity":
         return Capacity(vae, gamma, capacity, capacity_steps)
+    if name == "factor-vae":
+        return FactorVAE(vae, factor_gamma, disc_lr)
     if name == "beta-tc":
         if dataset_size is None:
             raise ConfigError("the beta-tc objective needs the number of training images "

@@ -209,7 +209,8 @@ class TrainingState:
                                       commitment=s.commitment,
                                       dataset_size=self.data.train_x.shape[0],
                                       tc_alpha=s.tc_alpha, tc_beta=s.tc_beta,
-                                      tc_gamma=s.tc_gamma, tc_sampling=s.tc_sampling)
+                                      tc_gamma=s.tc_gamma, tc_sampling=s.tc_sampling,
+                                      factor_gamma=s.factor_gamma)
         labels = self.data.labels
         self.labelled = idx = labelled_subset(labels, s.labels, s.seed, vae.num_classes)
         self.data.labels = None  # the loop's batches are unlabelled: y is summed out

@@ -335,7 +335,8 @@ class TrainSettings:
     batch_size: int = setting(1024, "Images per step.", min=1)
     lr: float = setting(2e-3, "Adam learning rate.", min=0, min_open=True)
     objective: str = setting("elbo", "Training objective: elbo, iwae, capacity, free-bits, "
-                             "beta-tc (β-TCVAE, Chen et al. 2018), or "
+                             "beta-tc (β-TCVAE, Chen et al. 2018), factor-vae (Kim & Mnih "
+                             "2018), or "
                              "one registered with vaekit.objectives.register_objective; the "
                              "test -ELBO is reported whatever it is. With --likelihood "
                              "discriminator, elbo is the VAE-GAN's step.")
@@ -353,7 +354,8 @@ class TrainSettings:
         "reconstruction against the adversarial terms in the decoder's loss.", min=0,
         min_open=True, max=1e8)
     disc_lr: float = setting(2e-4, "VAE-GAN: the discriminator's Adam learning rate (betas "
-                             "0.5, 0.999, as DCGAN's).", min=0, min_open=True)
+                             "0.5, 0.999, as DCGAN's); factor-vae: its discriminator's (betas "
+                             "0.5, 0.9; Kim & Mnih: 1e-4).", min=0, min_open=True)
     commitment: float = setting(
         0.25, "VQ-VAE (--posterior vq:K): the weight of the commitment loss "
         "||z_e - sg(e)||^2 (van den Oord et al.'s beta).", min=0, max=1e4)
@@ -377,6 +379,9 @@ class TrainSettings:
     tc_sampling: str = setting("mss", "beta-tc: how the batch estimates the aggregate "
                                "posterior q(z): mss (minibatch stratified sampling) or mws "
                                "(minibatch weighted sampling).", choices=("mss", "mws"))
+    factor_gamma: float = setting(35.0, "factor-vae: γ, the weight of the total correlation "
+                                  "its discriminator estimates (its Adam learns at "
+                                  "--disc-lr).", min=0, max=1e6)
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "
