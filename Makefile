@@ -15,7 +15,7 @@ FIT_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,docs,tracking,quality,metrics]'
+	$(BIN)/python -m pip install -q -e '.[dev,docs,tracking,quality,metrics,notebook]'
 	touch $@
 
 install: $(BIN)/.installed

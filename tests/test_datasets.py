@@ -104,7 +104,7 @@ def test_unreadable_set_files_are_not_called_missing(tmp_path):
 
 def test_unknown_set_and_impossible_options(tmp_path):
     with pytest.raises(DataError, match="unknown data set 'svhn'; choose one of: mnist, fashion-mnist, "
-                                        "cifar10, or folder:PATH"):
+                                        "cifar10, sprites, sprites:small, or folder:PATH"):
         load_dataset("svhn", tmp_path)
     with pytest.raises(ConfigError, match="size must be a positive integer"):
         load_dataset("mnist", tmp_path, size=0)

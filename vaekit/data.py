@@ -164,7 +164,7 @@ def load_dataset(
         return x, y
     else:
         raise DataError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}, "
-                        "or folder:PATH")
+                        "or folder:PATH (dsprites:PATH: DeepMind's dSprites file)")
     return _resize(x, size, channels), y
 
 

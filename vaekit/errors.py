@@ -5,8 +5,17 @@ __all__ = ["VaekitError", "ConfigError", "PluginError", "DataError", "Checkpoint
            "Interrupted"]
 
 
+def _one_line(self: BaseException) -> list[str]:
+    """What IPython shows for the exception (its ``_render_traceback_`` hook): the one line
+    with the fix, not a wall of traceback."""
+    return [f"{type(self).__name__}: {self}"]
+
+
 class VaekitError(ValueError):
-    """Base class: a problem with what the user asked for, with the fix in the message."""
+    """Base class: a problem with what the user asked for, with the fix in the message. In
+    Jupyter it shows as that one line."""
+
+    _render_traceback_ = _one_line
 
 
 class ConfigError(VaekitError):
@@ -31,7 +40,8 @@ class TrainingError(VaekitError):
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT/SIGTERM after writing a checkpoint (if it had a run folder).
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint (if it had a run folder);
+    Jupyter's stop button sends SIGINT, and the notebook shows this one line.
 
     Attributes:
         signum: The signal received.
@@ -39,6 +49,8 @@ class Interrupted(Exception):
         step: Steps finished in it (0: the epoch was complete).
         run_dir: The run folder to resume, if any.
     """
+
+    _render_traceback_ = _one_line
 
     def __init__(self, signum: int, epoch: int, step: int, run_dir: object = None) -> None:
         self.signum, self.epoch, self.step, self.run_dir = signum, epoch, step, run_dir

@@ -23,6 +23,8 @@ from vaekit.io import atomic_write
 from vaekit.model import VAE
 
 __all__ = [
+    "show_images",
+    "Picture",
     "save_confusion",
     "save_analogies",
     "save_samples",
@@ -34,6 +36,43 @@ __all__ = [
     "save_latent_map",
     "save_manifold",
 ]
+
+
+class Picture:
+    """A matplotlib figure that a notebook shows inline (``_repr_png_``) without pyplot or a
+    file; ``figure`` is the figure, `save` writes it."""
+
+    def __init__(self, figure: Any) -> None:
+        self.figure = figure
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the picture as a PNG, atomically."""
+        return _save_png(path, lambda f: self.figure.savefig(f, format="png"))
+
+
+def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None,
+                size: float = 4.0) -> Picture:
+    """A `Picture` of a grid of images ``[N, C, H, W]`` in [0, 1] (the seed notebook's
+    ``show_tensor_images``): a notebook cell that returns it shows it inline, and nothing is
+    written to disk."""
+    from matplotlib.figure import Figure
+
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2,
+                     pad_value=1.0)
+    fig = Figure(figsize=(size, size * grid.shape[1] / grid.shape[2]), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 0.93 if title else 1))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return Picture(fig)
 
 
 def save_samples(vae: VAE, path: str | os.PathLike[str], n: int = 64, seed: int = 0,
