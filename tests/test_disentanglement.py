@@ -236,3 +236,14 @@ def test_the_factor_vae_loss_is_the_elbo_plus_gamma_times_the_discriminators_tc(
     assert any(not torch.equal(b, p) for b, p in zip(before, obj.auxiliary("discriminator")
                                                      .parameters()))
     assert obj.epoch_metrics()["disc_loss"] > 0
+
+
+def test_each_dimension_is_named_by_the_factor_it_carries():
+    from vaekit.disentanglement import factor_of_dims
+
+    truth = toy_truth()
+    perm = torch.tensor([2, 0, 3, 1])  # dimension d carries factor perm[d]
+    c, f = codes_of(truth, noisy(mix=torch.eye(4)[perm].T), 2000, 0)
+    named = factor_of_dims(c, f, ("a", "b", "c", "d"))
+    assert [n for n, _ in named] == ["c", "a", "d", "b"]
+    assert all(v > 0.8 for _, v in named)

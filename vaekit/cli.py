@@ -588,6 +588,7 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
                                   n_votes=max(metric_points // 4, 10),
                                   generator=torch.Generator().manual_seed(seed))
             record["disentanglement"] = dis.to_dict()
+            traversal = _factor_traversals(vae, truth, run_dir, seed)
         record["seconds"] = seconds = time.perf_counter() - t0
         which = click.get_current_context().meta.get("vaekit.checkpoint", "auto")
         measured = merged_evaluation(run_dir, evaluation_record(run_dir, record, checkpoint=which))
@@ -612,10 +613,33 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
                             ("DCI completeness", dis.dci_completeness),
                             ("DCI informativeness", dis.dci_informativeness), ("SAP", dis.sap)):
             click.echo(f"  {name:<34} {value:.4f}")
+        click.echo(f"  wrote {traversal}: a row per active dimension, named by the factor it "
+                   "shares the most information with")
     with _UserErrors("the numbers above are not saved: make the run folder writable and "
                      "evaluate again"):
         path, _ = write_evaluation(run_dir, measured, complete=True)
     click.echo(f"wrote {path} ({seconds:.1f} s)")
+
+
+def _factor_traversals(vae: Any, truth: Any, run_dir: Path, seed: int) -> Path:
+    """``RUN/traversals.png``: each dimension of q(z|x)'s mean with variance above 0.05 (all, if
+    none), by variance, swept around the mean code of a random image, its row named by the
+    factor it shares the most information with (`vaekit.disentanglement.factor_of_dims`)."""
+    import torch
+
+    from vaekit.disentanglement import factor_of_dims, representation
+    from vaekit.plots import save_traversals
+    from vaekit.sprites import FACTORS
+
+    gen = torch.Generator().manual_seed(seed)
+    factors = truth.sample_factors(2000, gen)
+    codes = representation(vae)(truth.images_of(factors))
+    named = factor_of_dims(codes.numpy(), factors.numpy(), FACTORS)
+    var = codes.var(0)
+    order = [int(d) for d in torch.argsort(var, descending=True) if var[d] > 0.05] or \
+        list(range(codes.shape[1]))
+    rows = [f"z{d} {named[d][0]} {named[d][1]:.2f}" for d in order[:10]]
+    return save_traversals(vae, codes[0], order[:10], run_dir / "traversals.png", labels=rows)
 
 
 def _print_sample_quality(q: Any) -> None:

@@ -45,7 +45,7 @@ from vaekit.model import VAE
 from vaekit.sprites import GroundTruth
 
 __all__ = ["representation", "beta_vae_score", "factor_vae_score", "mig", "dci", "sap",
-           "disentanglement", "Disentanglement"]
+           "disentanglement", "Disentanglement", "mutual_information", "factor_of_dims"]
 
 Representation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -147,6 +147,31 @@ def _discretize(codes: np.ndarray, bins: int) -> np.ndarray:
         edges = np.histogram(codes[:, d], bins)[1]
         out[:, d] = np.digitize(codes[:, d], edges[:-1])
     return out
+
+
+def mutual_information(codes: np.ndarray, factors: np.ndarray, bins: int = 20
+                       ) -> np.ndarray:
+    """``I(code_d; factor_k) / H(factor_k)`` ``[D, F]`` of codes discretized as for MIG (0 for
+    a factor that does not vary)."""
+    _, _, metrics, _ = _sklearn()
+    discrete = _discretize(np.asarray(codes, dtype=np.float64), bins)
+    factors = np.asarray(factors)
+    out = np.zeros((discrete.shape[1], factors.shape[1]))
+    for k in range(factors.shape[1]):
+        entropy = metrics.mutual_info_score(factors[:, k], factors[:, k])
+        if entropy > 0:
+            out[:, k] = [metrics.mutual_info_score(discrete[:, d], factors[:, k]) / entropy
+                         for d in range(discrete.shape[1])]
+    return out
+
+
+def factor_of_dims(codes: np.ndarray, factors: np.ndarray, names: tuple[str, ...],
+                   bins: int = 20) -> list[tuple[str, float]]:
+    """For each code dimension, the factor it shares the most normalised mutual information
+    with and that information: ``[(name, I / H), ...]`` (``("-", 0.0)`` for none)."""
+    m = mutual_information(codes, factors, bins)
+    return [(names[int(row.argmax())], float(row.max())) if row.max() > 0 else ("-", 0.0)
+            for row in m]
 
 
 def mig(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
