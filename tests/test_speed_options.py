@@ -61,3 +61,35 @@ def test_compiled_cpu_kernels_are_cached_per_cpu_capability(monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
     assert separate_compile_cache() is None  # the user's folder is kept
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
+
+
+def test_amp_auto_decides_from_a_probe_keeps_the_decision_and_changes_no_draw(
+        mnist_small, monkeypatch, tmp_path):
+    from vaekit import devices, session
+    from vaekit.settings import TrainSettings
+    from vaekit.train import resume
+
+    assert TrainSettings(amp=True).amp == "on" and TrainSettings(amp=False).amp == "off"
+    train_x, _ = mnist_small
+    lines = []
+    monkeypatch.setattr("vaekit.tracking.Reporter.line", lambda self, text: lines.append(text))
+    for ratio, decided in ((1.3, True), (0.8, False)):
+        monkeypatch.setattr(session, "amp_speedup", lambda step, device, r=ratio: r)
+        lines.clear()
+        run = tmp_path / f"auto{ratio}"
+        r = _fit(train_x[:128], amp="auto", run_dir=run)
+        assert any(f"measured {ratio:.2f}x" in line and ("on" if decided else "off") in line
+                   for line in lines)
+        assert torch.load(run / "checkpoint.pt", weights_only=False)["amp"] is decided
+        monkeypatch.setattr(session, "amp_speedup", lambda step, device: 1 / 0)  # not probed
+        resume(run, train_x[:128], epochs=2, progress=False, verbose=False)
+        del r
+    # the probe itself, for real: it runs both modes and restores the random state
+    state = torch.get_rng_state()
+    calls = []
+    ratio = devices.amp_speedup(lambda amp: (calls.append(amp), torch.rand(3)), torch.device("cpu"))
+    assert calls == [False, True] * 3 and ratio > 0
+    assert torch.equal(torch.get_rng_state(), state)
+    off = _fit(train_x[:128]).final["train_loss"]  # auto deciding off trains as off does
+    monkeypatch.setattr(session, "amp_speedup", lambda step, device: 0.5)
+    assert _fit(train_x[:128], amp="auto").final["train_loss"] == off

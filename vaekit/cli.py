@@ -124,6 +124,8 @@ def _setting_option(section: str, cls: type, f: Any) -> click.Option:
         kw["type"] = LikelihoodName()
     elif m.get("choices"):
         kw["type"] = click.Choice(m["choices"])
+        if m.get("flag_value"):  # --amp alone means --amp on
+            kw.update(is_flag=False, flag_value=m["flag_value"])
     elif tp is int:
         bounded = m.get("min") is not None or m.get("max") is not None
         kw["type"] = click.IntRange(min=m.get("min"), max=m.get("max")) if bounded else int

@@ -25,7 +25,7 @@ import torch
 from vaekit import distributed, plots
 from vaekit.checks import nonfinite_message
 from vaekit.data import Splits, to_unit
-from vaekit.devices import separate_compile_cache
+from vaekit.devices import AMP_FASTER, amp_speedup, separate_compile_cache
 from vaekit.errors import CheckpointError, TrainingError
 from vaekit.evaluation import evaluate_elbo_sharded, iwae_bound_sharded
 from vaekit.likelihoods import Likelihood, test_observations
@@ -193,6 +193,8 @@ class TrainingState:
         self.lr = LearningRate(self.optimizer, s.lr_schedule, s.lr, s.lr_min,  # small to split:
                                s.epochs * self.steps)                          # dropped
         self.ema = make_ema(vae, s.ema) if s.ema else None
+        self.amp = s.amp == "on"  # "auto" is decided by `decide_amp`, at the start or from a
+        # checkpoint
         # Checking the loss needs the host: every step on the CPU (free), every 10 steps on a GPU.
         self.check_every = 1 if (dev.type == "cpu" or s.skip_nonfinite) else 10
 
@@ -238,7 +240,7 @@ class TrainingState:
         stop signal every rank agrees on (0: none). ``stop.signum`` is read after the forward
         pass, so a signal that arrives during it stops at this step."""
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.train_fn(x) if y is None else self.train_fn(x, y)
         except ValueError as e:  # validation of a distribution fed NaN
             if "invalid values" not in str(e):
@@ -269,6 +271,44 @@ class TrainingState:
         if self.owns_step:  # the objective's own updates, after the VAE's
             self.objective.auxiliary_step(x, y, global_step)
         return True
+
+    def decide_amp(self, images: torch.Tensor, y: torch.Tensor | None) -> str | None:
+        """Settle bf16 autocast for a fresh run: ``--amp auto`` turns it on where the objective's
+        forward and backward on a batch of ``images`` (a copy of the model, the random states
+        restored: nothing the run draws changes) is at least `AMP_FASTER` times faster with it
+        (on a GPU: where it has bf16); ``--amp on`` keeps it, measured too. Rank 0 decides for
+        every rank. The line to print, if any."""
+        s = self.settings
+        if s.amp == "off":
+            return None
+        if s.amp == "auto" and self.device.type == "cuda":
+            self.amp = bool(torch.cuda.is_bf16_supported())
+            return f"--amp auto: bf16 autocast {'on' if self.amp else 'off'} (this GPU " \
+                   f"{'has' if self.amp else 'has no'} bf16)"
+        import copy
+
+        probe = copy.deepcopy(self.objective)
+
+        def step(amp: bool) -> None:
+            probe.zero_grad(set_to_none=True)
+            with pyro.settings.context(module_local_params=True), \
+                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = probe(x) if y is None else probe(x, y)
+            loss.backward()
+
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the likelihood's observation draws
+            x = self.vae.likelihood.targets(to_unit(images)).contiguous(
+                memory_format=self.memory_format)
+        ratio = amp_speedup(step, self.device)
+        if s.amp == "auto":
+            self.amp = bool(self.dist.from_main(ratio >= AMP_FASTER))
+            return (f"--amp auto: bf16 autocast measured {ratio:.2f}x float32's speed here: "
+                    f"{'on' if self.amp else 'off'}")
+        if ratio < 1.0:
+            return (f"--amp on: bf16 autocast is slower than float32 here ({ratio:.2f}x its "
+                    "speed, measured); --amp auto or off would be faster")
+        return None
 
     def finite_gradients(self) -> bool:
         """Whether every gradient is finite (on every rank)."""
@@ -350,6 +390,7 @@ class TrainingState:
             state["ema"] = ema_state(self.ema)
         if self.owns_step:
             state["objective"] = self.objective.auxiliary_state()
+        state["amp"] = self.amp  # the decision of --amp auto, kept by a resumed run
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -362,6 +403,8 @@ class TrainingState:
             load_ema_state(self.ema, state["ema"])
         if self.owns_step and "objective" in state:
             self.objective.load_auxiliary_state(state["objective"])
+        if self.settings.amp == "auto" and isinstance(state.get("amp"), bool):
+            self.amp = state["amp"]
 
     def restore(self, position: Position | None, state: dict[str, Any], where: Any,
                 new_lr: bool = False) -> Position:

@@ -55,7 +55,7 @@ MAX_Z_DIM = 65536
 def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
             choices: tuple[str, ...] | None = None, min: float | None = None,
             max: float | None = None, min_open: bool = False, negatable: bool = False,
-            shown_default: str | None = None) -> Any:
+            shown_default: str | None = None, flag_value: str | None = None) -> Any:
     """A dataclass field with the metadata the command line and the checks are derived from.
 
     Args:
@@ -69,10 +69,11 @@ def setting(default: Any, help: str, *, flag: str | None = None, group: str | No
         min_open: ``min`` itself is not allowed.
         negatable: A boolean shown as ``--flag/--no-flag`` (else a plain on-switch).
         shown_default: What ``--help`` says the default is, when it depends on other settings.
+        flag_value: The value of the flag given alone (a choice that may be given without one).
     """
     meta = {"help": help, "flag": flag, "group": group, "choices": choices, "min": min,
             "max": max, "min_open": min_open, "negatable": negatable,
-            "shown_default": shown_default}
+            "shown_default": shown_default, "flag_value": flag_value}
     return field(default=default, metadata=meta)
 
 
@@ -408,11 +409,17 @@ class TrainSettings:
     channels_last: bool = setting(True, "Channels-last memory format for the networks (faster "
                                   "convolutions).", negatable=True)
     compile: bool = setting(False, "torch.compile the encoder and decoder (worth it on GPUs).")
-    amp: bool = setting(False, "Mixed precision: bfloat16 autocast for the networks.")
+    amp: str = setting(
+        "off", "Mixed precision, bfloat16 autocast for the networks: on; off; or auto, on only "
+        "where a probe of a few steps at start-up measures it at least 5% faster than float32 "
+        "(on a GPU: where it has bf16). --amp alone is on; a run keeps its decision when it "
+        "resumes.", choices=("auto", "on", "off"), flag_value="on")
     sync_batchnorm: bool = setting(False, "With several processes: BatchNorm statistics of the "
                                    "global batch.")
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # a config of vaekit <= 0.1: amp true / false
+            object.__setattr__(self, "amp", "on" if self.amp else "off")
         check_fields(self)
         parse_beta_schedule(self.beta_schedule)
         parse_lr_schedule(self.lr_schedule)

@@ -346,6 +346,11 @@ def train_loop(vae: VAE, splits: Splits, s: TrainSettings,
                 folder.write_labelled(t.labelled, splits.train[1][t.labelled])
             best_weights = None  # this session's best epoch, in memory
             with stop_on_signals() as stop:
+                if position is None or (s.amp == "auto" and "amp" not in (checkpoint or {})):
+                    note = t.decide_amp(data.train_x[:bs], None if data.labels is None
+                                        else data.labels[:bs])
+                    if note:
+                        report.line(note)
                 if position is None:
                     _checkpoint(t, pos, folder, report)  # rule 2
                 report.start(config, run_path, pos.epoch * t.steps + pos.step,
