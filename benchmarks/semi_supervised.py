@@ -46,6 +46,7 @@ def run(labels: int, seed: int, args: argparse.Namespace) -> dict[str, float]:
                      DataSpec(root=args.data_root),
                      TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    labels=labels, labelled_batch=args.labelled_batch,
+                                   labelled_every=args.labelled_every,
                                    classifier_weight=args.classifier_weight, seed=seed),
                      RunOptions(out=str(out), progress=False))
     train_s = time.perf_counter() - t0
@@ -67,6 +68,7 @@ def main() -> None:
     p.add_argument("--z-dim", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--labelled-batch", type=int, default=100)
+    p.add_argument("--labelled-every", type=int, default=1)
     p.add_argument("--classifier-weight", type=float, default=46.0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", default="runs/m2")

@@ -102,6 +102,13 @@ def test_the_auxiliary_loss_is_the_classifiers_cross_entropy_times_its_weight():
     ce = torch.nn.functional.cross_entropy(vae.classifier(x_l), y_l, reduction="sum")
     assert losses[1] - losses[0] == pytest.approx(46.0 * num(ce), rel=1e-4)
     assert obj.epoch_metrics()["labelled_ce"] == pytest.approx(num(ce) / 3, rel=1e-5)
+    sparse = SemiSupervised(vae, x_l, y_l, batch=3, weight=46.0, every=3)
+    seen = []
+    for _ in range(6):
+        sparse(x)
+        seen.append(sparse.epoch_metrics().get("labelled_ce", 0.0) > 0)
+    assert seen == [True, False, False, True, False, False]  # every third step
+    assert sparse.auxiliary_state()["steps"] == 6
 
 
 @torch.no_grad()

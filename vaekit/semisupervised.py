@@ -69,20 +69,22 @@ class SemiSupervised(Objective):
         seed: Seeds the draw of each step's labelled batch.
         indices: The labelled images' indices in the training set, saved with the checkpoint
             (a resumed run must draw the same ones).
+        every: Add the labelled batch to every ``every``-th step only (1: every step).
 
     Raises:
         ConfigError: for another VAE or a negative weight.
     """
 
     def __init__(self, vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch: int = 100,
-                 weight: float = 46.0, seed: int = 0, indices: torch.Tensor | None = None
-                 ) -> None:
+                 weight: float = 46.0, seed: int = 0, indices: torch.Tensor | None = None,
+                 every: int = 1) -> None:
         super().__init__()
         if not is_semi_supervised(vae):
             raise ConfigError("the semi-supervised objective needs --semi-supervised")
         if not weight >= 0:
             raise ConfigError(f"classifier_weight must be >= 0, got {weight!r}")
-        self.vae, self.weight, self.batch = vae, float(weight), int(batch)
+        self.vae, self.weight, self.batch, self.every = vae, float(weight), int(batch), int(every)
+        self.steps = 0  # forward calls so far: which steps see a labelled batch
         self.images, self.labels = images, labels
         self.indices = indices if indices is not None else torch.arange(len(labels))
         self.draws = torch.Generator().manual_seed(seed)
@@ -96,7 +98,8 @@ class SemiSupervised(Objective):
         model, guide = self.vae.model, self.vae.guide
         loss = self.enumerated.differentiable_loss(
             model, config_enumerate(guide, "parallel", expand=False), x)
-        if len(self.labels):
+        self.steps += 1
+        if len(self.labels) and (self.steps - 1) % self.every == 0:
             x_l, y_l = self._labelled_batch(x)
             logits = self.vae.classifier(x_l).float()
             ce = torch.nn.functional.cross_entropy(logits, y_l, reduction="sum")
@@ -133,7 +136,8 @@ class SemiSupervised(Objective):
     def auxiliary_state(self) -> dict[str, object]:
         """The labelled images' indices, the labelled batches' generator and the epoch's sums."""
         return {**super().auxiliary_state(), "labelled": self.indices.clone(),
-                "draws": self.draws.get_state(), "epoch_sums": self._epoch.clone()}
+                "draws": self.draws.get_state(), "epoch_sums": self._epoch.clone(),
+                "steps": self.steps}
 
     def load_auxiliary_state(self, state: dict[str, object]) -> None:
         """Restore `auxiliary_state`; a checkpoint of other labelled images is refused.
@@ -149,6 +153,7 @@ class SemiSupervised(Objective):
             self.draws.set_state(state["draws"])  # type: ignore[arg-type]
         if "epoch_sums" in state:
             self._epoch = state["epoch_sums"].clone()  # type: ignore[union-attr]
+        self.steps = int(state.get("steps", 0))  # type: ignore[arg-type]
 
 
 @torch.no_grad()

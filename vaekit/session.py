@@ -218,7 +218,7 @@ class TrainingState:
         self.data.labels = None  # the loop's batches are unlabelled: y is summed out
         on = idx.to(labels.device)
         return SemiSupervised(vae, self.data.train_x[on], labels[on], s.labelled_batch,
-                              s.classifier_weight, s.seed, idx)
+                              s.classifier_weight, s.seed, idx, s.labelled_every)
 
     @property
     def model(self) -> VAE:

@@ -365,8 +365,11 @@ class TrainSettings:
         "(recorded in RUN/labelled.json); 0: none, an unsupervised mixture VAE scored by "
         "clustering accuracy.", min=0)
     labelled_batch: int = setting(
-        100, "--semi-supervised: labelled images added to every step (at most --labels).",
+        100, "--semi-supervised: labelled images added to a step (at most --labels).",
         min=1)
+    labelled_every: int = setting(
+        1, "--semi-supervised: add the labelled batch to every N-th step (1: every step; Pyro's "
+        "example sees its labelled images about once per epoch).", min=1)
     classifier_weight: float = setting(
         46.0, "--semi-supervised: the weight of the classifier's cross-entropy on the labelled "
         "images (Kingma et al.'s alpha per labelled image; 46 as Pyro's M2 example).", min=0,
