@@ -276,8 +276,8 @@ def check_objective(vae: VAE, name: str) -> None:
     use = "use objective elbo or iwae"
     if vae.latents != 1 or vae.num_classes:
         raise ConfigError(f"the {name} objective needs one latent layer z of an unconditional "
-                          f"VAE (a second layer's p(z1|z2) depends on z2, drawn after z1): "
-                          f"{use}, or --latents 1 without --conditional")
+                          f"VAE, which a second latent layer or a label is not (p(z1|z2) depends "
+                          f"on z2, drawn after z1): {use}, or --latents 1 without --conditional")
     spec = vae.spec()
     if (type(vae.model.prior).__name__ != "StandardNormal"
             or type(vae.guide.posterior).__name__ != "Diagonal"):
