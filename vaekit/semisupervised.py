@@ -89,6 +89,7 @@ class SemiSupervised(Objective):
         self.indices = indices if indices is not None else torch.arange(len(labels))
         self.draws = torch.Generator().manual_seed(seed)
         self.enumerated = TraceEnum_ELBO(max_plate_nesting=1)
+        self._enumerated_guide = config_enumerate(vae.guide, "parallel", expand=False)
         self.labelled = Trace_ELBO(max_plate_nesting=1)
         self._epoch = torch.zeros(3, dtype=torch.float64)  # Σ cross-entropy, Σ right, images
 
@@ -96,8 +97,7 @@ class SemiSupervised(Objective):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of the unlabelled batch ``x`` and a labelled batch, summed over images."""
         model, guide = self.vae.model, self.vae.guide
-        loss = self.enumerated.differentiable_loss(
-            model, config_enumerate(guide, "parallel", expand=False), x)
+        loss = self.enumerated.differentiable_loss(model, self._enumerated_guide, x)
         self.steps += 1
         if len(self.labels) and (self.steps - 1) % self.every == 0:
             x_l, y_l = self._labelled_batch(x)
