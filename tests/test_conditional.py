@@ -236,3 +236,18 @@ def test_picture_commands_support_conditional_runs(monkeypatch, mnist_root, tmp_
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["interpolate", "u", "--label", "1", "--device", "cpu"])
     assert r.exit_code == 2 and "--label needs a conditional run" in r.output
+
+
+def test_mlp_conditional_encoder_takes_the_label_beside_the_flat_image():
+    """The fully connected q(z|x, y) reads C*H*W + K inputs (not K label planes), and its
+    output changes with y."""
+    import torch
+
+    from vaekit.nets import make_nets
+
+    enc, _ = make_nets("mlp:8", (1, 28, 28), 2, 1, num_classes=10)
+    first = next(m for m in enc.modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 28 * 28 + 10
+    x = torch.rand(3, 1, 28, 28)
+    a, b = enc(x, torch.tensor([0, 1, 2])), enc(x, torch.tensor([3, 4, 5]))
+    assert a[0].shape == (3, 2) and not torch.allclose(a[0], b[0])

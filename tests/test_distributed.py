@@ -314,3 +314,26 @@ def test_a_vq_vae_trains_in_two_processes_like_one(env, tmp_path):
     assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=0.1)
     assert two[0]["test_neg_elbo"] == pytest.approx(one[0]["test_neg_elbo"], rel=0.1)
     assert 1 <= two[0]["codes_used"] <= 16
+
+
+def test_semi_supervised_ranks_share_each_labelled_batch(env, tmp_path):
+    """Under 2 processes each step's labelled batch is split between the ranks, every image
+    once (their summed losses count it once, as one process does), and the epoch's classifier
+    numbers are summed over the ranks: the same as one process's."""
+    from dist_m2_worker import STEPS, build, unlabelled
+
+    _run(_torchrun(2, str(HERE / "dist_m2_worker.py"), str(tmp_path / "two.pt")), env, tmp_path)
+    two = torch.load(tmp_path / "two.pt")
+    one = build()
+    for step in range(STEPS):
+        state = one.draws.get_state()
+        whole = one.labelled_indices()
+        one.draws.set_state(state)
+        one(unlabelled())
+        r0, r1 = two["shares"][0][step], two["shares"][1][step]
+        assert len(r0) + len(r1) == len(whole) == 10
+        assert sorted((*r0.tolist(), *r1.tolist())) == sorted(whole.tolist())
+    expect = one.epoch_metrics()
+    assert expect.keys() == two["metrics"].keys()
+    for k, v in expect.items():
+        assert two["metrics"][k] == pytest.approx(v, rel=1e-5), k

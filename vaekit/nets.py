@@ -484,14 +484,17 @@ def make_nets(name: str, image_shape: Sequence[int], z_dim: int, out_channels: i
     else:
         raise ConfigError(f"unknown nets {name!r}; use dcgan, mlp or mlp:H (H hidden units)")
     if num_classes:
-        return (ConditionalEncoder(image_shape, z_dim, num_classes, base=enc),
+        return (ConditionalEncoder(image_shape, z_dim, num_classes, base=enc,
+                                   flat=family == "mlp"),
                 ConditionalDecoder(image_shape, z_dim, num_classes, out_channels=out_channels,
                                    base=dec))
     return enc(image_shape, z_dim), dec(image_shape, z_dim, out_channels=out_channels)
 
 
 class ConditionalEncoder(nn.Module):
-    """Encoder of q(z|x, y): the label's one-hot code enters as constant extra input channels.
+    """Encoder of q(z|x, y): the label's one-hot code enters as constant extra input channels,
+    or, with ``flat``, beside the flattened image (as a fully connected net takes it: C*H*W + K
+    inputs, not (C + K)*H*W).
 
     Args:
         image_shape: ``(channels, height, width)`` of the images.
@@ -499,21 +502,25 @@ class ConditionalEncoder(nn.Module):
         num_classes: Number of labels.
         blocks: Layers to use instead of `default_layers`.
         base: The encoder it wraps, built as ``base(image_shape_with_label_channels, z_dim)``
-            (default `Encoder` with ``blocks``).
+            (default `Encoder` with ``blocks``), or with ``flat`` as
+            ``base((C*H*W + num_classes,), z_dim)``.
+        flat: Append the one-hot code to the flattened image (for a fully connected ``base``).
     """
 
     def __init__(self, image_shape: Sequence[int], z_dim: int, num_classes: int,
                  blocks: Sequence[Block] | None = None,
-                 base: Callable[..., nn.Module] | None = None) -> None:
+                 base: Callable[..., nn.Module] | None = None, flat: bool = False) -> None:
         super().__init__()
         c, h, w = image_shape
-        self.num_classes = num_classes
+        self.num_classes, self.flat = num_classes, flat
         base = base or functools.partial(Encoder, blocks=blocks)
-        self.inner = base((c + num_classes, h, w), z_dim)
+        self.inner = base((c * h * w + num_classes,) if flat else (c + num_classes, h, w), z_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_loc, z_scale)`` for images ``x`` with integer labels ``y`` (``[batch]``)."""
         code = nn.functional.one_hot(y, self.num_classes).to(x.dtype)
+        if self.flat:
+            return self.inner(torch.cat([x.flatten(1), code], dim=1))
         maps = code[:, :, None, None].expand(-1, -1, *x.shape[2:])
         return self.inner(torch.cat([x, maps], dim=1))
 

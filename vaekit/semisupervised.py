@@ -17,6 +17,7 @@ clusters (`clustering_accuracy`).
 from __future__ import annotations
 
 import torch
+import torch.distributed as torch_dist
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 from vaekit.auxiliary import Objective
@@ -109,11 +110,20 @@ class SemiSupervised(Objective):
         return loss
     # --8<-- [end:m2-loss]
 
-    def _labelled_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's labelled images, observed as the likelihood observes training images."""
+    def labelled_indices(self) -> torch.Tensor:
+        """The next step's labelled batch (positions in ``labels``), this rank's share of it:
+        every rank draws the same batch and takes every world-size-th image, so the ranks'
+        summed losses count each labelled image once, as one process does."""
         n = len(self.labels)
         idx = (torch.arange(n) if n <= self.batch
-               else torch.randperm(n, generator=self.draws)[:self.batch]).to(self.labels.device)
+               else torch.randperm(n, generator=self.draws)[:self.batch])
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            idx = idx[torch_dist.get_rank()::torch_dist.get_world_size()]
+        return idx
+
+    def _labelled_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's labelled images, observed as the likelihood observes training images."""
+        idx = self.labelled_indices().to(self.labels.device)
         x_l = self.vae.likelihood.targets(to_unit(self.images[idx])).to(x.dtype)
         fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else \
             torch.contiguous_format  # as the loop lays out its batches
@@ -125,8 +135,14 @@ class SemiSupervised(Objective):
 
     def epoch_metrics(self) -> dict[str, float]:
         """The epoch's mean cross-entropy and accuracy (percent) of the classifier on the
-        labelled batches it trained on (none with no labels); the sums start again."""
-        ce, right, n = self._epoch.tolist()
+        labelled batches it trained on, summed over the ranks (none with no labels); the sums
+        start again."""
+        sums = self._epoch.clone()
+        if torch_dist.is_available() and torch_dist.is_initialized():  # every rank's share
+            sums = sums.to(self.labels.device)
+            torch_dist.all_reduce(sums)
+            sums = sums.cpu()
+        ce, right, n = sums.tolist()
         self._epoch.zero_()
         if not len(self.labels):
             return {}
