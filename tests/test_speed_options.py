@@ -73,6 +73,7 @@ def test_amp_auto_decides_from_a_probe_keeps_the_decision_and_changes_no_draw(
     train_x, _ = mnist_small
     lines = []
     monkeypatch.setattr("vaekit.tracking.Reporter.line", lambda self, text: lines.append(text))
+    monkeypatch.setattr(session, "cpu_bf16_kernels", lambda: None)  # an AVX-512 CPU, any CI's
     for ratio, decided in ((1.3, True), (0.8, False)):
         monkeypatch.setattr(session, "amp_speedup", lambda step, device, r=ratio: r)
         lines.clear()
@@ -93,3 +94,23 @@ def test_amp_auto_decides_from_a_probe_keeps_the_decision_and_changes_no_draw(
     off = _fit(train_x[:128]).final["train_loss"]  # auto deciding off trains as off does
     monkeypatch.setattr(session, "amp_speedup", lambda step, device: 0.5)
     assert _fit(train_x[:128], amp="auto").final["train_loss"] == off
+
+
+def test_amp_on_a_cpu_without_bf16_kernels_is_off_unmeasured(mnist_small, monkeypatch):
+    """Where the CPU's kernels are AVX2 (bf16 emulated, 20x slower), auto decides off without a
+    probe, and on says in one line that it is slower."""
+    from vaekit import devices, session
+
+    train_x, _ = mnist_small
+    lines = []
+    monkeypatch.setattr("vaekit.tracking.Reporter.line", lambda self, text: lines.append(text))
+    monkeypatch.setattr(session, "cpu_bf16_kernels", lambda: "AVX2")
+    monkeypatch.setattr(session, "amp_speedup", lambda step, device: 1 / 0)  # never probed
+    off = _fit(train_x[:128]).final["train_loss"]
+    assert _fit(train_x[:128], amp="auto").final["train_loss"] == off
+    assert any(line.startswith("--amp auto: bf16 autocast off") and "AVX2" in line
+               for line in lines)
+    lines.clear()
+    _fit(train_x[:128], amp="on")
+    assert any(line.startswith("--amp on: bf16 autocast is slower") for line in lines)
+    assert devices.cpu_bf16_kernels() in (None, torch.backends.cpu.get_cpu_capability())

@@ -96,6 +96,15 @@ class deterministic:
         torch.backends.cudnn.benchmark = benchmark
 
 
+def cpu_bf16_kernels() -> str | None:
+    """None where this CPU's ATen kernels are AVX-512 (torch's capability query,
+    ``torch.backends.cpu.get_cpu_capability``), the level with native bf16 arithmetic where the
+    CPU has it (avx512_bf16, AMX); else the capability's name (e.g. ``"AVX2"``), where bf16
+    autocast is emulated: 0.05x float32's speed measured on an AVX2-forced EPYC."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return None if cap.startswith("AVX512") else cap
+
+
 def amp_speedup(step: Any, device: torch.device, rounds: int = 2) -> float:
     """How much faster ``step(amp)`` (a forward and backward pass; ``amp`` turns bf16 autocast
     on) runs with autocast than without on ``device``: the median of ``rounds`` timed calls of

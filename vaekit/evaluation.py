@@ -150,6 +150,12 @@ def is_standard_gaussian(vae: VAE) -> bool:
             and type(vae.model.prior) is StandardNormal and type(vae.guide.posterior) is Diagonal)
 
 
+CPU_DECODE_CHUNK = 512
+"""Most latents the direct IWAE path decodes at once on a CPU: the seed decoder's fastest batch
+there (`benchmarks/eval_throughput.py`: about 20 % more decodes/s than at 2,048 on a 2-core
+EPYC); the per-image values do not depend on it."""
+
+
 @dataclass
 class _PerImage:
     """Per-image results of one importance-sampling pass (all ``[N]`` except noted)."""
@@ -206,8 +212,9 @@ def _importance_pass(vae: VAE, x: torch.Tensor, num_samples: int, batch_size: in
             # log p(x|z_k): decode the K*B latents at most `chunk_size` at a time.
             z_flat = z.reshape(k * b, vae.z_dim)
             log_lik = torch.empty(k * b, device=dev, dtype=z_loc.dtype)
-            for j in range(0, k * b, chunk_size):
-                idx = torch.arange(j, min(j + chunk_size, k * b), device=dev)
+            step = chunk_size if dev.type != "cpu" else min(chunk_size, CPU_DECODE_CHUNK)
+            for j in range(0, k * b, step):
+                idx = torch.arange(j, min(j + step, k * b), device=dev)
                 px = vae.px(z_flat[idx], None if yb is None else yb[idx % b])
                 log_lik[idx] = px.log_prob(xb[idx % b])
                 discrete = bool(px.support.is_discrete)

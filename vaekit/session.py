@@ -25,7 +25,7 @@ import torch
 from vaekit import distributed, plots
 from vaekit.checks import nonfinite_message
 from vaekit.data import Splits, to_unit
-from vaekit.devices import AMP_FASTER, amp_speedup, separate_compile_cache
+from vaekit.devices import AMP_FASTER, amp_speedup, cpu_bf16_kernels, separate_compile_cache
 from vaekit.errors import CheckpointError, TrainingError
 from vaekit.evaluation import evaluate_elbo_sharded, iwae_bound_sharded
 from vaekit.likelihoods import Likelihood, test_observations
@@ -276,11 +276,19 @@ class TrainingState:
         """Settle bf16 autocast for a fresh run: ``--amp auto`` turns it on where the objective's
         forward and backward on a batch of ``images`` (a copy of the model, the random states
         restored: nothing the run draws changes) is at least `AMP_FASTER` times faster with it
-        (on a GPU: where it has bf16); ``--amp on`` keeps it, measured too. Rank 0 decides for
-        every rank. The line to print, if any."""
+        (on a GPU: where it has bf16; on a CPU without AVX-512 kernels, `cpu_bf16_kernels`:
+        never, unmeasured); ``--amp on`` keeps it, measured too. Rank 0 decides for every rank.
+        The line to print, if any."""
         s = self.settings
         if s.amp == "off":
             return None
+        slow = cpu_bf16_kernels() if self.device.type == "cpu" else None
+        if slow and s.amp == "auto":  # nothing to measure: no bf16 kernels to gain from
+            self.amp = False
+            return f"--amp auto: bf16 autocast off (this CPU's kernels are {slow}, without bf16)"
+        if slow:
+            return (f"--amp on: bf16 autocast is slower than float32 here (this CPU's kernels "
+                    f"are {slow}, without bf16); --amp auto or off would be faster")
         if s.amp == "auto" and self.device.type == "cuda":
             self.amp = bool(torch.cuda.is_bf16_supported())
             return f"--amp auto: bf16 autocast {'on' if self.amp else 'off'} (this GPU " \

@@ -1,0 +1,97 @@
+"""Where the default VAE's step spends the time that its bare networks do not: a profile.
+
+    python benchmarks/step_profile.py --batch-size 1024 --steps 8
+
+`torch.profiler` over ``--steps`` training steps of (b') the seed nets in a plain channels-last
+PyTorch loop (BCE on the sigmoid + analytic KL, Adam) and of (c) `vaekit.fit`'s default VAE
+(Pyro's ``Trace_ELBO``, dynamic binarization), same batch size, after a warm-up. Prints the
+wall time per step of each and the self CPU time per step by kind of operator (the networks'
+convolutions and normalisation, their backward, the optimizer, the binarizing draws, the
+log-densities and the rest), so the gap between the two is accounted for operator by operator;
+what no operator accounts for is Python (Pyro's tracing, the loop's bookkeeping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TensorLoop, machine  # noqa: E402
+
+import vaekit  # noqa: E402
+
+KINDS = (  # (kind, substrings of operator names), first match wins
+    ("backward (autograd)", ("Backward", "backward")),
+    ("convolution forward", ("convolution", "conv2d", "conv_transpose")),
+    ("batch norm, activations", ("batch_norm", "relu", "leaky", "sigmoid", "silu")),
+    ("optimizer (Adam)", ("Optimizer", "_foreach", "addcdiv", "addcmul", "lerp", "sqrt")),
+    ("binarizing draws", ("bernoulli",)),
+    ("log-densities, KL, sums", ("log", "sum", "exp", "pow", "mul", "sub", "add", "neg", "div",
+                                 "normal", "binary_cross_entropy")),
+)
+
+
+def kind_of(name: str) -> str:
+    for kind, keys in KINDS:
+        if any(k in name for k in keys):
+            return kind
+    return "other operators"
+
+
+def profiled(run, steps: int) -> tuple[float, dict[str, float]]:
+    """Wall seconds per step and self CPU seconds per step by kind, of ``run()``."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        run()
+        wall = time.perf_counter() - t0
+    kinds: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.key.startswith("ProfilerStep") or e.key.startswith("autograd::engine"):
+            continue  # containers: their children are counted
+        k = kind_of(e.key)
+        kinds[k] = kinds.get(k, 0.0) + e.self_cpu_time_total / 1e6 / steps
+    return wall / steps, kinds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--data-root", default=None)
+    args = p.parse_args()
+    images, _ = vaekit.load_mnist(args.data_root, train=True, download=False)
+    bs, n = args.batch_size, args.batch_size * args.steps
+    bare = TensorLoop(images, bs, torch.device("cpu"), channels_last=True)
+    pyro.set_rng_seed(0)
+    vae = vaekit.VAE()
+
+    def ours() -> None:
+        vaekit.fit(vae, images[:n], epochs=1, batch_size=bs, device="cpu", progress=False,
+                   verbose=False)
+
+    bare.train_images(2 * bs)  # warm-up
+    ours()
+    print(f"machine: {machine()}\nbatch {bs}, {args.steps} steps each\n")
+    results = {"bare (b')": profiled(lambda: bare.train_images(n), args.steps),
+               "vaekit (c)": profiled(ours, args.steps)}
+    names = sorted({k for _, kinds in results.values() for k in kinds},
+                   key=lambda k: -results["vaekit (c)"][1].get(k, 0.0))
+    print(f"{'ms per step':<28}" + "".join(f"{r:>14}" for r in results) + f"{'difference':>14}")
+    rows = [("wall time", [w for w, _ in results.values()])]
+    rows += [(k, [kinds.get(k, 0.0) for _, kinds in results.values()]) for k in names]
+    ops = [sum(kinds.values()) for _, kinds in results.values()]
+    rows += [("all operators", ops),
+             ("wall - operators (Python)", [w - o for (w, _), o in zip(results.values(), ops)])]
+    for label, (a, b) in rows:
+        print(f"{label:<28}{1e3 * a:>14.1f}{1e3 * b:>14.1f}{1e3 * (b - a):>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
