@@ -185,3 +185,13 @@ def test_a_short_run_learns_records_its_labels_and_resumes_exactly(tmp_path, mni
     assert same(resumed.history) == same(full.history)
     assert json.loads((tmp_path / "b" / "labelled.json").read_text()) == record
     assert accuracy(resumed.vae, torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])) >= 0
+
+
+def test_the_classifier_refuses_integer_images_with_the_fix():
+    from vaekit import VAE
+    from vaekit.errors import DataError
+    from vaekit.semisupervised import predict
+
+    vae = VAE(num_classes=10, semi_supervised=True, z_dim=2, nets="mlp:8")
+    with pytest.raises(DataError, match="test_observations"):
+        predict(vae, torch.zeros(3, 1, 28, 28, dtype=torch.uint8))

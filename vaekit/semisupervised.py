@@ -174,7 +174,14 @@ class SemiSupervised(Objective):
 
 @torch.no_grad()
 def predict(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The most probable class under q(y|x) of each image, ``[N]`` on the CPU (eval mode)."""
+    """The most probable class under q(y|x) of each image, ``[N]`` on the CPU (eval mode).
+
+    Raises:
+        DataError: for integer images (pass observations, as the model was trained on).
+    """
+    if not x.is_floating_point():
+        raise DataError(f"q(y|x) takes observations, got {x.dtype} images; pass "
+                        "vaekit.likelihoods.test_observations(vae.likelihood, images)")
     was = vae.training
     vae.eval()
     try:
