@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--z-dim", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--labelled-batch", type=int, default=100)
-    p.add_argument("--labelled-every", type=int, default=1)
+    p.add_argument("--labelled-every", type=int, default=10)
     p.add_argument("--classifier-weight", type=float, default=46.0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", default="runs/m2")
