@@ -195,3 +195,17 @@ def test_the_classifier_refuses_integer_images_with_the_fix():
     vae = VAE(num_classes=10, semi_supervised=True, z_dim=2, nets="mlp:8")
     with pytest.raises(DataError, match="test_observations"):
         predict(vae, torch.zeros(3, 1, 28, 28, dtype=torch.uint8))
+
+
+def test_the_enumerated_bound_has_the_same_bits_at_any_net_batch(monkeypatch):
+    """Evaluating on a CPU, `call_per_label` runs the nets `CPU_NET_BATCH` inputs at a time (the
+    seed nets' fastest batch); the IWAE values are bit for bit those of one batch, as before."""
+    from vaekit import model
+    from vaekit.evaluation import iwae_bound
+
+    pyro.set_rng_seed(0)
+    vae = VAE(num_classes=10, semi_supervised=True).to(memory_format=torch.channels_last)
+    x = torch.bernoulli(torch.rand(60, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    now = iwae_bound(vae, x, num_samples=3, batch_size=60)  # 1,800 decodes per pass
+    monkeypatch.setattr(model, "CPU_NET_BATCH", 10**9)
+    assert torch.equal(iwae_bound(vae, x, num_samples=3, batch_size=60), now)

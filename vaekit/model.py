@@ -241,17 +241,30 @@ class TwoLevelCodeGuide(CodeGuide):
     # --8<-- [end:two-level-guide]
 
 
+CPU_NET_BATCH = 512
+"""Most inputs `call_per_label` gives a net at once on a CPU without gradients (evaluation): the
+seed nets' fastest batch there; their outputs do not depend on it."""
+
+
 def call_per_label(net: nn.Module, inp: torch.Tensor, y: torch.Tensor, event_dim: int) -> Any:
     """``net(inp, y)`` for labels ``y`` that broadcast against ``inp``'s batch dimensions (all
     but its last ``event_dim``): an enumerated ``y`` ``[C, 1]`` with images ``[B, ...]`` runs the
-    net on the ``C * B`` pairs, flattened to one batch as a conditional net takes them, and
-    gives its outputs back shaped ``[C, B, ...]``."""
+    net on the ``C * B`` pairs, flattened to one batch as a conditional net takes them (on a CPU
+    without gradients, `CPU_NET_BATCH` at a time), and gives its outputs back shaped
+    ``[C, B, ...]``."""
     lead = inp.shape[:inp.dim() - event_dim]
     batch = torch.broadcast_shapes(y.shape, lead)
     if tuple(batch) == tuple(lead) and y.dim() == 1:  # one label per image: as it is
         return net(inp, y.expand(batch))
     event = inp.shape[inp.dim() - event_dim:]
-    out = net(inp.expand(*batch, *event).reshape(-1, *event), y.expand(batch).reshape(-1))
+    flat, labels = inp.expand(*batch, *event).reshape(-1, *event), y.expand(batch).reshape(-1)
+    if flat.device.type == "cpu" and not torch.is_grad_enabled() and len(flat) > CPU_NET_BATCH:
+        parts = [net(flat[i:i + CPU_NET_BATCH], labels[i:i + CPU_NET_BATCH])
+                 for i in range(0, len(flat), CPU_NET_BATCH)]  # the nets' fastest batch
+        out = (tuple(torch.cat(o) for o in zip(*parts)) if isinstance(parts[0], tuple)
+               else torch.cat(parts))
+    else:
+        out = net(flat, labels)
     return (tuple(o.reshape(*batch, *o.shape[1:]) for o in out) if isinstance(out, tuple)
             else out.reshape(*batch, *out.shape[1:]))
 
