@@ -1,6 +1,7 @@
 """Where the default VAE's step spends the time that its bare networks do not: a profile.
 
     python benchmarks/step_profile.py --batch-size 1024 --steps 8
+    python benchmarks/step_profile.py --family vq --batch-size 128 --steps 16   # the VQ-VAE
 
 `torch.profiler` over ``--steps`` training steps of (b') the seed nets in a plain channels-last
 PyTorch loop (BCE on the sigmoid + analytic KL, Adam) and of (c) `vaekit.fit`'s default VAE
@@ -9,6 +10,10 @@ wall time per step of each and the self CPU time per step by kind of operator (t
 convolutions and normalisation, their backward, the optimizer, the binarizing draws, the
 log-densities and the rest), so the gap between the two is accounted for operator by operator;
 what no operator accounts for is Python (Pyro's tracing, the loop's bookkeeping).
+
+``--family vq`` (``vq2``: two levels) profiles the VQ-VAE instead: the bare loop of
+``benchmarks/vq_step.py`` against ``vaekit.fit`` with ``posterior="vq:512"``, ``z_dim=64``, and
+also counts and times the nearest-code searches (`VectorQuantizer.assign`) of each step.
 """
 
 from __future__ import annotations
@@ -24,8 +29,26 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TensorLoop, machine  # noqa: E402
+from vq_step import BareVQ  # noqa: E402
 
 import vaekit  # noqa: E402
+from vaekit.quantize import VectorQuantizer  # noqa: E402
+
+SEARCHES = {"calls": 0, "seconds": 0.0}  # VectorQuantizer.assign, while it is counted
+
+
+def count_searches() -> None:
+    """Make `VectorQuantizer.assign` count its calls and time in `SEARCHES`."""
+    assign = VectorQuantizer.assign
+
+    def counted(self: VectorQuantizer, flat: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        codes = assign(self, flat)
+        SEARCHES["calls"] += 1
+        SEARCHES["seconds"] += time.perf_counter() - t0
+        return codes
+
+    VectorQuantizer.assign = counted  # type: ignore[method-assign]
 
 KINDS = (  # (kind, substrings of operator names), first match wins
     ("backward (autograd)", ("Backward", "backward")),
@@ -33,6 +56,8 @@ KINDS = (  # (kind, substrings of operator names), first match wins
     ("batch norm, activations", ("batch_norm", "relu", "leaky", "sigmoid", "silu")),
     ("optimizer (Adam)", ("Optimizer", "_foreach", "addcdiv", "addcmul", "lerp", "sqrt")),
     ("binarizing draws", ("bernoulli",)),
+    ("nearest-code search, code counts", ("argmin", "addmm", "aten::mm", "bincount", "one_hot",
+                                          "index")),
     ("log-densities, KL, sums", ("log", "sum", "exp", "pow", "mul", "sub", "add", "neg", "div",
                                  "normal", "binary_cross_entropy")),
 )
@@ -47,6 +72,7 @@ def kind_of(name: str) -> str:
 
 def profiled(run, steps: int) -> tuple[float, dict[str, float]]:
     """Wall seconds per step and self CPU seconds per step by kind, of ``run()``."""
+    SEARCHES.update(calls=0, seconds=0.0)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         run()
@@ -57,6 +83,9 @@ def profiled(run, steps: int) -> tuple[float, dict[str, float]]:
             continue  # containers: their children are counted
         k = kind_of(e.key)
         kinds[k] = kinds.get(k, 0.0) + e.self_cpu_time_total / 1e6 / steps
+    if SEARCHES["calls"]:
+        print(f"nearest-code searches: {SEARCHES['calls'] / steps:.1f} per step, "
+              f"{1e3 * SEARCHES['seconds'] / steps:.1f} ms per step (profiled)")
     return wall / steps, kinds
 
 
@@ -65,16 +94,23 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--data-root", default=None)
+    p.add_argument("--family", choices=("default", "vq", "vq2"), default="default")
     args = p.parse_args()
     images, _ = vaekit.load_mnist(args.data_root, train=True, download=False)
     bs, n = args.batch_size, args.batch_size * args.steps
-    bare = TensorLoop(images, bs, torch.device("cpu"), channels_last=True)
     pyro.set_rng_seed(0)
-    vae = vaekit.VAE()
+    if args.family == "default":
+        bare, model, lr = TensorLoop(images, bs, torch.device("cpu"), channels_last=True), {}, 2e-3
+    else:
+        count_searches()
+        latents = 1 if args.family == "vq" else 2
+        bare = BareVQ(images, bs, latents=latents)
+        model, lr = {"posterior": "vq:512", "z_dim": 64, "latents": latents}, 5e-4
+    vae = vaekit.VAE(**model)
 
     def ours() -> None:
         vaekit.fit(vae, images[:n], epochs=1, batch_size=bs, device="cpu", progress=False,
-                   verbose=False)
+                   verbose=False, lr=lr)
 
     bare.train_images(2 * bs)  # warm-up
     ours()

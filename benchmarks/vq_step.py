@@ -50,6 +50,8 @@ class BareVQ:
         enc, dec = ((GridEncoder, GridDecoder) if latents == 1
                     else (TwoLevelGridEncoder, TwoLevelGridDecoder))
         self.enc, self.dec = enc((1, 28, 28), 64), dec((1, 28, 28), 64)
+        for m in (self.enc, self.dec):  # as vaekit.fit holds conv nets on the CPU
+            m.to(memory_format=torch.channels_last)
         self.vq = [VectorQuantizer(512, 64) for _ in range(latents)]
         self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=lr)
 
@@ -71,7 +73,8 @@ class BareVQ:
         perm = torch.randperm(self.x.shape[0])[:n]
         t0 = time.perf_counter()
         for i in range(0, n - self.bs + 1, self.bs):
-            self.step(torch.bernoulli(self.x[perm[i:i + self.bs]]))
+            self.step(torch.bernoulli(self.x[perm[i:i + self.bs]]).contiguous(
+                memory_format=torch.channels_last))
         return time.perf_counter() - t0
 
 

@@ -105,3 +105,21 @@ def test_the_grid_nets_map_images_to_a_quarter_size_grid_and_back(size):
     assert dec(q.quantized[None]).shape == (1, 2, 1, size, size)  # leading dimensions kept
     with pytest.raises(vaekit.ConfigError, match="not divisible by 4"):
         GridEncoder((1, 30, 30))
+
+
+def test_the_codes_of_forwards_output_are_the_ones_it_assigned_without_a_second_search():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4, decay=0.0)
+    z_e = torch.randn(3, 4, 5, 5)
+    q = vq(z_e)
+    searches = []
+    assign = vq.assign
+    vq.assign = lambda flat: searches.append(1) or assign(flat)  # type: ignore[method-assign]
+    again = vq.codes_of(q.quantized.detach().clone())  # the same values, another tensor
+    assert torch.equal(again, q.codes) and not searches
+    particle = vq.codes_of(q.quantized.detach()[None])  # a particle dimension in front
+    assert torch.equal(particle, q.codes[None]) and not searches
+    vq.codes_of(q.quantized.detach() + 1e-3)  # other values: a real search
+    assert len(searches) == 1
+    vq.load_state_dict(vq.state_dict())  # a codebook loaded anew forgets the last codes
+    assert torch.equal(vq.codes_of(q.quantized.detach()), q.codes) and len(searches) == 2

@@ -85,6 +85,10 @@ def _all_reduce(*tensors: torch.Tensor) -> None:
             torch_dist.all_reduce(t)
 
 
+def _forget_after_load(module: VectorQuantizer, incompatible_keys: object) -> None:
+    module.forget()
+
+
 class VectorQuantizer(nn.Module):
     """Snap each D-vector of a ``[batch, D, *grid]`` tensor to its nearest of K codes.
 
@@ -119,6 +123,8 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("sums", init.clone())
         else:
             self.codebook = nn.Parameter(init)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # forward's (output, codes)
+        self.register_load_state_dict_post_hook(_forget_after_load)
 
     @property
     def ema(self) -> bool:
@@ -139,7 +145,15 @@ class VectorQuantizer(nn.Module):
 
     def codes_of(self, vectors: torch.Tensor, grid_dims: int = 2) -> torch.Tensor:
         """The nearest code of each vector of ``[..., D, *grid]``: indices ``[..., *grid]``
-        (the codes themselves for the codebook's own vectors)."""
+        (the codes themselves for the codebook's own vectors). For the values of the last
+        `forward`'s output (the objective's and the prior's view of a draw), the codes that
+        forward assigned, without a second search."""
+        last = self._last
+        if (last is not None and vectors.numel() == last[0].numel()  # leading 1s allowed
+                and vectors.shape[vectors.dim() - last[0].dim():] == last[0].shape
+                and torch.equal(vectors.reshape(last[0].shape), last[0])):
+            return last[1].reshape(*vectors.shape[:vectors.dim() - grid_dims - 1],
+                                   *vectors.shape[vectors.dim() - grid_dims:])
         moved = vectors.movedim(vectors.dim() - grid_dims - 1, -1)
         return self.assign(moved.reshape(-1, self.dim).float()).view(moved.shape[:-1])
 
@@ -159,8 +173,13 @@ class VectorQuantizer(nn.Module):
         commitment = (moved - e.detach()).pow(2).sum(per_image)
         codebook_loss = (moved.detach() - e).pow(2).sum(per_image)
         quantized = (moved + (e - moved).detach()).movedim(-1, 1)  # straight through
+        self._last = (quantized.detach(), codes.view(moved.shape[:-1]))
         return Quantized(quantized, codes.view(moved.shape[:-1]), commitment, codebook_loss,
                          self.num_codes)
+
+    def forget(self) -> None:
+        """Drop the last `forward`'s codes (after the codebook is loaded anew)."""
+        self._last = None
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
