@@ -48,7 +48,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     if (out / "checkpoint.pt").exists():
         resume_run(out, root=args.data_root, progress=False, epochs=args.epochs)
     else:
-        fit_settings(ModelSpec(z_dim=args.z_dim, **model),
+        fit_settings(ModelSpec(z_dim=args.z_dim, nets=args.nets, **model),
                      DataSpec(dataset=args.data, root=args.data_root, val=0,
                               limit_train=args.limit_train),
                      TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -74,6 +74,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--z-dim", type=int, default=10)
+    p.add_argument("--nets", default="dcgan", help="dcgan, or mlp:H (Chen et al.'s dSprites "
+                   "nets are fully connected, 1200 units)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--metric-points", type=int, default=4000)
@@ -84,7 +86,8 @@ def main() -> None:
     args = p.parse_args()
     rows = [run(name, s, args) for name in args.models for s in args.seeds]
     keys = ("mig", "factor_vae", "beta_vae", "dci_disentanglement", "sap", "recon")
-    print(f"# {machine()}; {args.data}, {args.epochs} epochs, z_dim {args.z_dim}, batch "
+    print(f"# {machine()}; {args.data}, {args.epochs} epochs, nets {args.nets}, z_dim "
+          f"{args.z_dim}, batch "
           f"{args.batch_size}, lr {args.lr:g}, {args.metric_points} metric points")
     print("| model | " + " | ".join(keys) + " | MIG per seed | train s |")
     print("| --- " * (len(keys) + 3) + "|")

@@ -316,6 +316,26 @@ def test_a_vq_vae_trains_in_two_processes_like_one(env, tmp_path):
     assert 1 <= two[0]["codes_used"] <= 16
 
 
+def test_factor_vae_and_beta_tc_train_in_two_processes_like_one(env, tmp_path):
+    """FactorVAE's discriminator steps on every rank and its metrics count every rank's steps;
+    β-TCVAE estimates q(z) on each rank's share of the batch: both land within noise of one
+    process."""
+    for objective in ("factor-vae", "beta-tc"):
+        args = [*FIT, "--objective", objective, "--epochs", "1", "--limit-train", "256"]
+        _run([sys.executable, "-m", "vaekit", "fit", *args, "--out", f"{objective}-1"], env,
+             tmp_path)
+        _run([sys.executable, "-m", "vaekit", "fit", "--nproc", "2", *args, "--out",
+              f"{objective}-2"], env, tmp_path)
+        one, two = (runs.read_metrics(tmp_path / f"{objective}-{n}")[0] for n in (1, 2))
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.1)
+        assert two["test_neg_elbo"] == pytest.approx(one["test_neg_elbo"], rel=0.1)
+    state = runs.load_checkpoint(tmp_path / "factor-vae-2")
+    assert state["objective"]["optimizers"]["discriminator"]["state"]  # it stepped
+    one, two = (runs.read_metrics(tmp_path / f"factor-vae-{n}")[0] for n in (1, 2))
+    assert 0.0 <= two["disc_accuracy"] <= 1.0
+    assert two["disc_loss"] == pytest.approx(one["disc_loss"], rel=0.1)  # a mean, not twice it
+
+
 def test_semi_supervised_ranks_share_each_labelled_batch(env, tmp_path):
     """Under 2 processes each step's labelled batch is split between the ranks, every image
     once (their summed losses count it once, as one process does), and the epoch's classifier

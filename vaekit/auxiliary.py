@@ -16,9 +16,20 @@ networks for several processes, and saves and restores them with every checkpoin
 from __future__ import annotations
 
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 
-__all__ = ["Objective"]
+__all__ = ["Objective", "summed_over_ranks"]
+
+
+def summed_over_ranks(sums: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``sums`` (on the CPU) added up over every process of a distributed run (all-reduced on
+    ``device``, where the backend needs it); ``sums`` itself in one process."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return sums.clone()
+    total = sums.to(device)
+    torch_dist.all_reduce(total)
+    return total.cpu()
 
 
 class Objective(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaekit.auxiliary import Objective
+from vaekit.auxiliary import Objective, summed_over_ranks
 from vaekit.errors import ConfigError, TrainingError
 from vaekit.likelihoods import call_detached
 from vaekit.model import VAE
@@ -124,8 +124,10 @@ class FactorVAE(Objective):
 
     def epoch_metrics(self) -> dict[str, float]:
         """The epoch's mean discriminator estimate of TC per image (``tc``), its cross-entropy
-        (``disc_loss``) and accuracy (``disc_accuracy``); the sums start again."""
-        tc, loss, right, steps = self._epoch.tolist()
+        (``disc_loss``) and accuracy (``disc_accuracy``), over every rank; the sums start
+        again."""
+        device = next(self.auxiliary("discriminator").parameters()).device
+        tc, loss, right, steps = summed_over_ranks(self._epoch, device).tolist()
         self._epoch.zero_()
         n = max(steps, 1.0)
         return {"tc": tc / n, "disc_loss": loss / n, "disc_accuracy": right / n}

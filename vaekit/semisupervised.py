@@ -20,7 +20,7 @@ import torch
 import torch.distributed as torch_dist
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
-from vaekit.auxiliary import Objective
+from vaekit.auxiliary import Objective, summed_over_ranks
 from vaekit.data import to_unit
 from vaekit.errors import ConfigError, DataError
 from vaekit.model import VAE
@@ -137,12 +137,7 @@ class SemiSupervised(Objective):
         """The epoch's mean cross-entropy and accuracy (percent) of the classifier on the
         labelled batches it trained on, summed over the ranks (none with no labels); the sums
         start again."""
-        sums = self._epoch.clone()
-        if torch_dist.is_available() and torch_dist.is_initialized():  # every rank's share
-            sums = sums.to(self.labels.device)
-            torch_dist.all_reduce(sums)
-            sums = sums.cpu()
-        ce, right, n = sums.tolist()
+        ce, right, n = summed_over_ranks(self._epoch, self.labels.device).tolist()
         self._epoch.zero_()
         if not len(self.labels):
             return {}
