@@ -2,6 +2,7 @@
 
     python benchmarks/step_profile.py --batch-size 1024 --steps 8
     python benchmarks/step_profile.py --family vq --batch-size 128 --steps 16   # the VQ-VAE
+    python benchmarks/step_profile.py --family beta-tc --batch-size 64 --steps 16
 
 `torch.profiler` over ``--steps`` training steps of (b') the seed nets in a plain channels-last
 PyTorch loop (BCE on the sigmoid + analytic KL, Adam) and of (c) `vaekit.fit`'s default VAE
@@ -14,6 +15,9 @@ what no operator accounts for is Python (Pyro's tracing, the loop's bookkeeping)
 ``--family vq`` (``vq2``: two levels) profiles the VQ-VAE instead: the bare loop of
 ``benchmarks/vq_step.py`` against ``vaekit.fit`` with ``posterior="vq:512"``, ``z_dim=64``, and
 also counts and times the nearest-code searches (`VectorQuantizer.assign`) of each step.
+``--family beta-tc`` and ``factor-vae`` profile the bare loops of
+``benchmarks/disentangle_step.py`` against ``vaekit.fit`` with that objective, on the
+``sprites:small`` images (64x64, z of 10).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TensorLoop, machine  # noqa: E402
+from disentangle_step import SHAPE, Bare  # noqa: E402
 from vq_step import BareVQ  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit.quantize import VectorQuantizer  # noqa: E402
+from vaekit.sprites import sprites  # noqa: E402
 
 SEARCHES = {"calls": 0, "seconds": 0.0}  # VectorQuantizer.assign, while it is counted
 
@@ -56,8 +62,8 @@ KINDS = (  # (kind, substrings of operator names), first match wins
     ("batch norm, activations", ("batch_norm", "relu", "leaky", "sigmoid", "silu")),
     ("optimizer (Adam)", ("Optimizer", "_foreach", "addcdiv", "addcmul", "lerp", "sqrt")),
     ("binarizing draws", ("bernoulli",)),
-    ("nearest-code search, code counts", ("argmin", "addmm", "aten::mm", "bincount", "one_hot",
-                                          "index")),
+    ("matrix products, argmin, counts", ("argmin", "addmm", "aten::mm", "bincount",
+                                         "one_hot", "index")),
     ("log-densities, KL, sums", ("log", "sum", "exp", "pow", "mul", "sub", "add", "neg", "div",
                                  "normal", "binary_cross_entropy")),
 )
@@ -94,12 +100,22 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--family", choices=("default", "vq", "vq2"), default="default")
+    p.add_argument("--family", choices=("default", "vq", "vq2", "beta-tc", "factor-vae"),
+                   default="default")
     args = p.parse_args()
-    images, _ = vaekit.load_mnist(args.data_root, train=True, download=False)
     bs, n = args.batch_size, args.batch_size * args.steps
+    settings: dict[str, object] = {}
+    if args.family in ("beta-tc", "factor-vae"):
+        images = sprites("sprites:small").images
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))]
+    else:
+        images, _ = vaekit.load_mnist(args.data_root, train=True, download=False)
     pyro.set_rng_seed(0)
-    if args.family == "default":
+    if args.family in ("beta-tc", "factor-vae"):
+        bare, model, lr = Bare(images, bs, args.family), {"z_dim": 10, "image_shape": SHAPE}, 1e-3
+        settings = ({"objective": "beta-tc", "tc_beta": 6.0} if args.family == "beta-tc" else
+                    {"objective": "factor-vae", "factor_gamma": 35.0, "disc_lr": 1e-4})
+    elif args.family == "default":
         bare, model, lr = TensorLoop(images, bs, torch.device("cpu"), channels_last=True), {}, 2e-3
     else:
         count_searches()
@@ -110,7 +126,7 @@ def main() -> None:
 
     def ours() -> None:
         vaekit.fit(vae, images[:n], epochs=1, batch_size=bs, device="cpu", progress=False,
-                   verbose=False, lr=lr)
+                   verbose=False, lr=lr, **settings)
 
     bare.train_images(2 * bs)  # warm-up
     ours()
