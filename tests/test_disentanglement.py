@@ -168,7 +168,7 @@ def test_the_beta_tc_estimator_of_total_correlation_approaches_the_gaussians_clo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["beta-tc", "factor-vae"])
+@pytest.mark.parametrize("objective", ["beta-tc", "factor-vae", "dip-vae"])
 def test_the_objectives_on_sprites_train_resume_exactly_and_are_scored(tmp_path, objective):
     from vaekit.errors import ConfigError
     from vaekit.model import VAE
@@ -247,3 +247,38 @@ def test_each_dimension_is_named_by_the_factor_it_carries():
     named = factor_of_dims(c, f, ("a", "b", "c", "d"))
     assert [n for n, _ in named] == ["c", "a", "d", "b"]
     assert all(v > 0.8 for _, v in named)
+
+
+@pytest.mark.parametrize("kind", ["i", "ii"])
+def test_the_dip_vae_loss_is_the_elbo_plus_m_times_its_covariance_penalty(kind):
+    import pyro
+
+    from vaekit.errors import ConfigError
+    from vaekit.model import VAE
+    from vaekit.objectives import DIPVAE, check_objective, make_objective
+    from vaekit.traces import site_log_probs
+
+    pyro.set_rng_seed(0)
+    vae = VAE(z_dim=3, nets="mlp:16", image_shape=(1, 4, 4)).eval()
+    x = torch.bernoulli(torch.rand(7, 1, 4, 4))
+    obj = make_objective(vae, "dip-vae", dip_type=kind, dip_lambda_od=2.0, dip_lambda_d=5.0)
+    assert isinstance(obj, DIPVAE)
+    pyro.set_rng_seed(1)
+    loss = float(obj(x).detach())
+    pyro.set_rng_seed(1)
+    t = site_log_probs(vae, x, closed_form=False)
+    neg_elbo = float((-t.log_lik[0] + t.kl_total[0]).sum().detach())
+    with torch.no_grad():  # the encoder's own outputs, and numpy's covariance
+        loc, scale = (v.double().numpy() for v in vae.encoder(x))
+    cov = np.cov(loc.T, bias=True) + (np.diag((scale ** 2).mean(0)) if kind == "ii" else 0)
+    off = cov - np.diag(np.diag(cov))
+    penalty = 2.0 * (off ** 2).sum() + 5.0 * ((np.diag(cov) - 1) ** 2).sum()
+    assert loss == pytest.approx(neg_elbo + 7 * penalty, rel=1e-5)
+    centred = torch.randn(50, 3, dtype=torch.float64)
+    white = torch.linalg.qr(centred - centred.mean(0))[0] * math.sqrt(50)  # Cov = I exactly
+    assert float(DIPVAE(vae, "i").penalty(DIPVAE(vae, "i").covariance(white, white))) == \
+        pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="diagonal q"):
+        check_objective(VAE(posterior="iaf:1", nets="mlp:16", image_shape=(1, 4, 4)), "dip-vae")
+    with pytest.raises(ConfigError, match="dip_type"):
+        DIPVAE(vae, "iii")

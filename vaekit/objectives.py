@@ -29,10 +29,10 @@ from vaekit.traces import kl_per_dimension, site_log_probs
 from vaekit.vqvae import VQTraining, is_vq
 
 __all__ = ["OBJECTIVES", "BetaSchedule", "make_objective", "check_objective", "IWAE", "Capacity",
-           "FreeBits", "BetaTC", "FactorVAE", "Objective", "VAEGAN", "VQTraining", "register_objective",
-           "objective_names"]
+           "FreeBits", "BetaTC", "DIPVAE", "FactorVAE", "Objective", "VAEGAN", "VQTraining",
+           "register_objective", "objective_names"]
 
-OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits", "beta-tc", "factor-vae")
+OBJECTIVES = ("elbo", "iwae", "capacity", "free-bits", "beta-tc", "factor-vae", "dip-vae")
 """vaekit's own objectives; `register_objective` adds yours."""
 
 
@@ -242,6 +242,58 @@ class BetaTC(nn.Module):
                  - self.gamma * d["dim_kl"]).sum()
 
 
+class DIPVAE(nn.Module):
+    """DIP-VAE (Kumar et al. 2018): the -ELBO plus a penalty that pushes the covariance of the
+    aggregate posterior toward the identity, ``λ_od Σ_{i≠j} C_ij² + λ_d Σ_i (C_ii - 1)²``.
+
+    On the batch of M images with q(z|x_m) = N(μ_m, diag σ_m²), type ``"i"`` penalises
+    C = Cov_m[μ_m] and type ``"ii"`` C = Cov_m[μ_m] + diag(mean_m σ_m²), the covariance of
+    q(z) itself (both with the 1/M of disentanglement_lib's ``compute_covariance_z_mean``).
+    disentanglement_lib adds the penalty to the loss averaged over the batch; vaekit's losses
+    are summed over it, so the penalty counts M times: the same gradients per image. μ and σ
+    are read off the guide's trace; the -ELBO is the single-draw ``log p(x|z) - log q + log p``.
+    Needs the diagonal posterior and the Normal(0, I) prior.
+
+    Args:
+        vae: The model (β 1).
+        kind: ``"i"`` or ``"ii"``.
+        lambda_od: λ_od, the weight of the off-diagonal terms.
+        lambda_d: λ_d, the weight of the diagonal terms (Kumar et al.: 10 λ_od for type i,
+            λ_od for type ii).
+    """
+
+    def __init__(self, vae: VAE, kind: str = "i", lambda_od: float = 10.0,
+                 lambda_d: float = 100.0) -> None:
+        super().__init__()
+        if kind not in ("i", "ii"):
+            raise ConfigError(f"dip_type must be i or ii, got {kind!r}")
+        self.vae, self.kind = vae, kind
+        self.lambda_od, self.lambda_d = float(lambda_od), float(lambda_d)
+
+    def covariance(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """C ``[D, D]`` of the batch's posterior means ``loc`` and scales ``scale`` ``[M, D]``."""
+        centred = loc - loc.mean(0)
+        cov = centred.t() @ centred / loc.shape[0]
+        return cov if self.kind == "i" else cov + torch.diag(scale.pow(2).mean(0))
+
+    def penalty(self, cov: torch.Tensor) -> torch.Tensor:
+        """``λ_od Σ_{i≠j} C_ij² + λ_d Σ_i (C_ii - 1)²``."""
+        diag = torch.diagonal(cov)
+        off = cov - torch.diag(diag)
+        return self.lambda_od * off.pow(2).sum() + self.lambda_d * (diag - 1).pow(2).sum()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``Σ_m -ELBO_m + M × penalty``."""
+        t = site_log_probs(self.vae, x, y, closed_form=False)
+        q, _ = t.dists["z"]
+        m = x.shape[0]
+        loc = q.base_dist.loc.reshape(-1, m, self.vae.z_dim)[0]
+        scale = q.base_dist.scale.expand(q.base_dist.loc.shape).reshape(-1, m,
+                                                                          self.vae.z_dim)[0]
+        neg_elbo = (-t.log_lik[0] + t.kl_total[0]).sum()
+        return neg_elbo + m * self.penalty(self.covariance(loc, scale))
+
+
 def check_objective(vae: VAE, name: str) -> None:
     """Refuse an objective that cannot work with the VAE's prior, posterior and layers.
 
@@ -271,7 +323,7 @@ def check_objective(vae: VAE, name: str) -> None:
         raise ConfigError(f"the {name} objective does not train a VQ-VAE's codes (its encoder "
                           "learns through the straight-through gradient and the commitment "
                           "loss): leave --objective at elbo")
-    if name not in ("capacity", "free-bits", "beta-tc"):
+    if name not in ("capacity", "free-bits", "beta-tc", "dip-vae"):
         return
     use = "use objective elbo or iwae"
     if vae.latents != 1 or vae.num_classes:
@@ -281,9 +333,10 @@ def check_objective(vae: VAE, name: str) -> None:
     spec = vae.spec()
     if (type(vae.model.prior).__name__ != "StandardNormal"
             or type(vae.guide.posterior).__name__ != "Diagonal"):
-        why = ("a factorised q(z|x) and p(z) to split the KL by dimension"
-               if name == "beta-tc" else "the closed-form KL of the standard prior with the "
-               "diagonal posterior")
+        why = {"beta-tc": "a factorised q(z|x) and p(z) to split the KL by dimension",
+               "dip-vae": "a diagonal q(z|x) and the Normal(0, I) prior, whose identity "
+                          "covariance it matches q(z)'s to"}.get(
+            name, "the closed-form KL of the standard prior with the diagonal posterior")
         raise ConfigError(f"the {name} objective needs {why}; this model has prior "
                           f"{spec.prior} and posterior {spec.posterior}: {use}")
 
@@ -294,7 +347,8 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
                    disc_lr: float = 2e-4, commitment: float = 0.25,
                    dataset_size: int | None = None, tc_alpha: float = 1.0, tc_beta: float = 6.0,
                    tc_gamma: float = 1.0, tc_sampling: str = "mss",
-                   factor_gamma: float = 35.0) -> nn.Module:
+                   factor_gamma: float = 35.0, dip_type: str = "i", dip_lambda_od: float = 10.0,
+                   dip_lambda_d: float = 100.0) -> nn.Module:
     """The loss module for an objective name (see `OBJECTIVES`).
 
     Args:
@@ -317,6 +371,9 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         tc_sampling: ``"mss"`` or ``"mws"`` for ``"beta-tc"``.
         factor_gamma: γ of ``"factor-vae"`` (`vaekit.factor_vae.FactorVAE`, whose
             discriminator learns at ``disc_lr``).
+        dip_type: ``"i"`` or ``"ii"`` for ``"dip-vae"`` (`DIPVAE`).
+        dip_lambda_od: λ_od of ``"dip-vae"``.
+        dip_lambda_d: λ_d of ``"dip-vae"``.
 
     Raises:
         ConfigError: for an unknown name or settings that do not fit it.
@@ -344,6 +401,8 @@ def make_objective(vae: VAE, name: str = "elbo", *, iwae_samples: int = 5, gamma
         return Capacity(vae, gamma, capacity, capacity_steps)
     if name == "factor-vae":
         return FactorVAE(vae, factor_gamma, disc_lr)
+    if name == "dip-vae":
+        return DIPVAE(vae, dip_type, dip_lambda_od, dip_lambda_d)
     if name == "beta-tc":
         if dataset_size is None:
             raise ConfigError("the beta-tc objective needs the number of training images "

@@ -212,7 +212,9 @@ class TrainingState:
                                       dataset_size=self.data.train_x.shape[0],
                                       tc_alpha=s.tc_alpha, tc_beta=s.tc_beta,
                                       tc_gamma=s.tc_gamma, tc_sampling=s.tc_sampling,
-                                      factor_gamma=s.factor_gamma)
+                                      factor_gamma=s.factor_gamma, dip_type=s.dip_type,
+                                      dip_lambda_od=s.dip_lambda_od,
+                                      dip_lambda_d=s.dip_lambda_d)
         labels = self.data.labels
         self.labelled = idx = labelled_subset(labels, s.labels, s.seed, vae.num_classes)
         self.data.labels = None  # the loop's batches are unlabelled: y is summed out

@@ -337,7 +337,7 @@ class TrainSettings:
     lr: float = setting(2e-3, "Adam learning rate.", min=0, min_open=True)
     objective: str = setting("elbo", "Training objective: elbo, iwae, capacity, free-bits, "
                              "beta-tc (β-TCVAE, Chen et al. 2018), factor-vae (Kim & Mnih "
-                             "2018), or "
+                             "2018), dip-vae (Kumar et al. 2018), or "
                              "one registered with vaekit.objectives.register_objective; the "
                              "test -ELBO is reported whatever it is. With --likelihood "
                              "discriminator, elbo is the VAE-GAN's step.")
@@ -386,6 +386,14 @@ class TrainSettings:
     factor_gamma: float = setting(35.0, "factor-vae: γ, the weight of the total correlation "
                                   "its discriminator estimates (its Adam learns at "
                                   "--disc-lr).", min=0, max=1e6)
+    dip_type: str = setting("i", "dip-vae: which covariance the penalty matches to the "
+                            "identity: i, that of the posterior means; ii, that of q(z).",
+                            choices=("i", "ii"))
+    dip_lambda_od: float = setting(10.0, "dip-vae: λ_od, the weight of the covariance's "
+                                   "off-diagonal terms.", min=0, max=1e6)
+    dip_lambda_d: float = setting(100.0, "dip-vae: λ_d, the weight of its diagonal terms "
+                                  "(Kumar et al.: 10 λ_od for type i, λ_od for ii).", min=0,
+                                  max=1e6)
     lr_schedule: str = setting(
         "constant", "Learning rate over training: constant, cosine (from --lr down to --lr-min "
         "over all steps) or plateau[:PATIENCE] (halve it when the validation -ELBO has not "
