@@ -1,4 +1,4 @@
-"""What β buys, on the sprites: β-VAE at several β, β-TCVAE and FactorVAE, several seeds each.
+"""What β buys, on the sprites: β-VAE at several β, β-TCVAE, FactorVAE and DIP-VAE, several seeds.
 
     python benchmarks/disentanglement_sweep.py --data sprites --epochs 10 --seeds 0 1 2 \
         --out runs/sweep --data-root ~/.cache/vaekit/data
@@ -37,6 +37,8 @@ MODELS = {  # name: (ModelSpec fields, TrainSettings fields)
     "beta-VAE β=16": ({"beta": 16.0}, {}),
     "beta-TCVAE β=6": ({}, {"objective": "beta-tc", "tc_beta": 6.0}),
     "FactorVAE γ=35": ({}, {"objective": "factor-vae", "factor_gamma": 35.0, "disc_lr": 1e-4}),
+    "DIP-VAE-I λ=10": ({}, {"objective": "dip-vae", "dip_type": "i", "dip_lambda_od": 10.0,
+                            "dip_lambda_d": 100.0}),
 }
 
 
