@@ -282,3 +282,14 @@ def test_the_dip_vae_loss_is_the_elbo_plus_m_times_its_covariance_penalty(kind):
         check_objective(VAE(posterior="iaf:1", nets="mlp:16", image_shape=(1, 4, 4)), "dip-vae")
     with pytest.raises(ConfigError, match="dip_type"):
         DIPVAE(vae, "iii")
+
+
+def test_modularity_is_one_for_a_code_of_separate_factors_and_low_when_they_are_mixed():
+    from vaekit.disentanglement import modularity
+
+    truth = toy_truth()
+    c, f = codes_of(truth, noisy(0.01), 3000, 0)
+    assert modularity(c, f) > 0.95  # each dimension carries its own factor
+    mixed, _ = codes_of(truth, noisy(0.01, mix=torch.ones(4, 4)), 3000, 0)
+    assert modularity(mixed, f) < 0.3  # each dimension is the sum of every factor
+    assert modularity(np.zeros((500, 4)), f[:500]) == 0.0  # constant: 0, not NaN

@@ -613,7 +613,8 @@ def evaluate(run_dir: Path, device: str, num_samples: int, limit: int | None, ba
         for name, value in (("beta-VAE score", dis.beta_vae), ("FactorVAE score", dis.factor_vae),
                             ("MIG", dis.mig), ("DCI disentanglement", dis.dci_disentanglement),
                             ("DCI completeness", dis.dci_completeness),
-                            ("DCI informativeness", dis.dci_informativeness), ("SAP", dis.sap)):
+                            ("DCI informativeness", dis.dci_informativeness), ("SAP", dis.sap),
+                            ("modularity", dis.modularity)):
             click.echo(f"  {name:<34} {value:.4f}")
         click.echo(f"  wrote {traversal}: a row per active dimension, named by the factor it "
                    "shares the most information with")

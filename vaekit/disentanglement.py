@@ -44,7 +44,7 @@ from vaekit.likelihoods import test_observations
 from vaekit.model import VAE
 from vaekit.sprites import GroundTruth
 
-__all__ = ["representation", "beta_vae_score", "factor_vae_score", "mig", "dci", "sap",
+__all__ = ["representation", "beta_vae_score", "factor_vae_score", "mig", "dci", "sap", "modularity",
            "disentanglement", "Disentanglement", "mutual_information", "factor_of_dims"]
 
 Representation = Callable[[torch.Tensor], torch.Tensor]
@@ -191,6 +191,27 @@ def mig(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
     return float(np.mean(gaps)) if gaps else 0.0
 
 
+def modularity(codes: np.ndarray, factors: np.ndarray, bins: int = 20) -> float:
+    """Ridgeway & Mozer's (2018) modularity of codes ``[N, D]`` against factor indices
+    ``[N, F]``, as disentanglement_lib computes it: with m_dk the mutual information (nats) of
+    code dimension d, discretized as for MIG, with factor k, and θ_d = max_k m_dk, dimension d
+    scores ``1 - Σ_{k ≠ argmax} m_dk² / (θ_d² (F - 1))`` (1: it carries one factor only); a
+    dimension that carries nothing scores 0; the mean over dimensions (in [0, 1])."""
+    _, _, metrics, _ = _sklearn()
+    discrete = _discretize(np.asarray(codes, dtype=np.float64), bins)
+    factors = np.asarray(factors)
+    if factors.shape[1] < 2:
+        return 0.0
+    m = np.array([[metrics.mutual_info_score(discrete[:, d], factors[:, k])
+                   for k in range(factors.shape[1])] for d in range(discrete.shape[1])])
+    sq = np.square(m)
+    top = sq.max(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = 1.0 - (sq.sum(1) - top) / (top * (factors.shape[1] - 1))
+    score[top <= 0] = 0.0
+    return float(np.mean(score))
+
+
 def _entropy_complement(p: np.ndarray, base: int) -> float:
     """``1 - H(p) / log(base)`` of weights ``p`` (normalised here); 0 for all-zero weights."""
     total = p.sum()
@@ -256,8 +277,8 @@ def sap(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarr
 
 @dataclass
 class Disentanglement:
-    """The five metrics of one representation (what ``vaekit evaluate --disentanglement``
-    saves), each in [0, 1]."""
+    """The five metrics of one representation, and the modularity score (what ``vaekit
+    evaluate --disentanglement`` saves), each in [0, 1]."""
 
     beta_vae: float
     factor_vae: float
@@ -266,6 +287,7 @@ class Disentanglement:
     dci_completeness: float
     dci_informativeness: float
     sap: float
+    modularity: float
     active_dims: int
     n_points: int
 
@@ -277,9 +299,10 @@ class Disentanglement:
 def disentanglement(truth: GroundTruth, rep: Representation, n_points: int = 2000,
                     n_votes: int = 500, generator: torch.Generator | None = None
                     ) -> Disentanglement:
-    """All five metrics: MIG, DCI and SAP on ``n_points`` training and ``n_points // 2`` test
-    images drawn uniformly from the grid; the β-VAE and FactorVAE scores on ``n_votes``
-    training and ``n_votes // 2`` evaluation points (their eval accuracies are reported)."""
+    """All five metrics and the modularity: MIG, DCI, SAP and modularity on ``n_points``
+    training and ``n_points // 2`` test images drawn uniformly from the grid; the β-VAE and
+    FactorVAE scores on ``n_votes`` training and ``n_votes // 2`` evaluation points (their eval
+    accuracies are reported)."""
     gen = generator or torch.Generator().manual_seed(0)
     f_train = truth.sample_factors(n_points, gen)
     f_test = truth.sample_factors(n_points // 2, gen)
@@ -293,4 +316,5 @@ def disentanglement(truth: GroundTruth, rep: Representation, n_points: int = 200
         dci_disentanglement=d["disentanglement"], dci_completeness=d["completeness"],
         dci_informativeness=d["informativeness"],
         sap=sap(c_train, f_train.numpy(), c_test, f_test.numpy()),
-        active_dims=fv["active"], n_points=n_points)
+        modularity=modularity(c_train, f_train.numpy()), active_dims=fv["active"],
+        n_points=n_points)
