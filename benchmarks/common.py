@@ -122,6 +122,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class BareLoop:
+    """Base of the benchmarks' bare loops: ``train_images(n)`` times `step` on ``n`` of the
+    images ``x`` in batches of ``bs`` drawn without replacement, each through `prepare` and
+    made channels-last (as `vaekit.fit` holds conv nets on the CPU)."""
+
+    x: torch.Tensor
+    bs: int
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch as the step takes it (by default as it is)."""
+        return x
+
+    def step(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def train_images(self, n: int) -> float:
+        perm = torch.randperm(self.x.shape[0])[:n]
+        t0 = time.perf_counter()
+        for i in range(0, n - self.bs + 1, self.bs):
+            self.step(self.prepare(self.x[perm[i:i + self.bs]]).contiguous(
+                memory_format=torch.channels_last))
+        return time.perf_counter() - t0
+
+
 def step_ratio(loops: dict, n: int, bs: int, rounds: int, label: str, json_path: object) -> None:
     """Interleave ``rounds`` of the ``loops`` (objects with ``train_images(n) -> seconds``; the
     first is the bare nets, the second vaekit's), after a warm-up; print each median images/s

@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import BareLoop, machine  # noqa: E402
 from vaegan_step import VaekitStep  # noqa: E402
 
 from vaekit.data import to_unit  # noqa: E402
@@ -53,7 +52,7 @@ def stratified_log_weights(m: int, n: int) -> torch.Tensor:
     return w.log()
 
 
-class Bare:
+class Bare(BareLoop):
     """(a) and (c): the objective in plain PyTorch on the same nets, same batches."""
 
     def __init__(self, images: torch.Tensor, batch_size: int, objective: str,
@@ -99,13 +98,8 @@ class Bare:
             d_loss.backward()
             self.d_opt.step()
 
-    def train_images(self, n: int) -> float:
-        perm = torch.randperm(self.x.shape[0])[:n]
-        t0 = time.perf_counter()
-        for i in range(0, n - self.bs + 1, self.bs):
-            self.step(to_unit(self.x[perm[i:i + self.bs]]).contiguous(
-                memory_format=torch.channels_last))
-        return time.perf_counter() - t0
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return to_unit(x)
 
 
 def main() -> None:

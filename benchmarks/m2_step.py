@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import pyro
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, step_ratio  # noqa: E402
+from common import BareLoop, machine, step_ratio  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit.data import to_unit  # noqa: E402
@@ -42,7 +41,7 @@ def m2(nets: str, z_dim: int) -> vaekit.VAE:
     return vaekit.VAE(num_classes=CLASSES, semi_supervised=True, nets=nets, z_dim=z_dim)
 
 
-class BareM2:
+class BareM2(BareLoop):
     """(a): the loss of `vaekit.semisupervised.SemiSupervised`, written out in plain PyTorch."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, nets: str,
@@ -82,13 +81,8 @@ class BareM2:
         loss.backward()
         self.opt.step()
 
-    def train_images(self, n: int) -> float:
-        perm = torch.randperm(self.x.shape[0])[:n]
-        t0 = time.perf_counter()
-        for i in range(0, n - self.bs + 1, self.bs):
-            x = torch.bernoulli(self.x[perm[i:i + self.bs]])
-            self.step(x.contiguous(memory_format=torch.channels_last))
-        return time.perf_counter() - t0
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x)
 
 
 class VaekitM2:

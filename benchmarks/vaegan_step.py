@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pyro
@@ -26,14 +25,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, step_ratio  # noqa: E402
+from common import BareLoop, machine, step_ratio  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit.data import to_unit  # noqa: E402
 from vaekit.nets import Decoder, Discriminator, Encoder  # noqa: E402
 
 
-class BareVAEGAN:
+class BareVAEGAN(BareLoop):
     """(a): the same losses and updates as `vaekit.adversarial.VAEGAN`, in plain PyTorch."""
 
     def __init__(self, images: torch.Tensor, batch_size: int, lr: float = 5e-4) -> None:
@@ -69,13 +68,6 @@ class BareVAEGAN:
         self.d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_opt.step()
-
-    def train_images(self, n: int) -> float:
-        perm = torch.randperm(self.x.shape[0])[:n]
-        t0 = time.perf_counter()
-        for i in range(0, n - self.bs + 1, self.bs):
-            self.step(self.x[perm[i:i + self.bs]].contiguous(memory_format=torch.channels_last))
-        return time.perf_counter() - t0
 
 
 class VaekitStep:

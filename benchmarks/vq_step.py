@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, step_ratio  # noqa: E402
+from common import BareLoop, machine, step_ratio  # noqa: E402
 from vaegan_step import VaekitStep  # noqa: E402
 
 import vaekit  # noqa: E402
@@ -40,7 +39,7 @@ from vaekit.nets import (  # noqa: E402
 from vaekit.quantize import VectorQuantizer  # noqa: E402
 
 
-class BareVQ:
+class BareVQ(BareLoop):
     """(a): the same loss and updates as `vaekit.vqvae.VQTraining`, in plain PyTorch."""
 
     def __init__(self, images: torch.Tensor, batch_size: int, lr: float = 5e-4,
@@ -69,13 +68,8 @@ class BareVQ:
         loss.backward()
         self.opt.step()
 
-    def train_images(self, n: int) -> float:
-        perm = torch.randperm(self.x.shape[0])[:n]
-        t0 = time.perf_counter()
-        for i in range(0, n - self.bs + 1, self.bs):
-            self.step(torch.bernoulli(self.x[perm[i:i + self.bs]]).contiguous(
-                memory_format=torch.channels_last))
-        return time.perf_counter() - t0
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x)
 
 
 def main() -> None:
